@@ -1,0 +1,87 @@
+"""The one object that describes a pruning run; recorded in every report and checkpoint."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields
+
+from llm_surgeon.errors import ConfigError
+
+METHODS = ("surgeon", "magnitude")
+FISHER_TYPES = ("empirical", "true")
+MAGNITUDE_SCOPES = ("global", "layer")
+_NM = re.compile(r"^(\d+):(\d+)$")
+
+
+def parse_nm(granularity: str) -> tuple[int, int] | None:
+    """``"2:4"`` -> ``(2, 4)``; ``None`` for non-N:M granularities."""
+    match = _NM.match(granularity)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+@dataclass
+class PruneConfig:
+    """Everything that decides the outcome of a prune, so that a report reproduces it."""
+
+    method: str = "surgeon"
+    granularity: str = "unstructured"
+    sparsity: float = 0.5
+    """Target fraction of zeros over the prunable weights (ignored for N:M: it is N/M)."""
+    shots: int = 5
+    calib_samples: int = 128
+    calib_seqlen: int = 2048
+    seed: int = 0
+    damp_g: float = 0.1
+    damp_a: float = 0.1
+    fisher: str = "empirical"
+    magnitude_scope: str = "global"
+    update_iterations: int = 20
+    """Maximum PCG iterations of the Kronecker OBS update per layer and shot."""
+    update_tolerance: float = 1e-3
+    batch_size: int = 8
+    """Calibration windows per forward/backward pass."""
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        return parse_nm(self.granularity)
+
+    @property
+    def target_sparsity(self) -> float:
+        nm = self.nm
+        return nm[0] / nm[1] if nm else self.sparsity
+
+    def validate(self) -> PruneConfig:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        nm = self.nm
+        if nm is not None:
+            n, m = nm
+            if not 0 < n < m:
+                raise ConfigError(f"N:M pattern {self.granularity} is impossible: need 0 < N < M")
+        elif self.granularity != "unstructured":
+            raise ConfigError(
+                f"unknown granularity {self.granularity!r}; use 'unstructured' or an N:M pattern such as 2:4"
+            )
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if self.shots < 1:
+            raise ConfigError(f"shots must be at least 1, got {self.shots}")
+        if self.calib_samples < 1 or self.calib_seqlen < 2:
+            raise ConfigError("calibration needs at least 1 sample of at least 2 tokens")
+        if self.fisher not in FISHER_TYPES:
+            raise ConfigError(f"fisher must be one of {', '.join(FISHER_TYPES)}")
+        if self.magnitude_scope not in MAGNITUDE_SCOPES:
+            raise ConfigError(f"magnitude scope must be one of {', '.join(MAGNITUDE_SCOPES)}")
+        if self.damp_g <= 0 or self.damp_a <= 0:
+            raise ConfigError("damping must be positive")
+        if self.batch_size < 1 or self.update_iterations < 0:
+            raise ConfigError("batch size must be >= 1 and update iterations >= 0")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PruneConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

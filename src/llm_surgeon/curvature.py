@@ -1,0 +1,172 @@
+"""Collecting Kronecker factors with hooks during full-model forward/backward passes.
+
+Hooks only gather statistics; the math on them lives in :mod:`llm_surgeon.math`. Layers
+fed the same input tensor (q/k/v, gate/up) share one ``A`` computation per batch, which
+roughly halves the cost of the input statistics in a Llama block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+
+class NonFiniteActivationError(ValueError):
+    """NaN/Inf in the activations or gradients seen by a layer."""
+
+
+@dataclass
+class KroneckerFactors:
+    """Raw (undamped) ``A = E[a aᵀ]`` and ``G = E[g gᵀ]`` of one Linear layer, per token."""
+
+    A: torch.Tensor
+    G: torch.Tensor
+    tokens: int
+
+
+class _FactorAccumulator:
+    """Forward and output-gradient hooks that sum ``aᵀa`` and ``gᵀg`` in float32."""
+
+    def __init__(self, linears: dict[str, nn.Linear]):
+        self.linears = linears
+        self.A: dict[str, torch.Tensor] = {}
+        self.G: dict[str, torch.Tensor] = {}
+        self.tokens = 0
+        # Keyed by storage address; the input tensor is kept alive in the value so that
+        # its address cannot be reused by another tensor within the same batch.
+        self._shared_inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._handles: list = []
+        self._leader_of: dict[tuple, str] = {}
+
+    def new_batch(self) -> None:
+        self._shared_inputs.clear()
+        self._leader_of.clear()
+
+    def _input_stat(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.data_ptr(), tuple(x.shape), x.stride())
+        if key not in self._shared_inputs:
+            flat = x.detach().reshape(-1, x.shape[-1]).float()
+            self._shared_inputs[key] = (x, flat.T @ flat)
+        return self._shared_inputs[key][1]
+
+    def _forward_hook(self, name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            x = inputs[0]
+            key = (x.data_ptr(), tuple(x.shape), x.stride())
+            fresh = key not in self._shared_inputs
+            stat = self._input_stat(x)
+            if name not in self.A:
+                # Layers fed the same tensor (q/k/v, gate/up) share one A accumulator.
+                leader = self._leader_of.setdefault(key, name)
+                self.A[name] = self.A[leader] if leader != name else stat.clone()
+            elif fresh:
+                self.A[name] += stat
+            if output.requires_grad:
+                output.register_hook(self._grad_hook(name))
+
+        return hook
+
+    def _grad_hook(self, name: str):
+        def hook(grad: torch.Tensor) -> None:
+            flat = grad.detach().reshape(-1, grad.shape[-1]).float()
+            stat = flat.T @ flat
+            if name in self.G:
+                self.G[name] += stat
+            else:
+                self.G[name] = stat
+
+        return hook
+
+    @contextmanager
+    def attached(self) -> Iterator[_FactorAccumulator]:
+        try:
+            for name, module in self.linears.items():
+                self._handles.append(module.register_forward_hook(self._forward_hook(name)))
+            yield self
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            self._shared_inputs.clear()
+
+
+@contextmanager
+def _activation_gradients_only(model: nn.Module) -> Iterator[None]:
+    """Backward through activations without computing any weight gradient.
+
+    Parameters are frozen; the embedding output is made a leaf that requires grad, so the
+    backward pass reaches every block while allocating no parameter gradients.
+    """
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    handle = model.get_input_embeddings().register_forward_hook(
+        lambda module, inputs, output: output.detach().requires_grad_(True)
+    )
+    try:
+        yield
+    finally:
+        handle.remove()
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+def collect_kronecker_factors(
+    model: nn.Module,
+    linears: dict[str, nn.Linear],
+    windows: torch.Tensor,
+    batch_size: int = 4,
+    fisher: str = "empirical",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, KroneckerFactors]:
+    """KFAC factors of every Linear in ``linears`` from forward/backward passes over ``windows``.
+
+    ``fisher="empirical"`` back-propagates the NLL of the data's own next tokens;
+    ``fisher="true"`` samples the labels from the model's predictive distribution.
+    Token NLLs are summed (not averaged) so each backward gives per-token gradients.
+    """
+    if fisher not in ("empirical", "true"):
+        raise ValueError(f"fisher must be 'empirical' or 'true', got {fisher!r}")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    accumulator = _FactorAccumulator(linears)
+    was_training = model.training
+    model.eval()
+    batches = windows.split(batch_size)
+    with _activation_gradients_only(model), accumulator.attached():
+        for batch in tqdm(batches, desc="curvature (forward+backward)", disable=not progress):
+            accumulator.new_batch()
+            ids = batch.to(device)
+            logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+            if fisher == "empirical":
+                labels = ids[:, 1:]
+            else:
+                with torch.no_grad():
+                    probs = logits.detach().softmax(-1).reshape(-1, logits.shape[-1])
+                    labels = torch.multinomial(probs, 1, generator=generator).reshape(ids[:, 1:].shape)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
+            loss.backward()
+            accumulator.tokens += ids.numel()
+    model.train(was_training)
+
+    factors: dict[str, KroneckerFactors] = {}
+    normalised: dict[int, torch.Tensor] = {}  # keeps shared A factors shared
+    for name in linears:
+        if name not in accumulator.G:
+            raise NonFiniteActivationError(f"no gradient reached layer {name}")
+        raw_A = accumulator.A[name]
+        if id(raw_A) not in normalised:
+            normalised[id(raw_A)] = raw_A / accumulator.tokens
+        A = normalised[id(raw_A)]
+        G = accumulator.G[name] / accumulator.tokens
+        if not (torch.isfinite(A).all() and torch.isfinite(G).all()):
+            raise NonFiniteActivationError(f"NaN or Inf in the activations or gradients of layer {name}")
+        factors[name] = KroneckerFactors(A=A, G=G, tokens=accumulator.tokens)
+    return factors

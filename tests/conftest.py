@@ -1,0 +1,102 @@
+"""Tiny random models built from a config (no download) and the shared data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    candidates = [os.environ.get("LLM_SURGEON_DATA"), REPO.parent / "shared" / "data"]
+    for c in candidates:
+        if c and (Path(c) / "wikitext-2-raw" / "wiki.test.raw").is_file():
+            return Path(c)
+    return None
+
+
+def tiny_llama(seed: int = 0, **overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+               tie_word_embeddings=True)
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+
+
+def tiny_opt(seed: int = 0, **overrides):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    cfg = dict(vocab_size=128, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+               max_position_embeddings=128, word_embed_proj_dim=32, do_layer_norm_before=True)
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    return OPTForCausalLM(OPTConfig(**cfg)).eval()
+
+
+@pytest.fixture(params=["llama", "opt"])
+def tiny_model(request):
+    return tiny_llama() if request.param == "llama" else tiny_opt()
+
+
+@pytest.fixture
+def calibration():
+    generator = torch.Generator().manual_seed(1)
+    return torch.randint(0, 128, (8, 16), generator=generator)
+
+
+class CharTokenizer:
+    """A stand-in tokenizer (one id per byte, mod 128) for data-pipeline tests."""
+
+    def __call__(self, text, return_tensors=None, add_special_tokens=True):
+        ids = torch.tensor([[b % 128 for b in text.encode("utf-8")]])
+
+        class Out:
+            input_ids = ids
+
+        return Out()
+
+
+def tiny_tokenizer():
+    """A character-level fast tokenizer over printable ASCII (fits the tiny models' 128 ids)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "\n": 1}
+    for code in range(32, 127):
+        vocab[chr(code)] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+
+
+def write_tiny_checkpoint(folder: Path, family: str = "llama", seed: int = 0) -> Path:
+    """A loadable model folder (config, safetensors, tokenizer) for CLI tests."""
+    model = tiny_llama(seed) if family == "llama" else tiny_opt(seed)
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def write_fake_wikitext(folder: Path, splits=("valid", "test"), lines: int = 400) -> Path:
+    """A synthetic WikiText-like data folder (the real files are never copied into tests)."""
+    generator = torch.Generator().manual_seed(0)
+    words = ["the", "model", "weight", "prune", "layer", "surgeon", "curvature", "of", "and", "a"]
+    raw = folder / "wikitext-2-raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        rows = []
+        for i in range(lines):
+            if i % 7 == 0:
+                rows.append(" \n")
+                continue
+            idx = torch.randint(0, len(words), (12,), generator=generator).tolist()
+            rows.append(" " + " ".join(words[j] for j in idx) + " .\n")
+        (raw / f"wiki.{split}.raw").write_text("".join(rows))
+    return folder

@@ -1,0 +1,131 @@
+"""Costs, Kronecker OBS update and global threshold against explicit dense references."""
+
+import torch
+
+from llm_surgeon.math.costs import element_costs, nm_group_costs, nm_group_element_mask
+from llm_surgeon.math.kfac import prepare_factors
+from llm_surgeon.math.obs import kronecker_obs_update
+from llm_surgeon.math.selection import nm_violations, select_nm, select_unstructured
+from llm_surgeon.math.threshold import linear_schedule, select_cheapest
+
+
+def _spd(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(3 * n, n, generator=g, dtype=torch.float64)
+    return X.T @ X / (3 * n)
+
+
+def _dense_obs_minimiser(W, remove, G, A):
+    """argmin ½ ΔwᵀFΔw s.t. (W+ΔW)_R = 0, with F = G ⊗ A (row-major vec), by a dense KKT solve."""
+    F = torch.kron(G, A)
+    w = W.reshape(-1)
+    R = remove.reshape(-1).nonzero().squeeze(1)
+    E = torch.zeros(w.numel(), R.numel(), dtype=W.dtype)
+    E[R, torch.arange(R.numel())] = 1.0
+    Finv = torch.linalg.inv(F)
+    delta = -Finv @ E @ torch.linalg.solve(E.T @ Finv @ E, w[R])
+    return (w + delta).reshape(W.shape), 0.5 * delta @ F @ delta
+
+
+def test_kronecker_obs_update_equals_exact_dense_minimiser():
+    torch.manual_seed(0)
+    W = torch.randn(5, 7, dtype=torch.float64)
+    G, A = _spd(5, 1), _spd(7, 2)
+    f = prepare_factors(G, A, 0.1, 0.1)
+    remove = torch.rand(5, 7) < 0.4
+    expected, loss = _dense_obs_minimiser(W, remove, f.G, f.A)
+    got, stats = kronecker_obs_update(W, remove, f.G, f.A, f.G_inv, f.A_inv, max_iterations=200, tolerance=1e-12)
+    assert torch.allclose(got, expected, atol=1e-8)
+    assert torch.all(got[remove] == 0)
+    assert abs(stats.loss_after - float(loss)) < 1e-8
+    assert stats.loss_after <= stats.loss_no_update
+
+
+def test_single_element_update_matches_closed_form_cost():
+    """Removing one weight: loss increase equals ½ w²/([G⁻¹]_ii [A⁻¹]_jj), the element cost."""
+    W = torch.randn(4, 6, dtype=torch.float64)
+    f = prepare_factors(_spd(4, 3), _spd(6, 4), 0.1, 0.1)
+    remove = torch.zeros(4, 6, dtype=torch.bool)
+    remove[2, 3] = True
+    _, stats = kronecker_obs_update(W, remove, f.G, f.A, f.G_inv, f.A_inv, max_iterations=100, tolerance=1e-14)
+    cost = element_costs(W, f.G_inv.diagonal(), f.A_inv.diagonal())[2, 3]
+    assert abs(stats.loss_after - float(cost)) < 1e-9 * max(1.0, float(cost))
+
+
+def test_truncated_update_is_feasible_and_never_worse_than_no_update():
+    W = torch.randn(16, 24)
+    f = prepare_factors(_spd(16, 5).float(), _spd(24, 6).float(), 0.01, 0.01)
+    remove = torch.rand(16, 24) < 0.5
+    prev = None
+    for iters in (0, 1, 3, 10):
+        new, stats = kronecker_obs_update(W, remove, f.G, f.A, f.G_inv, f.A_inv, max_iterations=iters, tolerance=0)
+        assert torch.all(new[remove] == 0)
+        assert stats.loss_after <= stats.loss_no_update * (1 + 1e-5)
+        if prev is not None:
+            assert stats.loss_after <= prev * (1 + 1e-5)
+        prev = stats.loss_after
+
+
+def test_global_threshold_selects_exact_count_with_ties():
+    costs = [torch.tensor([[1.0, 0.0, 0.0], [2.0, 0.0, 5.0]]), torch.zeros(2, 2), torch.tensor([float("-inf"), 3.0])]
+    for k in range(0, 13):
+        masks = select_cheapest(costs, k)
+        assert sum(int(m.sum()) for m in masks) == k
+        if k >= 1:
+            assert masks[2][0]  # already removed (-inf) always selected first
+
+
+def test_global_threshold_picks_cheapest_across_layers():
+    a = torch.tensor([[0.1, 0.9], [0.8, 0.7]])
+    b = torch.tensor([[0.2, 0.3, 0.05]])
+    ma, mb = select_cheapest([a, b], 3)
+    assert ma.tolist() == [[True, False], [False, False]]
+    assert mb.tolist() == [[True, False, True]]
+
+
+def test_masks_persist_across_shots():
+    torch.manual_seed(0)
+    costs = {"a": torch.rand(8, 8), "b": torch.rand(4, 16)}
+    removed = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in costs.items()}
+    for fraction in linear_schedule(0.6, 4):
+        new_costs = {k: torch.rand_like(v) for k, v in costs.items()}  # curvature changes every shot
+        masks = select_unstructured(new_costs, removed, fraction)
+        for k in masks:
+            assert torch.all(masks[k][removed[k]])
+        assert sum(int(m.sum()) for m in masks.values()) == round(fraction * 128)
+        removed = masks
+
+
+def test_per_layer_scope_gives_each_layer_the_target():
+    costs = {"a": torch.rand(8, 8), "b": torch.rand(4, 16) * 100}
+    removed = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in costs.items()}
+    masks = select_unstructured(costs, removed, 0.25, scope="layer")
+    assert int(masks["a"].sum()) == 16 and int(masks["b"].sum()) == 16
+
+
+def test_linear_schedule():
+    schedule = linear_schedule(0.5, 5)
+    assert len(schedule) == 5 and schedule[-1] == 0.5
+    assert all(abs(s - 0.1 * (t + 1)) < 1e-12 for t, s in enumerate(schedule))
+
+
+def test_nm_group_costs_and_masks_stay_within_rows():
+    costs = torch.tensor([[4.0, 1.0, 3.0, 2.0, 9.0, 8.0, 0.0, 1.0]])
+    assert nm_group_costs(costs, 2, 4).tolist() == [[3.0, 1.0]]
+    assert nm_group_element_mask(costs, 2, 4).tolist() == [[False, True, False, True, False, False, True, True]]
+
+
+def test_nm_selection_grows_and_finishes_in_pattern():
+    torch.manual_seed(0)
+    shape = {"a": (6, 8), "b": (3, 16)}
+    removed = {k: torch.zeros(s, dtype=torch.bool) for k, s in shape.items()}
+    for fraction in linear_schedule(1.0, 3):
+        costs = {k: torch.rand(s) for k, s in shape.items()}
+        masks = select_nm(costs, removed, 2, 4, fraction)
+        for k in masks:
+            assert torch.all(masks[k][removed[k]])
+        removed = masks
+    for k, m in removed.items():
+        W = torch.ones(shape[k]).masked_fill(m, 0)
+        assert nm_violations(W, 2, 4) == 0
+        assert float(m.float().mean()) == 0.5
