@@ -6,6 +6,7 @@ import json
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from llm_surgeon.config import PruneConfig
 from llm_surgeon.data import calibration_windows, evaluation_tokens, resolve_data_dir
 from llm_surgeon.errors import ConfigError
 from llm_surgeon.evaluation import PerplexityResult, perplexity
+from llm_surgeon.export import densify, to_semi_structured
 from llm_surgeon.io import atomic_write_json, fsync_tree
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.models.loading import load_model_and_tokenizer
@@ -38,6 +40,8 @@ class RunOptions:
     dtype: str = "float32"
     overwrite: bool = False
     progress: bool = True
+    semi_structured_export: bool = False
+    """Convert 2:4 weights to PyTorch's semi-structured format for evaluation (CUDA only)."""
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -111,6 +115,11 @@ def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict
     linears = get_adapter(model).prunable_linears(model)
     achieved, per_layer = sparsity_stats(linears)
     seconds = dict(result.seconds)
+    export = None
+    if options.semi_structured_export:
+        export = to_semi_structured(linears, config.nm)
+        if not export.applied:
+            warnings.warn(export.reason, stacklevel=2)
     ppl = None
     if options.eval:
         t = time.perf_counter()
@@ -118,6 +127,8 @@ def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict
                              options.progress)
         seconds["eval"] = time.perf_counter() - t
         ppl = {"wikitext2": evaluated.ppl, "wikitext2_detail": evaluated.to_dict()}
+    if export is not None and export.applied:
+        densify(linears)  # safetensors stores the dense zeros
     seconds["wall"] = time.perf_counter() - start
     report = build_report(
         config=config, model_name=model_name, result=result,
@@ -125,6 +136,7 @@ def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict
         achieved_sparsity=achieved, per_layer_sparsity=per_layer, ppl=ppl, seconds=seconds,
         peak_mb=peak_memory_mb(options.device),
     )
+    report["semi_structured_export"] = export.to_dict() if export else None
     save_pruned_model(model, tokenizer, out, report)
     return report
 

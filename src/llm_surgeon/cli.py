@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--eval-seqlen", type=int, default=2048)
     prune.add_argument("--eval-max-windows", type=int, default=None, help="evaluate only the first K windows")
     prune.add_argument("--overwrite", action="store_true", help="replace an output folder that holds another run")
+    prune.add_argument("--semi-structured-export", action="store_true",
+                       help="with 2:4 on a CUDA GPU and fp16/bf16: evaluate with torch semi-structured sparse weights")
     _add_data_flags(prune)
 
     ev = sub.add_parser("eval", help="WikiText-2 test perplexity of a model or pruned folder")
@@ -83,6 +85,7 @@ def _run(args: argparse.Namespace) -> int:
             out=args.out, data_dir=args.data_dir, eval=args.eval, eval_seqlen=args.eval_seqlen,
             eval_max_windows=args.eval_max_windows, device=args.device, dtype=args.dtype,
             overwrite=args.overwrite, progress=not args.no_progress,
+            semi_structured_export=args.semi_structured_export,
         )
         report = api.run_prune(args.model, _config_from_args(args), options)
         summary = {k: report[k] for k in ("method", "granularity", "target_sparsity", "achieved_sparsity", "seconds")}
