@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -12,16 +13,24 @@ from pathlib import Path
 
 import torch
 
+from llm_surgeon.checkpoint import (
+    config_differences,
+    list_checkpoints,
+    load_checkpoint,
+    remove_checkpoints,
+    save_checkpoint,
+)
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.data import calibration_windows, evaluation_tokens, resolve_data_dir
-from llm_surgeon.errors import ConfigError
+from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.evaluation import PerplexityResult, perplexity
 from llm_surgeon.export import densify, to_semi_structured
 from llm_surgeon.io import atomic_write_json, fsync_tree
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.models.loading import load_model_and_tokenizer
-from llm_surgeon.pruner import PruneResult, prune_model, sparsity_stats
+from llm_surgeon.pruner import PruneResult, check_nm_applicable, prune_model, sparsity_stats
 from llm_surgeon.report import build_report, peak_memory_mb
+from llm_surgeon.resources import available_bytes, curvature_bytes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 REPORT_NAME = "report.json"
@@ -40,6 +49,8 @@ class RunOptions:
     dtype: str = "float32"
     overwrite: bool = False
     progress: bool = True
+    resume: bool = False
+    """Insist on continuing from a checkpoint (re-running the same command resumes anyway)."""
     semi_structured_export: bool = False
     """Convert 2:4 weights to PyTorch's semi-structured format for evaluation (CUDA only)."""
 
@@ -50,14 +61,41 @@ def parse_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def check_output_folder(out: Path, overwrite: bool) -> None:
-    """Refuse to clobber a folder that holds something else, unless told to."""
-    if overwrite or not out.exists():
-        return
+def inspect_output(out: Path, model_name: str, config: PruneConfig, overwrite: bool) -> str:
+    """What to do with ``out``: ``"fresh"``, ``"resume"`` or ``"done"``; refuse to clobber another run.
+
+    A folder holding a run with a different model or config is refused (naming the fields
+    that differ) unless ``overwrite``; so is a non-empty folder that holds no run of ours.
+    """
+    if not out.exists():
+        return "fresh"
     if not out.is_dir():
         raise ConfigError(f"output {out} exists and is not a folder")
-    if any(p for p in out.iterdir() if not p.name.startswith(".")):
-        raise ConfigError(f"output folder {out} already holds a run; pass --overwrite to replace it")
+    if overwrite:
+        (out / REPORT_NAME).unlink(missing_ok=True)
+        remove_checkpoints(out)
+        return "fresh"
+    recorded = None
+    if (out / REPORT_NAME).is_file():
+        try:
+            report = json.loads((out / REPORT_NAME).read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{out / REPORT_NAME} is corrupted; pass --overwrite to replace the run") from exc
+        recorded, state = {"model": report.get("model"), **report.get("config", {})}, "done"
+    elif checkpoints := list_checkpoints(out):
+        meta = checkpoints[-1].meta
+        recorded, state = {"model": meta.get("model"), **meta.get("config", {})}, "resume"
+    elif any(not p.name.startswith(".") for p in out.iterdir()):
+        raise ConfigError(f"output folder {out} already holds other files; pass --overwrite to replace them")
+    else:
+        return "fresh"
+    differing = config_differences(recorded, {"model": model_name, **config.to_dict()})
+    if differing:
+        raise ConfigError(
+            f"output folder {out} holds a different run (differs in: {', '.join(differing)}); "
+            "pass --overwrite to replace it or choose another --out"
+        )
+    return state
 
 
 def save_pruned_model(model, tokenizer, out: Path, report: dict) -> None:
@@ -95,24 +133,54 @@ def prune(model, calibration: torch.Tensor | None, config: PruneConfig, progress
     return prune_model(model, calibration, config, progress=progress)
 
 
+def check_memory(linears, device: str) -> None:
+    """Refuse to start a shot whose curvature factors cannot fit, saying how much is needed."""
+    needed = curvature_bytes(linears)
+    free = available_bytes(device)
+    if free is not None and needed > free:
+        raise LLMSurgeonError(
+            f"not enough memory for the curvature factors: about {needed / 2**30:.1f} GiB needed, "
+            f"{free / 2**30:.1f} GiB available on {device}"
+        )
+
+
 def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict:
-    """Load, calibrate, prune, optionally evaluate, save; return the report."""
+    """Load, calibrate, prune (checkpointing every shot), optionally evaluate, save; return the report.
+
+    Re-running on the same ``out`` continues from the last complete checkpoint.
+    """
     config.validate()
     out = Path(options.out)
-    check_output_folder(out, options.overwrite)
+    state = inspect_output(out, model_name, config, options.overwrite)
+    if state == "done":
+        return load_report(out)
+    if options.resume and state != "resume":
+        raise ConfigError(f"nothing to resume in {out}: no complete checkpoint")
     dtype = parse_dtype(options.dtype)
     data_dir = resolve_data_dir(options.data_dir)
     start = time.perf_counter()
     model, tokenizer, _ = load_model_and_tokenizer(model_name, dtype, options.device)
-    get_adapter(model)
+    linears = get_adapter(model).prunable_linears(model)
+    if config.nm is not None:
+        check_nm_applicable(linears, config.nm[1])
     calibration, spec = None, None
     if config.method != "magnitude":
+        check_memory(linears, options.device)
         calibration, spec = calibration_windows(
             tokenizer, config.calib_samples, config.calib_seqlen, config.seed, data_dir
         )
     torch.manual_seed(config.seed)
-    result = prune_model(model, calibration, config, progress=options.progress)
-    linears = get_adapter(model).prunable_linears(model)
+    resumed = None
+    if state == "resume":
+        checkpoint = list_checkpoints(out)[-1]
+        resumed = load_checkpoint(checkpoint, config, linears)
+        print(f"llm-surgeon: resuming from {checkpoint.path} (shot {checkpoint.shot} of {config.shots})",
+              file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    result = prune_model(
+        model, calibration, config, progress=options.progress, start=resumed,
+        on_shot_end=lambda shot, r: save_checkpoint(out, model_name, r, linears),
+    )
     achieved, per_layer = sparsity_stats(linears)
     seconds = dict(result.seconds)
     export = None
@@ -137,7 +205,9 @@ def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict
         peak_mb=peak_memory_mb(options.device),
     )
     report["semi_structured_export"] = export.to_dict() if export else None
+    report["resumed_from_shot"] = len(resumed.shots) if resumed else None
     save_pruned_model(model, tokenizer, out, report)
+    remove_checkpoints(out)
     return report
 
 

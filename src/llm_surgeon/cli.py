@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from llm_surgeon.config import PruneConfig
@@ -63,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--eval-seqlen", type=int, default=2048)
     prune.add_argument("--eval-max-windows", type=int, default=None, help="evaluate only the first K windows")
     prune.add_argument("--overwrite", action="store_true", help="replace an output folder that holds another run")
+    prune.add_argument(
+        "--resume", action="store_true",
+                       help="continue from the last complete checkpoint in --out (the same command again does too)",
+    )
     prune.add_argument("--semi-structured-export", action="store_true",
                        help="with 2:4 on a CUDA GPU and fp16/bf16: evaluate with torch semi-structured sparse weights")
     _add_data_flags(prune)
@@ -85,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
             out=args.out, data_dir=args.data_dir, eval=args.eval, eval_seqlen=args.eval_seqlen,
             eval_max_windows=args.eval_max_windows, device=args.device, dtype=args.dtype,
             overwrite=args.overwrite, progress=not args.no_progress,
-            semi_structured_export=args.semi_structured_export,
+            semi_structured_export=args.semi_structured_export, resume=args.resume,
         )
         report = api.run_prune(args.model, _config_from_args(args), options)
         summary = {k: report[k] for k in ("method", "granularity", "target_sparsity", "achieved_sparsity", "seconds")}
@@ -103,15 +108,37 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupted_message(args: argparse.Namespace) -> str:
+    if args.command != "prune":
+        return "llm-surgeon: interrupted"
+    from pathlib import Path
+
+    from llm_surgeon.checkpoint import list_checkpoints
+
+    try:
+        checkpoints = list_checkpoints(Path(args.out))
+    except LLMSurgeonError:
+        checkpoints = []
+    if not checkpoints:
+        return "llm-surgeon: interrupted before the first shot finished; nothing to resume, run the command again"
+    return (f"llm-surgeon: interrupted; last complete checkpoint: {checkpoints[-1].path} "
+            f"(shot {checkpoints[-1].shot}); run the same command again (or add --resume) to continue")
+
+
+def _terminate_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         return _run(args)
     except LLMSurgeonError as exc:
         print(f"llm-surgeon: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("llm-surgeon: interrupted", file=sys.stderr)
+        print(_interrupted_message(args), file=sys.stderr)
         return 130
 
 

@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from llm_surgeon.errors import LLMSurgeonError
 
-class NonFiniteActivationError(ValueError):
+
+class NonFiniteActivationError(LLMSurgeonError):
     """NaN/Inf in the activations or gradients seen by a layer."""
 
 
@@ -166,7 +168,17 @@ def collect_kronecker_factors(
             normalised[id(raw_A)] = raw_A / accumulator.tokens
         A = normalised[id(raw_A)]
         G = accumulator.G[name] / accumulator.tokens
-        if not (torch.isfinite(A).all() and torch.isfinite(G).all()):
-            raise NonFiniteActivationError(f"NaN or Inf in the activations or gradients of layer {name}")
         factors[name] = KroneckerFactors(A=A, G=G, tokens=accumulator.tokens)
+    _raise_on_non_finite(factors)
     return factors
+
+
+def _raise_on_non_finite(factors: dict[str, KroneckerFactors]) -> None:
+    """Name the layer closest to the source: the first with non-finite inputs in forward order,
+    else the last with non-finite output gradients (backward runs from the top)."""
+    for name, f in factors.items():
+        if not torch.isfinite(f.A).all():
+            raise NonFiniteActivationError(f"NaN or Inf in the input activations of layer {name}")
+    for name, f in reversed(factors.items()):
+        if not torch.isfinite(f.G).all():
+            raise NonFiniteActivationError(f"NaN or Inf in the output gradients of layer {name}")

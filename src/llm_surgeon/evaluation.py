@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from llm_surgeon.errors import DataError
+
 
 @dataclass
 class PerplexityResult:
@@ -41,7 +43,7 @@ def perplexity(
     if max_windows is not None:
         windows = min(windows, max_windows)
     if windows < 1:
-        raise ValueError(f"text has {tokens.numel()} tokens, fewer than one window of {seqlen}")
+        raise DataError(f"evaluation text has {tokens.numel()} tokens, fewer than one window of {seqlen}")
     device = next(model.parameters()).device
     total_nll = 0.0
     predicted = 0

@@ -82,7 +82,7 @@ def load_model_and_tokenizer(
     try:
         lm = AutoModelForCausalLM.from_pretrained(source.path_or_id, dtype=dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source.path_or_id, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # transformers, hub and safetensors each raise their own types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load model {source.describe()}: {first}") from exc
     if source.gguf_file:
