@@ -165,7 +165,8 @@ def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict
         check_nm_applicable(linears, config.nm[1])
     calibration, spec = None, None
     if config.method != "magnitude":
-        check_memory(linears, options.device)
+        if config.method in ("surgeon", "kobd"):
+            check_memory(linears, options.device)
         calibration, spec = calibration_windows(
             tokenizer, config.calib_samples, config.calib_seqlen, config.seed, data_dir
         )

@@ -7,7 +7,7 @@ import json
 import signal
 import sys
 
-from llm_surgeon.config import PruneConfig
+from llm_surgeon.config import METHODS, PruneConfig
 from llm_surgeon.errors import LLMSurgeonError
 
 
@@ -22,7 +22,8 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_prune_flags(parser: argparse.ArgumentParser) -> None:
     d = PruneConfig()
-    parser.add_argument("--method", default=d.method, choices=["surgeon", "magnitude"])
+    parser.add_argument("--method", default=d.method, choices=list(METHODS),
+                        help="surgeon (ours), magnitude, lobd, kobd, wanda, sparsegpt")
     parser.add_argument("--granularity", default=d.granularity, help="unstructured or N:M, e.g. 2:4")
     parser.add_argument("--sparsity", type=float, default=d.sparsity, help="target fraction of zeros (unstructured)")
     parser.add_argument("--shots", type=int, default=d.shots)
@@ -37,6 +38,8 @@ def _add_prune_flags(parser: argparse.ArgumentParser) -> None:
                         help="max PCG iterations of the correlated update per layer and shot")
     parser.add_argument("--update-tolerance", type=float, default=d.update_tolerance)
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="calibration windows per pass")
+    parser.add_argument("--sparsegpt-damp", type=float, default=d.sparsegpt_damp,
+                        help="SparseGPT dampening, fraction of the mean diagonal of X Xᵀ")
 
 
 def _config_from_args(args: argparse.Namespace) -> PruneConfig:
@@ -45,7 +48,7 @@ def _config_from_args(args: argparse.Namespace) -> PruneConfig:
         calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, seed=args.seed,
         damp_g=args.damp_g, damp_a=args.damp_a, fisher=args.fisher, magnitude_scope=args.magnitude_scope,
         update_iterations=args.update_iterations, update_tolerance=args.update_tolerance,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, sparsegpt_damp=args.sparsegpt_damp,
     )
 
 

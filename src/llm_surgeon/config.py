@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass, fields
 
 from llm_surgeon.errors import ConfigError
 
-METHODS = ("surgeon", "magnitude")
+METHODS = ("surgeon", "magnitude", "lobd", "kobd", "wanda", "sparsegpt")
+LAYERWISE_METHODS = ("wanda", "sparsegpt")
+"""One-shot methods that prune block by block; they run a single shot whatever ``shots`` says."""
 FISHER_TYPES = ("empirical", "true")
 MAGNITUDE_SCOPES = ("global", "layer")
 _NM = re.compile(r"^(\d+):(\d+)$")
@@ -39,11 +41,17 @@ class PruneConfig:
     """Maximum PCG iterations of the Kronecker OBS update per layer and shot."""
     update_tolerance: float = 1e-3
     batch_size: int = 8
+    sparsegpt_damp: float = 0.01
+    """SparseGPT's dampening, a fraction of the mean diagonal of ``X Xᵀ``."""
     """Calibration windows per forward/backward pass."""
 
     @property
     def nm(self) -> tuple[int, int] | None:
         return parse_nm(self.granularity)
+
+    @property
+    def effective_shots(self) -> int:
+        return 1 if self.method in LAYERWISE_METHODS else self.shots
 
     @property
     def target_sparsity(self) -> float:

@@ -28,7 +28,8 @@ class KroneckerFactors:
     """Raw (undamped) ``A = E[a aᵀ]`` and ``G = E[g gᵀ]`` of one Linear layer, per token."""
 
     A: torch.Tensor
-    G: torch.Tensor
+    G: torch.Tensor | None
+    """``None`` when only input statistics were collected (forward passes only)."""
     tokens: int
 
 
@@ -127,6 +128,7 @@ def collect_kronecker_factors(
     fisher: str = "empirical",
     seed: int = 0,
     progress: bool = True,
+    with_gradients: bool = True,
 ) -> dict[str, KroneckerFactors]:
     """KFAC factors of every Linear in ``linears`` from forward/backward passes over ``windows``.
 
@@ -142,6 +144,14 @@ def collect_kronecker_factors(
     was_training = model.training
     model.eval()
     batches = windows.split(batch_size)
+    if not with_gradients:
+        with torch.no_grad(), accumulator.attached():
+            for batch in tqdm(batches, desc="input statistics (forward)", disable=not progress):
+                accumulator.new_batch()
+                model(input_ids=batch.to(device), use_cache=False)
+                accumulator.tokens += batch.numel()
+        model.train(was_training)
+        return _normalised(accumulator, linears, with_gradients=False)
     with _activation_gradients_only(model), accumulator.attached():
         for batch in tqdm(batches, desc="curvature (forward+backward)", disable=not progress):
             accumulator.new_batch()
@@ -157,18 +167,22 @@ def collect_kronecker_factors(
             loss.backward()
             accumulator.tokens += ids.numel()
     model.train(was_training)
+    return _normalised(accumulator, linears, with_gradients=True)
 
+
+def _normalised(accumulator: _FactorAccumulator, linears: dict[str, nn.Linear], with_gradients: bool
+                ) -> dict[str, KroneckerFactors]:
+    """Sums divided by the token count; A factors shared between layers stay shared."""
     factors: dict[str, KroneckerFactors] = {}
-    normalised: dict[int, torch.Tensor] = {}  # keeps shared A factors shared
+    normalised: dict[int, torch.Tensor] = {}
     for name in linears:
-        if name not in accumulator.G:
+        if with_gradients and name not in accumulator.G:
             raise NonFiniteActivationError(f"no gradient reached layer {name}")
         raw_A = accumulator.A[name]
         if id(raw_A) not in normalised:
             normalised[id(raw_A)] = raw_A / accumulator.tokens
-        A = normalised[id(raw_A)]
-        G = accumulator.G[name] / accumulator.tokens
-        factors[name] = KroneckerFactors(A=A, G=G, tokens=accumulator.tokens)
+        G = accumulator.G[name] / accumulator.tokens if with_gradients else None
+        factors[name] = KroneckerFactors(A=normalised[id(raw_A)], G=G, tokens=accumulator.tokens)
     _raise_on_non_finite(factors)
     return factors
 
@@ -180,5 +194,5 @@ def _raise_on_non_finite(factors: dict[str, KroneckerFactors]) -> None:
         if not torch.isfinite(f.A).all():
             raise NonFiniteActivationError(f"NaN or Inf in the input activations of layer {name}")
     for name, f in reversed(factors.items()):
-        if not torch.isfinite(f.G).all():
+        if f.G is not None and not torch.isfinite(f.G).all():
             raise NonFiniteActivationError(f"NaN or Inf in the output gradients of layer {name}")

@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.curvature import KroneckerFactors, collect_kronecker_factors
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
+from llm_surgeon.layerwise import prune_layerwise
 from llm_surgeon.math.kfac import DampedFactors, NonFiniteCurvatureError, damped_with_inverse
 from llm_surgeon.math.selection import nm_violations, select_nm, select_unstructured
 from llm_surgeon.math.threshold import linear_schedule
-from llm_surgeon.methods import get_method
+from llm_surgeon.methods import LayerwiseMethod, PruningMethod, get_method
 from llm_surgeon.models.adapters import get_adapter
 
 
@@ -106,6 +107,24 @@ def prepare_shot_factors(factors: dict[str, KroneckerFactors], config: PruneConf
     return out
 
 
+def _needs_calibration(method) -> bool:
+    return isinstance(method, LayerwiseMethod) or method.curvature != "none"
+
+
+def _prune_layerwise(model, method: LayerwiseMethod, calibration, config: PruneConfig, linears, progress: bool
+                     ) -> ShotRecord:
+    nm = config.nm
+    t0 = time.perf_counter()
+    prune_layerwise(
+        model, get_adapter(model), calibration,
+        lambda W, H: method.prune_layer(W, H, config.sparsity, nm),
+        batch_size=config.batch_size, progress=progress,
+    )
+    achieved, _ = sparsity_stats(linears)
+    return ShotRecord(shot=1, target_sparsity=config.target_sparsity, achieved_sparsity=achieved,
+                      seconds_curvature=0.0, seconds_costs=0.0, seconds_update=time.perf_counter() - t0)
+
+
 def prune_model(
     model: nn.Module,
     calibration: torch.Tensor | None,
@@ -125,33 +144,50 @@ def prune_model(
     nm = config.nm
     if nm is not None:
         check_nm_applicable(linears, nm[1])
-    if method.needs_curvature and calibration is None:
+    if _needs_calibration(method) and calibration is None:
         raise ConfigError(f"method {config.method} needs calibration data")
 
     result = start or PruneResult(
         config=config,
         masks={name: torch.zeros_like(lin.weight, dtype=torch.bool) for name, lin in linears.items()},
     )
+    if isinstance(method, LayerwiseMethod):
+        if not result.shots:
+            result.shots.append(_prune_layerwise(model, method, calibration, config, linears, progress))
+            result.masks = {name: lin.weight.detach() == 0 for name, lin in linears.items()}
+            if on_shot_end is not None:
+                on_shot_end(1, result)
+    else:
+        _prune_in_shots(model, method, calibration, config, linears, result, progress, on_shot_end)
+    if nm:
+        result.nm_validation = validate_nm(linears, *nm)
+    return result
+
+
+def _prune_in_shots(model, method: PruningMethod, calibration, config: PruneConfig, linears, result: PruneResult,
+                    progress: bool, on_shot_end) -> None:
+    nm = config.nm
     schedule = linear_schedule(1.0 if nm else config.sparsity, config.shots)
+    scope = "row" if method.row_scope else (config.magnitude_scope if config.method == "magnitude" else "global")
     for shot in range(len(result.shots), config.shots):
         fraction = schedule[shot]
         t0 = time.perf_counter()
         factors = None
-        if method.needs_curvature:
+        if method.curvature != "none":
             factors = collect_kronecker_factors(
                 model, linears, calibration, batch_size=config.batch_size, fisher=config.fisher,
-                seed=config.seed + shot, progress=progress,
+                seed=config.seed + shot, progress=progress, with_gradients=method.curvature != "inputs",
             )
         t1 = time.perf_counter()
 
-        damped = prepare_shot_factors(factors, config, progress) if factors else {}
-        del factors
-        costs = {name: method.element_costs(lin.weight.detach(), damped.get(name)) for name, lin in linears.items()}
+        if method.curvature == "kfac_inverse":
+            factors = prepare_shot_factors(factors, config, progress)
+        layer_factors = factors or {}
+        costs = {name: method.element_costs(lin.weight.detach(), layer_factors.get(name))
+                 for name, lin in linears.items()}
         if nm:
-            masks = select_nm(costs, result.masks, nm[0], nm[1], fraction, config.magnitude_scope
-                              if config.method == "magnitude" else "global")
+            masks = select_nm(costs, result.masks, nm[0], nm[1], fraction, scope)
         else:
-            scope = config.magnitude_scope if config.method == "magnitude" else "global"
             masks = select_unstructured(costs, result.masks, fraction, scope)
         del costs
         t2 = time.perf_counter()
@@ -159,14 +195,14 @@ def prune_model(
         iterations, loss_before, loss_after = [], 0.0, 0.0
         for name, lin in tqdm(linears.items(), desc=f"shot {shot + 1}/{config.shots}: update", disable=not progress):
             with torch.no_grad():
-                new_weight, stats = method.update(lin.weight.detach(), masks[name], damped.get(name))
+                new_weight, stats = method.update(lin.weight.detach(), masks[name], layer_factors.get(name))
                 lin.weight.copy_(new_weight)
             if stats is not None:
                 iterations.append(stats.iterations)
                 loss_before += stats.loss_no_update
                 loss_after += stats.loss_after
         t3 = time.perf_counter()
-        del damped
+        del factors, layer_factors
 
         result.masks = masks
         achieved, _ = sparsity_stats(linears)
@@ -184,7 +220,3 @@ def prune_model(
         )
         if on_shot_end is not None:
             on_shot_end(shot + 1, result)
-
-    if nm:
-        result.nm_validation = validate_nm(linears, *nm)
-    return result

@@ -61,7 +61,7 @@ def build_report(
         "target_sparsity": config.target_sparsity,
         "achieved_sparsity": achieved_sparsity,
         "per_layer_sparsity": per_layer_sparsity,
-        "shots": config.shots,
+        "shots": config.effective_shots,
         "shot_records": [asdict(s) for s in result.shots],
         "nm_validation": result.nm_validation,
         "calibration": calibration,

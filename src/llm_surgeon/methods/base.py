@@ -1,4 +1,9 @@
-"""The interface every pruning method implements."""
+"""The interfaces every pruning method implements.
+
+Two kinds: :class:`PruningMethod` plugs into the shared multi-shot loop (costs, one global
+selection, an optional update); :class:`LayerwiseMethod` prunes block by block on the
+inputs of the already-pruned blocks (SparseGPT, Wanda) in a single pass.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from llm_surgeon.math.kfac import DampedFactors
 from llm_surgeon.math.obs import UpdateStats
 
 
@@ -14,25 +18,35 @@ class PruningMethod(ABC):
     """Per-layer costs and compensation; selection and scheduling are not its business."""
 
     name: str
-    needs_curvature: bool = False
+    curvature: str = "none"
+    """What the costs need: ``"none"``, ``"inputs"`` (A from forward passes), ``"kfac"`` (A and G),
+    or ``"kfac_inverse"`` (damped A, G and their inverses)."""
+    row_scope: bool = False
+    """Compare costs within each output row instead of globally."""
 
     @abstractmethod
-    def element_costs(self, W: torch.Tensor, factors: DampedFactors | None) -> torch.Tensor:
+    def element_costs(self, W: torch.Tensor, factors) -> torch.Tensor:
         """Cost of removing each element of ``W`` (lower is removed first)."""
 
-    def update(
-        self, W: torch.Tensor, remove: torch.Tensor, factors: DampedFactors | None
-    ) -> tuple[torch.Tensor, UpdateStats | None]:
+    def update(self, W: torch.Tensor, remove: torch.Tensor, factors) -> tuple[torch.Tensor, UpdateStats | None]:
         """New weights with exact zeros on ``remove``; by default no compensation."""
         return W.masked_fill(remove, 0.0), None
 
 
-def get_method(name: str, config) -> PruningMethod:
-    from llm_surgeon.methods.magnitude import MagnitudePruning
-    from llm_surgeon.methods.surgeon import SurgeonPruning
+class LayerwiseMethod(ABC):
+    """A one-shot method that prunes each Linear from its own input Hessian ``H = Σ x xᵀ``."""
 
-    if name == "surgeon":
-        return SurgeonPruning(config.update_iterations, config.update_tolerance)
-    if name == "magnitude":
-        return MagnitudePruning()
-    raise ValueError(f"unknown method {name!r}")
+    name: str
+
+    @abstractmethod
+    def prune_layer(self, W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple[int, int] | None
+                    ) -> torch.Tensor:
+        """Pruned ``W`` with exact zeros."""
+
+
+def get_method(name: str, config) -> PruningMethod | LayerwiseMethod:
+    from llm_surgeon.methods import METHODS
+
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}")
+    return METHODS[name](config)

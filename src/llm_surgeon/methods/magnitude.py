@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from llm_surgeon.math.kfac import DampedFactors
 from llm_surgeon.methods.base import PruningMethod
 
 
 class MagnitudePruning(PruningMethod):
     name = "magnitude"
-    needs_curvature = False
+    curvature = "none"
 
-    def element_costs(self, W: torch.Tensor, factors: DampedFactors | None) -> torch.Tensor:
+    def __init__(self, config=None):
+        pass
+
+    def element_costs(self, W: torch.Tensor, factors) -> torch.Tensor:
         return W.float().pow(2)

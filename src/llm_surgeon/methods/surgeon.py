@@ -12,20 +12,17 @@ from llm_surgeon.methods.base import PruningMethod
 
 class SurgeonPruning(PruningMethod):
     name = "surgeon"
-    needs_curvature = True
+    curvature = "kfac_inverse"
 
-    def __init__(self, update_iterations: int = 20, update_tolerance: float = 1e-3):
-        self.update_iterations = update_iterations
-        self.update_tolerance = update_tolerance
+    def __init__(self, config=None):
+        self.update_iterations = config.update_iterations if config else 20
+        self.update_tolerance = config.update_tolerance if config else 1e-3
 
-    def element_costs(self, W: torch.Tensor, factors: DampedFactors | None) -> torch.Tensor:
-        assert factors is not None
+    def element_costs(self, W: torch.Tensor, factors: DampedFactors) -> torch.Tensor:
         return element_costs(W, factors.G_inv.diagonal(), factors.A_inv.diagonal())
 
-    def update(
-        self, W: torch.Tensor, remove: torch.Tensor, factors: DampedFactors | None
-    ) -> tuple[torch.Tensor, UpdateStats | None]:
-        assert factors is not None
+    def update(self, W: torch.Tensor, remove: torch.Tensor, factors: DampedFactors
+               ) -> tuple[torch.Tensor, UpdateStats | None]:
         return kronecker_obs_update(
             W, remove, factors.G, factors.A, factors.G_inv, factors.A_inv,
             max_iterations=self.update_iterations, tolerance=self.update_tolerance,

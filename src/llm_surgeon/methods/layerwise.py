@@ -1,0 +1,32 @@
+"""SparseGPT and Wanda: one-shot, layer by layer, on the inputs of the already-pruned blocks."""
+
+from __future__ import annotations
+
+from llm_surgeon.math.costs import nm_group_element_mask
+from llm_surgeon.math.sparsegpt import sparsegpt_prune
+from llm_surgeon.math.wanda import per_row_mask, wanda_scores
+from llm_surgeon.methods.base import LayerwiseMethod
+
+
+class SparseGPT(LayerwiseMethod):
+    name = "sparsegpt"
+
+    def __init__(self, config=None, block_size: int = 128):
+        self.damp = config.sparsegpt_damp if config else 0.01
+        self.block_size = block_size
+
+    def prune_layer(self, W, H, sparsity, nm):
+        pruned, _ = sparsegpt_prune(W, H, sparsity, nm, block_size=self.block_size, damp=self.damp)
+        return pruned
+
+
+class Wanda(LayerwiseMethod):
+    name = "wanda"
+
+    def __init__(self, config=None):
+        pass
+
+    def prune_layer(self, W, H, sparsity, nm):
+        scores = wanda_scores(W, H.diagonal())
+        mask = nm_group_element_mask(scores, *nm) if nm else per_row_mask(scores, sparsity)
+        return W.masked_fill(mask, 0.0)
