@@ -1,5 +1,8 @@
 """Core benchmark: dense vs magnitude vs LLM Surgeon on one model, measured side by side in one run.
 
+(``llm-surgeon bench`` runs any grid of methods; this script pins the rows of the core
+benchmark, including LLM Surgeon at 1 and 5 shots, and reports the per-shot cost split.)
+
 Every pruning run is a fresh ``llm-surgeon prune ... --eval`` process, so peak memory is
 that run's own (``wait4`` rusage of the child). Results go to ``--results`` (JSON, one
 record per run, resumable: a run whose record exists is skipped) and the markdown table
@@ -16,10 +19,10 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from llm_surgeon.bench import run_child
 
 RUNS = {
     "dense": None,
@@ -30,16 +33,6 @@ RUNS = {
     "surgeon-2:4-1shot": ["--method", "surgeon", "--granularity", "2:4", "--shots", "1"],
     "surgeon-2:4-5shot": ["--method", "surgeon", "--granularity", "2:4", "--shots", "5"],
 }
-
-
-def run_child(cmd: list[str], log: Path) -> tuple[int, float, float]:
-    """Run ``cmd``; return exit code, wall seconds and the child's own peak RSS in MB."""
-    start = time.perf_counter()
-    with open(log, "w") as handle:
-        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ import signal
 import sys
 
 from llm_surgeon.config import METHODS, PruneConfig
-from llm_surgeon.errors import LLMSurgeonError
+from llm_surgeon.errors import ConfigError, LLMSurgeonError
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with 2:4 on a CUDA GPU and fp16/bf16: evaluate with torch semi-structured sparse weights")
     _add_data_flags(prune)
 
+    bench = sub.add_parser("bench", help="run a grid of methods x granularities x sparsities under one protocol")
+    bench.add_argument("model", help="hub id, local folder, .gguf file, or the alias smollm2-135m")
+    bench.add_argument("--out", required=True, help="folder for results.json, results.md, results.png and runs/")
+    bench.add_argument("--methods", default="magnitude,wanda,sparsegpt,lobd,kobd,surgeon")
+    bench.add_argument("--granularities", default="unstructured")
+    bench.add_argument("--sparsities", default="0.5", help="comma-separated (unstructured runs)")
+    bench.add_argument("--shots", type=int, default=PruneConfig().shots, help="shots of multi-shot methods")
+    bench.add_argument("--calib-samples", type=int, default=PruneConfig().calib_samples)
+    bench.add_argument("--calib-seqlen", type=int, default=PruneConfig().calib_seqlen)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--eval-seqlen", type=int, default=2048)
+    bench.add_argument("--eval-max-windows", type=int, default=None)
+    _add_data_flags(bench)
+
     ev = sub.add_parser("eval", help="WikiText-2 test perplexity of a model or pruned folder")
     ev.add_argument("model", help="hub id, local folder, .gguf file, or the alias smollm2-135m")
     ev.add_argument("--dataset", default="wikitext2", choices=["wikitext2"])
@@ -102,12 +116,40 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         print(f"saved pruned model and report.json to {args.out}", file=sys.stderr)
         return 0
+    if args.command == "bench":
+        return _run_bench(args)
     result = api.run_eval(args.model, args.data_dir, args.seqlen, args.max_windows, args.device, args.dtype,
                           progress=not args.no_progress)
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{args.dataset} perplexity {result['ppl']:.4f} ({result['windows']} windows of {result['seqlen']})")
+    return 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llm_surgeon import bench
+
+    protocol = bench.Protocol(
+        model=args.model, data_dir=args.data_dir, calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen,
+        seed=args.seed, eval_seqlen=args.eval_seqlen, eval_max_windows=args.eval_max_windows, shots=args.shots,
+        device=args.device, dtype=args.dtype,
+    )
+    try:
+        sparsities = [float(s) for s in args.sparsities.split(",")]
+    except ValueError as exc:
+        raise ConfigError(f"--sparsities must be comma-separated numbers, got {args.sparsities!r}") from exc
+    specs = bench.grid(args.methods.split(","), args.granularities.split(","), sparsities)
+    out = Path(args.out)
+    results = bench.run_bench(protocol, specs, out, log=lambda line: print(line, file=sys.stderr, flush=True))
+    bench.write_outputs(results, out)
+    print(bench.render_markdown(results))
+    failed = len(specs) + 1 - len(results["runs"])
+    if failed:
+        print(f"llm-surgeon: error: {failed} run(s) failed; see the logs in {out / 'runs'}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -11,8 +11,8 @@ def wanda_scores(W: torch.Tensor, input_sq_norms: torch.Tensor) -> torch.Tensor:
 
 
 def per_row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Remove the ``int(cols * sparsity)`` lowest scores of every row."""
-    k = int(scores.shape[1] * sparsity)
+    """Remove the ``round(cols * sparsity)`` lowest scores of every row."""
+    k = round(scores.shape[1] * sparsity)
     mask = torch.zeros_like(scores, dtype=torch.bool)
     if k:
         mask.scatter_(1, scores.topk(k, dim=1, largest=False).indices, True)

@@ -1,0 +1,234 @@
+"""``llm-surgeon bench``: a grid of methods x granularities x sparsities under one pinned protocol.
+
+Every run is a fresh ``llm-surgeon prune ... --eval`` process, so each run's peak memory is
+its own (``wait4`` rusage of the child). The dense reference is evaluated once. Results are
+written after every run to ``results.json`` (a run whose record exists is not repeated),
+then rendered to ``results.md`` and ``results.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llm_surgeon.config import PruneConfig, parse_nm
+from llm_surgeon.io import atomic_write_json, atomic_write_text
+
+DENSE = "dense"
+
+
+@dataclass
+class Protocol:
+    """What every run of a bench shares; recorded in results.json."""
+
+    model: str
+    data_dir: str | None
+    calib_samples: int
+    calib_seqlen: int
+    seed: int
+    eval_seqlen: int
+    eval_max_windows: int | None
+    shots: int
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    granularity: str
+    sparsity: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}|{self.granularity}|{self.sparsity:g}"
+
+    @property
+    def folder(self) -> str:
+        return self.key.replace("|", "_").replace(":", "-")
+
+
+def grid(methods: list[str], granularities: list[str], sparsities: list[float]) -> list[RunSpec]:
+    """All runs; an N:M granularity takes its sparsity from the pattern, so it runs once per method."""
+    specs = []
+    for granularity in granularities:
+        nm = parse_nm(granularity)
+        levels = [nm[0] / nm[1]] if nm else sparsities
+        for method in methods:
+            for sparsity in levels:
+                PruneConfig(method=method, granularity=granularity, sparsity=sparsity).validate()
+                specs.append(RunSpec(method, granularity, sparsity))
+    return specs
+
+
+def run_child(cmd: list[str], log: Path) -> tuple[int, float, float]:
+    """Run ``cmd`` with output to ``log``; return exit code, wall seconds and the child's own peak RSS (MB)."""
+    start = time.perf_counter()
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    return os.waitstatus_to_exitcode(status), time.perf_counter() - start, usage.ru_maxrss / 1024
+
+
+def _common_flags(p: Protocol) -> list[str]:
+    flags = ["--device", p.device, "--dtype", p.dtype, "--no-progress"]
+    return flags + (["--data-dir", p.data_dir] if p.data_dir else [])
+
+
+def dense_command(p: Protocol) -> list[str]:
+    cmd = [sys.executable, "-m", "llm_surgeon.cli", "eval", p.model, "--seqlen", str(p.eval_seqlen), "--json"]
+    if p.eval_max_windows:
+        cmd += ["--max-windows", str(p.eval_max_windows)]
+    return cmd + _common_flags(p)
+
+
+def prune_command(p: Protocol, spec: RunSpec, out: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "llm_surgeon.cli", "prune", p.model, "--out", str(out), "--overwrite",
+           "--method", spec.method, "--granularity", spec.granularity, "--sparsity", f"{spec.sparsity:g}",
+           "--shots", str(p.shots), "--calib-samples", str(p.calib_samples), "--calib-seqlen", str(p.calib_seqlen),
+           "--seed", str(p.seed), "--eval", "--eval-seqlen", str(p.eval_seqlen)]
+    if p.eval_max_windows:
+        cmd += ["--eval-max-windows", str(p.eval_max_windows)]
+    return cmd + _common_flags(p)
+
+
+def _record_from_report(report: dict) -> dict:
+    return {
+        "method": report["method"],
+        "granularity": report["granularity"],
+        "target_sparsity": report["target_sparsity"],
+        "achieved_sparsity": report["achieved_sparsity"],
+        "shots": report["shots"],
+        "ppl": report["ppl"]["wikitext2"],
+        "prune_seconds": report["seconds"]["total"],
+        "seconds": report["seconds"],
+        "shot_records": report["shot_records"],
+        "nm_validation": report["nm_validation"],
+    }
+
+
+def run_bench(protocol: Protocol, specs: list[RunSpec], out: Path, log=print) -> dict:
+    """Run what is missing from ``out/results.json``; return all results."""
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": {}}
+    recorded = results.get("protocol")
+    if recorded and recorded != asdict(protocol):
+        differing = sorted(k for k in asdict(protocol) if recorded.get(k) != asdict(protocol)[k])
+        from llm_surgeon.errors import ConfigError
+
+        raise ConfigError(f"{results_path} was measured under another protocol (differs in: {', '.join(differing)})")
+    results["protocol"] = asdict(protocol)
+    results["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                          "cpus": os.cpu_count()}
+    todo = [None, *specs]
+    for spec in todo:
+        key = DENSE if spec is None else spec.key
+        if key in results["runs"]:
+            log(f"[skip] {key}: already measured")
+            continue
+        folder = out / "runs" / (DENSE if spec is None else spec.folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        cmd = dense_command(protocol) if spec is None else prune_command(protocol, spec, folder)
+        log(f"[run] {key}: {shlex.join(cmd)}")
+        code, wall, peak_mb = run_child(cmd, folder.with_suffix(".log"))
+        if code != 0:
+            log(f"[fail] {key}: exit code {code}, see {folder.with_suffix('.log')}")
+            continue
+        if spec is None:
+            last = folder.with_suffix(".log").read_text().strip().splitlines()[-1]
+            record = {"method": DENSE, "granularity": "dense", "target_sparsity": 0.0, "achieved_sparsity": 0.0,
+                      "ppl": json.loads(last)["ppl"], "prune_seconds": 0.0}
+        else:
+            record = _record_from_report(json.loads((folder / "report.json").read_text()))
+        record.update({"command": shlex.join(cmd), "wall_seconds": wall, "peak_rss_mb": peak_mb})
+        results["runs"][key] = record
+        atomic_write_json(results_path, results)
+    atomic_write_json(results_path, results)
+    return results
+
+
+def render_markdown(results: dict) -> str:
+    """Paper-shaped tables (rows = methods, columns = size kept) per granularity, then the cost of each run."""
+    runs = results["runs"]
+    p = results["protocol"]
+    dense = runs.get(DENSE)
+    lines = [
+        f"Model `{p['model']}`, {p['dtype']} on {p['device']}. Calibration: WikiText-2 "
+        f"({p['calib_samples']} x {p['calib_seqlen']} tokens, seed {p['seed']}); shots {p['shots']} "
+        f"for multi-shot methods. Evaluation: WikiText-2 test, seqlen {p['eval_seqlen']}, "
+        + (f"first {p['eval_max_windows']} windows." if p["eval_max_windows"] else "all windows."),
+        "",
+    ]
+    pruned = [r for k, r in runs.items() if k != DENSE]
+    for granularity in dict.fromkeys(r["granularity"] for r in pruned):
+        rows = [r for r in pruned if r["granularity"] == granularity]
+        kept = sorted({round(1 - r["target_sparsity"], 4) for r in rows}, reverse=True)
+        lines += [f"### {granularity}: WikiText-2 perplexity by size kept", "",
+                  "| method | " + " | ".join(f"{k:.0%}" for k in kept) + " |",
+                  "|---" * (len(kept) + 1) + "|"]
+        if dense:
+            lines.append("| dense | " + " | ".join(f"{dense['ppl']:.2f}" for _ in kept) + " |")
+        for method in dict.fromkeys(r["method"] for r in rows):
+            cells = []
+            for k in kept:
+                match = [r for r in rows if r["method"] == method and round(1 - r["target_sparsity"], 4) == k]
+                cells.append(f"{match[0]['ppl']:.2f}" if match else "–")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["### Cost of each run", "",
+              "| method | granularity | target | achieved | ppl | shots | curvature s | update s | prune s | "
+              "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs.values():
+        s = r.get("seconds", {})
+        lines.append(
+            f"| {r['method']} | {r['granularity']} | {r['target_sparsity']:.3f} | {r['achieved_sparsity']:.4f} | "
+            f"{r['ppl']:.2f} | {r.get('shots', '–')} | {s.get('curvature', 0):.1f} | {s.get('update', 0):.1f} | "
+            f"{r['prune_seconds']:.1f} | {r['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render_plot(results: dict, path: Path) -> bool:
+    """Perplexity against size kept, one line per method and granularity; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    runs = results["runs"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pruned = [r for k, r in runs.items() if k != DENSE]
+    for method, granularity in dict.fromkeys((r["method"], r["granularity"]) for r in pruned):
+        rows = sorted((r for r in pruned if r["method"] == method and r["granularity"] == granularity),
+                      key=lambda r: r["target_sparsity"])
+        xs = [1 - r["target_sparsity"] for r in rows]
+        ax.plot(xs, [r["ppl"] for r in rows], marker="o" if granularity == "unstructured" else "s",
+                label=f"{method} ({granularity})")
+    if DENSE in runs:
+        ax.axhline(runs[DENSE]["ppl"], color="black", linestyle="--", label="dense")
+    ax.set_xlabel("fraction of prunable weights kept")
+    ax.set_ylabel("WikiText-2 test perplexity")
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+def write_outputs(results: dict, out: Path) -> None:
+    atomic_write_text(out / "results.md", render_markdown(results))
+    render_plot(results, out / "results.png")
