@@ -6,6 +6,7 @@ from llm_surgeon.api import RunOptions, evaluate, prune, run_eval, run_prune  # 
 from llm_surgeon.config import PruneConfig  # noqa: E402
 from llm_surgeon.models.loading import load_model_and_tokenizer  # noqa: E402
 from llm_surgeon.pruner import PruneResult  # noqa: E402
+from llm_surgeon.structured import load_pruned  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -17,4 +18,5 @@ __all__ = [
     "run_eval",
     "evaluate",
     "load_model_and_tokenizer",
+    "load_pruned",
 ]

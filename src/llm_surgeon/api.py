@@ -25,12 +25,14 @@ from llm_surgeon.data import calibration_windows, evaluation_tokens, resolve_dat
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.evaluation import PerplexityResult, perplexity
 from llm_surgeon.export import densify, to_semi_structured
+from llm_surgeon.footprint import folder_bytes, forward_footprint
 from llm_surgeon.io import atomic_write_json, fsync_tree
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.models.loading import load_model_and_tokenizer
 from llm_surgeon.pruner import PruneResult, check_nm_applicable, prune_model, sparsity_stats
 from llm_surgeon.report import build_report, peak_memory_mb
 from llm_surgeon.resources import available_bytes, curvature_bytes
+from llm_surgeon.structured import compact, save_architecture
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 REPORT_NAME = "report.json"
@@ -98,7 +100,7 @@ def inspect_output(out: Path, model_name: str, config: PruneConfig, overwrite: b
     return state
 
 
-def save_pruned_model(model, tokenizer, out: Path, report: dict) -> None:
+def save_pruned_model(model, tokenizer, out: Path, report: dict, shapes: list[dict] | None = None) -> None:
     """Write a ``save_pretrained`` checkpoint and its report so that it is never half-complete.
 
     Files are written to a hidden staging folder inside ``out`` and moved in one by one;
@@ -111,6 +113,8 @@ def save_pruned_model(model, tokenizer, out: Path, report: dict) -> None:
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        if shapes is not None:
+            save_architecture(staging, shapes)
         fsync_tree(staging)
         for item in staging.iterdir():
             target = out / item.name
@@ -178,12 +182,17 @@ def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict
         print(f"llm-surgeon: resuming from {checkpoint.path} (shot {checkpoint.shot} of {config.shots})",
               file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
+    structured = config.granularity == "structured"
+    dense_footprint = forward_footprint(model) if structured else None
     result = prune_model(
         model, calibration, config, progress=options.progress, start=resumed,
         on_shot_end=lambda shot, r: save_checkpoint(out, model_name, r, linears),
     )
     achieved, per_layer = sparsity_stats(linears)
     seconds = dict(result.seconds)
+    shapes = None
+    if structured:
+        shapes = compact(model, result.masks)
     export = None
     if options.semi_structured_export:
         export = to_semi_structured(linears, config.nm)
@@ -207,7 +216,13 @@ def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict
     )
     report["semi_structured_export"] = export.to_dict() if export else None
     report["resumed_from_shot"] = len(resumed.shots) if resumed else None
-    save_pruned_model(model, tokenizer, out, report)
+    if structured:
+        report["structure"] = result.structure
+        report["footprint"] = {"dense": dense_footprint, "pruned": forward_footprint(model)}
+    save_pruned_model(model, tokenizer, out, report, shapes)
+    if structured:
+        report["footprint"]["pruned"]["file_bytes"] = folder_bytes(out)
+        atomic_write_json(out / REPORT_NAME, report)
     remove_checkpoints(out)
     return report
 

@@ -24,7 +24,7 @@ def _add_prune_flags(parser: argparse.ArgumentParser) -> None:
     d = PruneConfig()
     parser.add_argument("--method", default=d.method, choices=list(METHODS),
                         help="surgeon (ours), magnitude, lobd, kobd, wanda, sparsegpt")
-    parser.add_argument("--granularity", default=d.granularity, help="unstructured or N:M, e.g. 2:4")
+    parser.add_argument("--granularity", default=d.granularity, help="unstructured, structured, or N:M such as 2:4")
     parser.add_argument("--sparsity", type=float, default=d.sparsity, help="target fraction of zeros (unstructured)")
     parser.add_argument("--shots", type=int, default=d.shots)
     parser.add_argument("--calib-samples", type=int, default=d.calib_samples)

@@ -66,9 +66,13 @@ class PruneConfig:
             n, m = nm
             if not 0 < n < m:
                 raise ConfigError(f"N:M pattern {self.granularity} is impossible: need 0 < N < M")
+        elif self.granularity == "structured":
+            if self.method not in ("surgeon", "magnitude"):
+                raise ConfigError(f"structured pruning supports the surgeon and magnitude methods, not {self.method}")
         elif self.granularity != "unstructured":
             raise ConfigError(
-                f"unknown granularity {self.granularity!r}; use 'unstructured' or an N:M pattern such as 2:4"
+                f"unknown granularity {self.granularity!r}; use 'unstructured', 'structured' or an N:M pattern "
+                "such as 2:4"
             )
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity}")

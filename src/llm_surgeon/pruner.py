@@ -45,6 +45,8 @@ class PruneResult:
     masks: dict[str, torch.Tensor]
     shots: list[ShotRecord] = field(default_factory=list)
     nm_validation: dict | None = None
+    structure: dict | None = None
+    """Per-block heads and FFN widths kept, for structured pruning."""
 
     @property
     def seconds(self) -> dict[str, float]:
@@ -151,7 +153,11 @@ def prune_model(
         config=config,
         masks={name: torch.zeros_like(lin.weight, dtype=torch.bool) for name, lin in linears.items()},
     )
-    if isinstance(method, LayerwiseMethod):
+    if config.granularity == "structured":
+        from llm_surgeon.structured import prune_structured
+
+        prune_structured(model, calibration, config, result, progress, on_shot_end)
+    elif isinstance(method, LayerwiseMethod):
         if not result.shots:
             result.shots.append(_prune_layerwise(model, method, calibration, config, linears, progress))
             result.masks = {name: lin.weight.detach() == 0 for name, lin in linears.items()}

@@ -15,6 +15,26 @@ from llm_surgeon.errors import UnsupportedArchitectureError
 
 
 @dataclass(frozen=True)
+class StructureSpec:
+    """Which matrices share a removable dimension inside a block (structured pruning).
+
+    An FFN neuron is a row of every ``ffn_in`` matrix (and its bias) plus a column of
+    ``ffn_out``; an attention unit is one key/value head with all the query heads that
+    share it: rows of ``q``, ``k``, ``v`` and the matching columns of ``o``.
+    """
+
+    attention: str
+    q: str
+    k: str
+    v: str
+    o: str
+    ffn_in: tuple[str, ...]
+    ffn_out: str
+    head_count_attrs: tuple[str, ...] = ()
+    """Attributes of the attention module that hold its (query) head count and must follow compaction."""
+
+
+@dataclass(frozen=True)
 class ArchitectureAdapter:
     """Locations of the decoder blocks and their prunable Linear layers."""
 
@@ -23,6 +43,14 @@ class ArchitectureAdapter:
     """Dotted attribute path from the ``*ForCausalLM`` model to its list of decoder blocks."""
     linear_names: tuple[str, ...]
     """Prunable Linear layers, as paths relative to a decoder block."""
+    structure: StructureSpec | None = None
+
+    def head_layout(self, config) -> tuple[int, int, int]:
+        """(query heads, key/value heads, head dim) from a model config."""
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        return heads, kv_heads, head_dim
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         obj = model
@@ -56,6 +84,10 @@ LLAMA = ArchitectureAdapter(
         "mlp.up_proj",
         "mlp.down_proj",
     ),
+    structure=StructureSpec(
+        attention="self_attn", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
+        o="self_attn.o_proj", ffn_in=("mlp.gate_proj", "mlp.up_proj"), ffn_out="mlp.down_proj",
+    ),
 )
 
 OPT = ArchitectureAdapter(
@@ -68,6 +100,10 @@ OPT = ArchitectureAdapter(
         "self_attn.out_proj",
         "fc1",
         "fc2",
+    ),
+    structure=StructureSpec(
+        attention="self_attn", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
+        o="self_attn.out_proj", ffn_in=("fc1",), ffn_out="fc2", head_count_attrs=("num_heads",),
     ),
 )
 

@@ -80,7 +80,12 @@ def load_model_and_tokenizer(
     source = resolve_model_source(model)
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     try:
-        lm = AutoModelForCausalLM.from_pretrained(source.path_or_id, dtype=dtype, **kwargs)
+        if (Path(source.path_or_id) / "pruned_architecture.json").is_file():
+            from llm_surgeon.structured import load_pruned  # per-block widths
+
+            lm = load_pruned(source.path_or_id, dtype)
+        else:
+            lm = AutoModelForCausalLM.from_pretrained(source.path_or_id, dtype=dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source.path_or_id, **kwargs)
     except Exception as exc:  # transformers, hub and safetensors each raise their own types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

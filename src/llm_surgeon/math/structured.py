@@ -1,0 +1,104 @@
+"""Removing whole rows or columns of a weight under a Kronecker Fisher ``F = G ⊗ A``.
+
+For a set ``R`` of rows of ``W`` (out x in) forced to zero, the optimal correlated update
+of the other rows and the loss increase are
+
+    ΔW = −G⁻¹ E_R ([G⁻¹]_RR)⁻¹ W_R,       cost = ½ tr(W_Rᵀ ([G⁻¹]_RR)⁻¹ W_R A);
+
+for a set ``C`` of columns, by symmetry,
+
+    ΔW = −W_C ([A⁻¹]_CC)⁻¹ E_Cᵀ A⁻¹,      cost = ½ tr(W_C ([A⁻¹]_CC)⁻¹ W_Cᵀ G).
+
+For a single row ``i`` the cost reduces to ``½ wᵢᵀ A wᵢ / [G⁻¹]ᵢᵢ``; for a column ``j`` to
+``½ wⱼᵀ G wⱼ / [A⁻¹]ⱼⱼ``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def row_costs(W: torch.Tensor, A: torch.Tensor, G_inv: torch.Tensor) -> torch.Tensor:
+    """Cost of removing each single row: ``½ wᵢᵀ A wᵢ / [G⁻¹]ᵢᵢ``."""
+    W = W.float() if W.dtype != torch.float64 else W
+    return 0.5 * ((W @ A.to(W.dtype)) * W).sum(1) / G_inv.diagonal().to(W.dtype)
+
+
+def column_costs(W: torch.Tensor, G: torch.Tensor, A_inv: torch.Tensor) -> torch.Tensor:
+    """Cost of removing each single column: ``½ wⱼᵀ G wⱼ / [A⁻¹]ⱼⱼ``."""
+    W = W.float() if W.dtype != torch.float64 else W
+    return 0.5 * ((G.to(W.dtype) @ W) * W).sum(0) / A_inv.diagonal().to(W.dtype)
+
+
+def row_set_cost(W: torch.Tensor, rows: torch.Tensor, A: torch.Tensor, G_inv: torch.Tensor) -> torch.Tensor:
+    """Joint cost of removing the rows ``rows`` together."""
+    W_R = W[rows].to(A.dtype)
+    solved = torch.linalg.solve(G_inv[rows][:, rows], W_R)
+    return 0.5 * (solved * (W_R @ A)).sum()
+
+
+def column_set_cost(W: torch.Tensor, cols: torch.Tensor, G: torch.Tensor, A_inv: torch.Tensor) -> torch.Tensor:
+    """Joint cost of removing the columns ``cols`` together."""
+    W_C = W[:, cols].to(G.dtype)
+    solved = torch.linalg.solve(A_inv[cols][:, cols], W_C.T)  # (|C| x out)
+    return 0.5 * (solved.T * (G @ W_C)).sum()
+
+
+def remove_rows(W: torch.Tensor, rows: torch.Tensor, G_inv: torch.Tensor) -> torch.Tensor:
+    """``W + ΔW`` for the correlated row update, with the removed rows exactly zero."""
+    if rows.numel() == 0:
+        return W.clone()
+    work = W.to(G_inv.dtype)
+    M = torch.linalg.solve(G_inv[rows][:, rows], work[rows])
+    new = work - G_inv[:, rows] @ M
+    new[rows] = 0.0
+    return new.to(W.dtype)
+
+
+def remove_columns(W: torch.Tensor, cols: torch.Tensor, A_inv: torch.Tensor) -> torch.Tensor:
+    """``W + ΔW`` for the correlated column update, with the removed columns exactly zero."""
+    if cols.numel() == 0:
+        return W.clone()
+    work = W.to(A_inv.dtype)
+    M = torch.linalg.solve(A_inv[cols][:, cols], work[:, cols].T)  # (|C| x out)
+    new = work - M.T @ A_inv[cols]
+    new[:, cols] = 0.0
+    return new.to(W.dtype)
+
+
+def select_structures(
+    costs: list[torch.Tensor],
+    params: list[torch.Tensor],
+    removed: list[torch.Tensor],
+    target_params: int,
+) -> list[torch.Tensor]:
+    """Cheapest-per-parameter structures until ``target_params`` parameters are removed.
+
+    ``costs[i]``, ``params[i]`` and ``removed[i]`` describe one group of interchangeable
+    structures (e.g. the FFN neurons of one block). Already-removed structures stay
+    removed; the most expensive structure of every group is always kept, so no layer is
+    emptied. Returns the new removal masks.
+    """
+    ratios = []
+    for c, p, r in zip(costs, params, removed, strict=True):
+        ratio = c.double() / p.double()
+        ratio = ratio.masked_fill(r, float("-inf"))
+        keep = torch.where(r, torch.full_like(ratio, float("-inf")), ratio).argmax()
+        ratio[keep] = float("inf")
+        ratios.append(ratio)
+    flat = torch.cat(ratios)
+    flat_params = torch.cat([p.double() for p in params])
+    order = torch.argsort(flat, stable=True)
+    cumulative = torch.cumsum(flat_params[order], 0)
+    forced = int(torch.cat(removed).sum())
+    target = torch.tensor(float(target_params), dtype=torch.float64)
+    needed = int(torch.searchsorted(cumulative, target)) + 1 if target_params > 0 else 0
+    count = min(max(needed, forced), int(torch.isfinite(flat).sum()) + forced)
+    chosen = torch.zeros_like(flat, dtype=torch.bool)
+    chosen[order[:count]] = True
+    chosen &= flat != float("inf")
+    out, offset = [], 0
+    for c in costs:
+        out.append(chosen[offset : offset + c.numel()])
+        offset += c.numel()
+    return out

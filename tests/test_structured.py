@@ -1,0 +1,120 @@
+"""Structured pruning on tiny Llama (GQA) and OPT: compaction is exact, smaller, reloadable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from llm_surgeon import PruneConfig, prune
+from llm_surgeon.math.structured import select_structures
+from llm_surgeon.structured import compact, load_pruned, save_architecture
+from tests.conftest import tiny_llama, tiny_opt
+
+
+def _models():
+    return {
+        "llama-gqa": lambda: tiny_llama(seed=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64),
+        "opt": lambda: tiny_opt(seed=4),
+    }
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "opt"])
+@pytest.mark.parametrize("method", ["surgeon", "magnitude"])
+def test_compact_model_equals_masked_model_and_is_smaller(family, method, calibration):
+    model = _models()[family]()
+    result = prune(model, calibration, PruneConfig(method=method, granularity="structured", sparsity=0.4,
+                                                   shots=2), progress=False)
+    ids = calibration[:2]
+    with torch.no_grad():
+        masked_logits = model(input_ids=ids).logits
+    before = _params(model)
+    shapes = compact(model, result.masks)
+    with torch.no_grad():
+        compact_logits = model(input_ids=ids).logits
+    assert torch.allclose(masked_logits, compact_logits, atol=1e-5, rtol=1e-4)
+    summary = result.structure
+    assert before - _params(model) == summary["prunable_params_before"] - summary["prunable_params_after"]
+    assert 0.4 <= summary["removed_fraction"] < 0.55  # reaches the target with whole structures
+    assert any(s["ffn_width"] < 64 for s in shapes)
+    assert all(s["heads"] >= 1 and s["ffn_width"] >= 1 for s in shapes)
+    widths = {s["ffn_width"] for s in shapes} | {-s["heads"] for s in shapes}
+    assert len(widths) > 2 or method == "magnitude"  # global threshold: layers differ
+
+
+def test_gqa_units_keep_whole_kv_groups(calibration):
+    model = _models()["llama-gqa"]()
+    result = prune(model, calibration, PruneConfig(granularity="structured", sparsity=0.5, shots=1), progress=False)
+    shapes = compact(model, result.masks)
+    for shape in shapes:
+        assert shape["heads"] == 2 * shape["kv_heads"]  # 4 query heads share 2 KV heads
+
+
+def test_saved_compact_model_reloads_in_a_fresh_process_and_generates(tmp_path, calibration):
+    model = _models()["llama-gqa"]()
+    result = prune(model, calibration, PruneConfig(granularity="structured", sparsity=0.4, shots=2), progress=False)
+    shapes = compact(model, result.masks)
+    model.save_pretrained(tmp_path)
+    save_architecture(tmp_path, shapes)
+    ids = calibration[:1]
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    torch.save(ids, tmp_path / "ids.pt")
+    torch.save(expected, tmp_path / "expected.pt")
+    code = (
+        "import sys, torch; from llm_surgeon import load_pruned;"
+        "m = load_pruned(sys.argv[1]); ids = torch.load(sys.argv[1] + '/ids.pt');"
+        "assert torch.allclose(m(input_ids=ids).logits, torch.load(sys.argv[1] + '/expected.pt'), atol=1e-5);"
+        "out = m.generate(ids[:, :4], max_new_tokens=5, do_sample=False);"
+        "print(out.shape[1], sum(p.numel() for p in m.parameters()))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    length, params = map(int, proc.stdout.split())
+    assert length == 9 and params == _params(model)
+    assert _params(load_pruned(tmp_path)) < _params(_models()["llama-gqa"]())
+
+
+def test_select_structures_reaches_target_and_keeps_one_per_group():
+    costs = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, 9.0])]
+    params = [torch.tensor([10.0, 10.0, 10.0]), torch.tensor([40.0, 40.0])]
+    removed = [torch.zeros(3, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)]
+    # cost per parameter: 0.1, 0.2, 0.3 | 0.0125, 0.225 -> order: g0, n0, n1, (g1 kept: most expensive of its group)
+    chosen = select_structures(costs, params, removed, 45)
+    assert chosen[1].tolist() == [True, False] and chosen[0].tolist() == [True, False, False]
+    chosen = select_structures(costs, params, removed, 1000)
+    assert chosen[0].tolist() == [True, True, False] and chosen[1].tolist() == [True, False]
+    assert not any(c.any() for c in select_structures(costs, params, removed, 0))
+    forced = select_structures(costs, params, [torch.tensor([False, False, True]), removed[1]], 0)
+    assert forced[0].tolist() == [False, False, True]
+
+
+def test_cli_structured_prune_writes_a_smaller_model_with_report(tmp_path):
+    import json
+
+    from tests.conftest import write_fake_wikitext, write_tiny_checkpoint
+    from tests.test_end_to_end import run_cli
+
+    model_dir = write_tiny_checkpoint(tmp_path / "model", "opt")
+    data = write_fake_wikitext(tmp_path / "data")
+    out = tmp_path / "out"
+    run_cli("prune", str(model_dir), "--out", str(out), "--granularity", "structured", "--sparsity", "0.3",
+            "--shots", "2", "--calib-samples", "4", "--calib-seqlen", "32", "--data-dir", str(data), "--eval",
+            "--eval-seqlen", "32", "--eval-max-windows", "2", "--no-progress")
+    report = json.loads((out / "report.json").read_text())
+    fp = report["footprint"]
+    assert fp["pruned"]["parameters"] < fp["dense"]["parameters"]
+    assert fp["dense"]["parameters"] - fp["pruned"]["parameters"] == (
+        report["structure"]["prunable_params_before"] - report["structure"]["prunable_params_after"])
+    assert fp["pruned"]["file_bytes"] > 0 and fp["pruned"]["latency_ms_median"] > 0
+    assert all({"heads_kept", "ffn_width_kept", "params_before", "params_after"} <= set(layer)
+               for layer in report["structure"]["layers"])
+    evaluated = json.loads(run_cli("eval", str(out), "--data-dir", str(data), "--seqlen", "32", "--max-windows", "2",
+                                   "--json", "--no-progress").stdout)
+    assert abs(evaluated["ppl"] - report["ppl"]["wikitext2"]) < 1e-3 * evaluated["ppl"]
