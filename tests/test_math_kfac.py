@@ -77,3 +77,17 @@ def test_true_fisher_differs_from_empirical_and_is_seeded(calibration):
     assert torch.allclose(emp.A, t1.A)  # inputs do not depend on the labels
     assert not torch.allclose(emp.G, t1.G)
     assert torch.equal(t1.G, t2.G)
+
+
+def test_indefinite_curvature_gets_more_damping_once_then_a_clear_error():
+    import pytest
+
+    from llm_surgeon.errors import LLMSurgeonError
+    from llm_surgeon.pruner import _damped
+
+    indefinite = torch.diag(torch.tensor([1.0, 1.0, -0.25]))  # PD only with 10x the relative damping
+    with pytest.warns(UserWarning, match="retrying with 10x damping"):
+        damped, inverse = _damped("layer.x", indefinite, 0.1)
+    assert torch.allclose(damped @ inverse, torch.eye(3), atol=1e-5)
+    with pytest.raises(LLMSurgeonError, match="layer.y"), pytest.warns(UserWarning):
+        _damped("layer.y", torch.full((3, 3), float("nan")), 0.1)
