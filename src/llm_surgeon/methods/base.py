@@ -24,6 +24,9 @@ class PruningMethod(ABC):
     row_scope: bool = False
     """Compare costs within each output row instead of globally."""
 
+    def __init__(self, config=None):
+        """Methods with settings read them from the run's :class:`~llm_surgeon.config.PruneConfig`."""
+
     @abstractmethod
     def element_costs(self, W: torch.Tensor, factors) -> torch.Tensor:
         """Cost of removing each element of ``W`` (lower is removed first)."""
@@ -37,6 +40,9 @@ class LayerwiseMethod(ABC):
     """A one-shot method that prunes each Linear from its own input Hessian ``H = Σ x xᵀ``."""
 
     name: str
+
+    def __init__(self, config=None):
+        """Methods with settings read them from the run's :class:`~llm_surgeon.config.PruneConfig`."""
 
     @abstractmethod
     def prune_layer(self, W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple[int, int] | None

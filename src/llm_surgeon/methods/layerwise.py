@@ -23,9 +23,6 @@ class SparseGPT(LayerwiseMethod):
 class Wanda(LayerwiseMethod):
     name = "wanda"
 
-    def __init__(self, config=None):
-        pass
-
     def prune_layer(self, W, H, sparsity, nm):
         scores = wanda_scores(W, H.diagonal())
         mask = nm_group_element_mask(scores, *nm) if nm else per_row_mask(scores, sparsity)

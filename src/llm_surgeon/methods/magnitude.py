@@ -11,8 +11,5 @@ class MagnitudePruning(PruningMethod):
     name = "magnitude"
     curvature = "none"
 
-    def __init__(self, config=None):
-        pass
-
     def element_costs(self, W: torch.Tensor, factors) -> torch.Tensor:
         return W.float().pow(2)

@@ -15,9 +15,6 @@ class LayerOBD(PruningMethod):
     name = "lobd"
     curvature = "inputs"
 
-    def __init__(self, config=None):
-        pass
-
     def element_costs(self, W: torch.Tensor, factors) -> torch.Tensor:
         return 0.5 * W.float().pow(2) * factors.A.diagonal()[None, :]
 
@@ -25,9 +22,6 @@ class LayerOBD(PruningMethod):
 class KroneckerOBD(PruningMethod):
     name = "kobd"
     curvature = "kfac"
-
-    def __init__(self, config=None):
-        pass
 
     def element_costs(self, W: torch.Tensor, factors) -> torch.Tensor:
         return 0.5 * W.float().pow(2) * factors.G.diagonal()[:, None] * factors.A.diagonal()[None, :]
