@@ -24,7 +24,7 @@ class PruningMethod(ABC):
     row_scope: bool = False
     """Compare costs within each output row instead of globally."""
 
-    def __init__(self, config=None):
+    def __init__(self, config=None):  # noqa: B027 - an optional hook, not an abstract one
         """Methods with settings read them from the run's :class:`~llm_surgeon.config.PruneConfig`."""
 
     @abstractmethod
@@ -41,7 +41,7 @@ class LayerwiseMethod(ABC):
 
     name: str
 
-    def __init__(self, config=None):
+    def __init__(self, config=None):  # noqa: B027 - an optional hook, not an abstract one
         """Methods with settings read them from the run's :class:`~llm_surgeon.config.PruneConfig`."""
 
     @abstractmethod
