@@ -92,6 +92,11 @@ def test_sigterm_keeps_last_checkpoint_and_says_how_to_resume(medium, tmp_path):
     assert "last complete checkpoint" in stderr and "--resume" in stderr
     assert (out / "checkpoints").is_dir() and not (out / "report.json").exists()
 
+    changed = [a if a != "0.6" else "0.7" for a in prune_args(model, out, data, shots=6)]
+    refused = subprocess.run(changed, capture_output=True, text=True)
+    assert refused.returncode == 2 and "differs in: sparsity" in refused.stderr
+    assert (out / "checkpoints").is_dir()
+
 
 def test_truncated_checkpoint_is_detected(medium, tmp_path):
     model, data = medium
