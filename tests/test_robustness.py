@@ -221,3 +221,15 @@ def test_rerunning_a_finished_run_returns_its_report(tmp_path):
     again = subprocess.run(args, capture_output=True, text=True)
     assert again.returncode == 0
     assert (tmp_path / "out" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_failed_overwrite_leaves_the_previous_run_intact(tmp_path):
+    model = write_tiny_checkpoint(tmp_path / "model")
+    data = write_fake_wikitext(tmp_path / "data")
+    base = [*CLI, "prune", str(model), "--out", str(tmp_path / "out"), "--shots", "1", "--calib-seqlen", "32",
+            "--data-dir", str(data), "--no-progress"]
+    subprocess.run([*base, "--calib-samples", "4"], check=True, capture_output=True)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()}
+    failed = subprocess.run([*base, "--calib-samples", "5000", "--overwrite"], capture_output=True, text=True)
+    assert failed.returncode == 2 and "requested" in failed.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()} == before

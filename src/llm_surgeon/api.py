@@ -64,7 +64,8 @@ def parse_dtype(name: str) -> torch.dtype:
 
 
 def inspect_output(out: Path, model_name: str, config: PruneConfig, overwrite: bool) -> str:
-    """What to do with ``out``: ``"fresh"``, ``"resume"`` or ``"done"``; refuse to clobber another run.
+    """What to do with ``out``: ``"fresh"``, ``"replace"``, ``"resume"`` or ``"done"``; refuse to clobber
+    another run.
 
     A folder holding a run with a different model or config is refused (naming the fields
     that differ) unless ``overwrite``; so is a non-empty folder that holds no run of ours.
@@ -74,9 +75,7 @@ def inspect_output(out: Path, model_name: str, config: PruneConfig, overwrite: b
     if not out.is_dir():
         raise ConfigError(f"output {out} exists and is not a folder")
     if overwrite:
-        (out / REPORT_NAME).unlink(missing_ok=True)
-        remove_checkpoints(out)
-        return "fresh"
+        return "replace"  # the old run is removed only once the new one is ready to start
     recorded = None
     if (out / REPORT_NAME).is_file():
         try:
@@ -181,6 +180,9 @@ def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict
         resumed = load_checkpoint(checkpoint, config, linears)
         print(f"llm-surgeon: resuming from {checkpoint.path} (shot {checkpoint.shot} of {config.shots})",
               file=sys.stderr)
+    if state == "replace":
+        (out / REPORT_NAME).unlink(missing_ok=True)
+        remove_checkpoints(out)
     out.mkdir(parents=True, exist_ok=True)
     structured = config.granularity == "structured"
     dense_footprint = forward_footprint(model) if structured else None
