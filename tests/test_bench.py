@@ -40,3 +40,19 @@ def test_bench_grid_writes_results_tables_plot_and_resumes(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0
     assert again.stderr.count("[skip]") == len(runs) and "[run]" not in again.stderr
+
+
+def test_grid_leaves_out_unsupported_structured_methods_and_rejects_bad_settings():
+    import pytest
+
+    from llm_surgeon.bench import grid
+    from llm_surgeon.errors import ConfigError
+
+    notes = []
+    specs = grid(["magnitude", "wanda", "surgeon"], ["structured", "2:4"], [0.2, 0.3], log=notes.append)
+    keys = [s.key for s in specs]
+    assert keys == ["magnitude|structured|0.2", "magnitude|structured|0.3", "surgeon|structured|0.2",
+                    "surgeon|structured|0.3", "magnitude|2:4|0.5", "wanda|2:4|0.5", "surgeon|2:4|0.5"]
+    assert len(notes) == 1 and "wanda" in notes[0]
+    with pytest.raises(ConfigError):
+        grid(["surgeon"], ["unstructured"], [1.5])

@@ -22,6 +22,7 @@ from llm_surgeon.config import PruneConfig, parse_nm
 from llm_surgeon.io import atomic_write_json, atomic_write_text
 
 DENSE = "dense"
+STRUCTURED_METHODS = ("surgeon", "magnitude")
 
 
 @dataclass
@@ -55,13 +56,20 @@ class RunSpec:
         return self.key.replace("|", "_").replace(":", "-")
 
 
-def grid(methods: list[str], granularities: list[str], sparsities: list[float]) -> list[RunSpec]:
-    """All runs; an N:M granularity takes its sparsity from the pattern, so it runs once per method."""
+def grid(methods: list[str], granularities: list[str], sparsities: list[float], log=print) -> list[RunSpec]:
+    """All runs; an N:M granularity takes its sparsity from the pattern, so it runs once per method.
+
+    A method that does not support a granularity (e.g. Wanda with ``structured``) is left out
+    with a note; any other invalid setting is an error before anything runs.
+    """
     specs = []
     for granularity in granularities:
         nm = parse_nm(granularity)
         levels = [nm[0] / nm[1]] if nm else sparsities
         for method in methods:
+            if granularity == "structured" and method not in STRUCTURED_METHODS:
+                log(f"[note] {method} has no structured variant; left out of the {granularity} table")
+                continue
             for sparsity in levels:
                 PruneConfig(method=method, granularity=granularity, sparsity=sparsity).validate()
                 specs.append(RunSpec(method, granularity, sparsity))

@@ -141,9 +141,10 @@ def _run_bench(args: argparse.Namespace) -> int:
         sparsities = [float(s) for s in args.sparsities.split(",")]
     except ValueError as exc:
         raise ConfigError(f"--sparsities must be comma-separated numbers, got {args.sparsities!r}") from exc
-    specs = bench.grid(args.methods.split(","), args.granularities.split(","), sparsities)
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    specs = bench.grid(args.methods.split(","), args.granularities.split(","), sparsities, log=log)
     out = Path(args.out)
-    results = bench.run_bench(protocol, specs, out, log=lambda line: print(line, file=sys.stderr, flush=True))
+    results = bench.run_bench(protocol, specs, out, log=log)
     bench.write_outputs(results, out)
     print(bench.render_markdown(results))
     failed = len(specs) + 1 - len(results["runs"])
