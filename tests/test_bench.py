@@ -36,10 +36,25 @@ def test_bench_grid_writes_results_tables_plot_and_resumes(tmp_path):
     assert "### unstructured: WikiText-2 perplexity by size kept" in table and "### 2:4" in table
     assert "| method | 70% | 50% |" in table and "| dense |" in table
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    logs = sorted(path.name for path in (out / "runs").glob("*.log"))
+    assert len(logs) == len(runs) and "magnitude_unstructured_0.3.log" in logs
 
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0
     assert again.stderr.count("[skip]") == len(runs) and "[run]" not in again.stderr
+
+    # A later call into the same folder adds the structured runs and reuses the dense reference.
+    structured = cmd[:cmd.index("--methods")] + ["--methods", "surgeon", "--granularities", "structured",
+                                                 "--sparsities", "0.3"] + cmd[cmd.index("--shots"):]
+    third = subprocess.run(structured, capture_output=True, text=True)
+    assert third.returncode == 0, third.stderr
+    assert "[skip] dense" in third.stderr and third.stderr.count("[run]") == 1
+    record = json.loads((out / "results.json").read_text())["runs"]["surgeon|structured|0.3"]
+    footprint = record["footprint"]
+    assert footprint["pruned"]["parameters"] < footprint["dense"]["parameters"]
+    table = (out / "results.md").read_text()
+    assert "### Structured: size and speed of the compact model" in table
+    assert f"| surgeon | 70% | {record['ppl']:.2f} | {footprint['pruned']['parameters']:,} |" in table
 
 
 def test_grid_leaves_out_unsupported_structured_methods_and_rejects_bad_settings():

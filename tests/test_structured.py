@@ -113,6 +113,7 @@ def test_cli_structured_prune_writes_a_smaller_model_with_report(tmp_path):
     assert fp["dense"]["parameters"] - fp["pruned"]["parameters"] == (
         report["structure"]["prunable_params_before"] - report["structure"]["prunable_params_after"])
     assert fp["pruned"]["file_bytes"] > 0 and fp["pruned"]["latency_ms_median"] > 0
+    assert 0 < fp["pruned"]["forward_peak_mb"] < fp["dense"]["forward_peak_mb"]
     assert all({"heads_kept", "ffn_width_kept", "params_before", "params_after"} <= set(layer)
                for layer in report["structure"]["layers"])
     evaluated = json.loads(run_cli("eval", str(out), "--data-dir", str(data), "--seqlen", "32", "--max-windows", "2",

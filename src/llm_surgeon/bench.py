@@ -119,6 +119,7 @@ def _record_from_report(report: dict) -> dict:
         "seconds": report["seconds"],
         "shot_records": report["shot_records"],
         "nm_validation": report["nm_validation"],
+        "footprint": report.get("footprint"),
     }
 
 
@@ -146,12 +147,13 @@ def run_bench(protocol: Protocol, specs: list[RunSpec], out: Path, log=print) ->
         folder.parent.mkdir(parents=True, exist_ok=True)
         cmd = dense_command(protocol) if spec is None else prune_command(protocol, spec, folder)
         log(f"[run] {key}: {shlex.join(cmd)}")
-        code, wall, peak_mb = run_child(cmd, folder.with_suffix(".log"))
+        log_path = folder.parent / f"{folder.name}.log"  # not with_suffix: "0.3" is not a suffix
+        code, wall, peak_mb = run_child(cmd, log_path)
         if code != 0:
-            log(f"[fail] {key}: exit code {code}, see {folder.with_suffix('.log')}")
+            log(f"[fail] {key}: exit code {code}, see {log_path}")
             continue
         if spec is None:
-            last = folder.with_suffix(".log").read_text().strip().splitlines()[-1]
+            last = log_path.read_text().strip().splitlines()[-1]
             record = {"method": DENSE, "granularity": "dense", "target_sparsity": 0.0, "achieved_sparsity": 0.0,
                       "ppl": json.loads(last)["ppl"], "prune_seconds": 0.0}
         else:
@@ -191,6 +193,7 @@ def render_markdown(results: dict) -> str:
                 cells.append(f"{match[0]['ppl']:.2f}" if match else "–")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _footprint_table(pruned)
     lines += ["### Cost of each run", "",
               "| method | granularity | target | achieved | ppl | shots | curvature s | update s | prune s | "
               "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -202,6 +205,28 @@ def render_markdown(results: dict) -> str:
             f"{r['prune_seconds']:.1f} | {r['peak_rss_mb']:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _footprint_table(pruned: list[dict]) -> list[str]:
+    """What the compacted models cost to store and run, next to the dense model measured in the same process."""
+    rows = [r for r in pruned if r.get("footprint")]
+    if not rows:
+        return []
+    first = rows[0]["footprint"]["dense"]
+    lines = [f"### Structured: size and speed of the compact model (forward of {first['tokens']} tokens)", "",
+             "| method | kept | ppl | parameters | file MB | latency ms (dense) | forward peak MB (dense) |",
+             "|---|---|---|---|---|---|---|",
+             f"| dense | 100% | – | {first['parameters']:,} | – | {first['latency_ms_median']:.0f} | "
+             f"{first['forward_peak_mb']:.0f} |"]
+    for r in sorted(rows, key=lambda r: (r["method"], r["target_sparsity"])):
+        dense, pruned_fp = r["footprint"]["dense"], r["footprint"]["pruned"]
+        lines.append(
+            f"| {r['method']} | {1 - r['target_sparsity']:.0%} | {r['ppl']:.2f} | {pruned_fp['parameters']:,} | "
+            f"{pruned_fp.get('file_bytes', 0) / 2**20:.0f} | {pruned_fp['latency_ms_median']:.0f} "
+            f"({dense['latency_ms_median']:.0f}) | {pruned_fp['forward_peak_mb']:.0f} "
+            f"({dense['forward_peak_mb']:.0f}) |"
+        )
+    return [*lines, ""]
 
 
 def render_plot(results: dict, path: Path) -> bool:

@@ -147,7 +147,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     results = bench.run_bench(protocol, specs, out, log=log)
     bench.write_outputs(results, out)
     print(bench.render_markdown(results))
-    failed = len(specs) + 1 - len(results["runs"])
+    failed = sum(key not in results["runs"] for key in [bench.DENSE, *(spec.key for spec in specs)])
     if failed:
         print(f"llm-surgeon: error: {failed} run(s) failed; see the logs in {out / 'runs'}", file=sys.stderr)
         return 2

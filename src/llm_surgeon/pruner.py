@@ -174,7 +174,7 @@ def _prune_in_shots(model, method: PruningMethod, calibration, config: PruneConf
                     progress: bool, on_shot_end) -> None:
     nm = config.nm
     schedule = linear_schedule(1.0 if nm else config.sparsity, config.shots)
-    scope = "row" if method.row_scope else (config.magnitude_scope if config.method == "magnitude" else "global")
+    scope = config.magnitude_scope if config.method == "magnitude" else "global"
     for shot in range(len(result.shots), config.shots):
         fraction = schedule[shot]
         t0 = time.perf_counter()

@@ -179,9 +179,7 @@ def prune_structured(model, calibration, config: PruneConfig, result, progress: 
     adapter = get_adapter(model)
     units = block_units(model, adapter)
     all_linears = adapter.prunable_linears(model)
-
-    def name_of(b: int, rel: str) -> str:
-        return f"{adapter.blocks_path}.{b}.{rel}"
+    name_of = adapter.module_name
 
     neurons, groups = state_from_masks(units, name_of, result.masks)
     total = prunable_parameter_count(units)
@@ -258,9 +256,7 @@ def compact(model: nn.Module, masks: dict[str, torch.Tensor]) -> list[dict]:
     adapter = get_adapter(model)
     units = block_units(model, adapter)
     s = adapter.structure
-
-    def name_of(b: int, rel: str) -> str:
-        return f"{adapter.blocks_path}.{b}.{rel}"
+    name_of = adapter.module_name
 
     neurons, groups = state_from_masks(units, name_of, masks)
     shapes = []

@@ -28,18 +28,9 @@ def select_unstructured(
         return {
             name: select_cheapest([c], round(sparsity * c.numel()))[0] for name, c in forced.items()
         }
-    if scope == "row":
-        return {name: _per_row(c, round(sparsity * c.shape[1])) for name, c in forced.items()}
     total = sum(c.numel() for c in forced.values())
     masks = select_cheapest(list(forced.values()), round(sparsity * total))
     return dict(zip(forced, masks, strict=True))
-
-
-def _per_row(costs: torch.Tensor, k: int) -> torch.Tensor:
-    mask = torch.zeros_like(costs, dtype=torch.bool)
-    if k:
-        mask.scatter_(1, costs.topk(k, dim=1, largest=False).indices, True)
-    return mask
 
 
 def select_nm(

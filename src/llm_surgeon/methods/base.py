@@ -21,8 +21,6 @@ class PruningMethod(ABC):
     curvature: str = "none"
     """What the costs need: ``"none"``, ``"inputs"`` (A from forward passes), ``"kfac"`` (A and G),
     or ``"kfac_inverse"`` (damped A, G and their inverses)."""
-    row_scope: bool = False
-    """Compare costs within each output row instead of globally."""
 
     def __init__(self, config=None):  # noqa: B027 - an optional hook, not an abstract one
         """Methods with settings read them from the run's :class:`~llm_surgeon.config.PruneConfig`."""

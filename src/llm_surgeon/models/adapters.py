@@ -58,6 +58,10 @@ class ArchitectureAdapter:
             obj = getattr(obj, part)
         return obj
 
+    def module_name(self, block: int, rel: str) -> str:
+        """Full module name of ``rel`` (a path inside a decoder block) in block number ``block``."""
+        return f"{self.blocks_path}.{block}.{rel}"
+
     def prunable_linears(self, model: nn.Module) -> dict[str, nn.Linear]:
         """Ordered map from full module name to Linear, block by block."""
         out: dict[str, nn.Linear] = {}
@@ -68,7 +72,7 @@ class ArchitectureAdapter:
                     raise UnsupportedArchitectureError(
                         f"{self.family} adapter expected nn.Linear at {rel}, found {type(module).__name__}"
                     )
-                out[f"{self.blocks_path}.{index}.{rel}"] = module
+                out[self.module_name(index, rel)] = module
         return out
 
 
