@@ -262,6 +262,25 @@ def render_plot(results: dict, path: Path) -> bool:
     return True
 
 
+def reproduce_command(results: dict, out: str = "runs/bench") -> str:
+    """One ``llm-surgeon bench`` command that re-measures every run recorded in ``results``."""
+    p = results["protocol"]
+    pruned = [r for k, r in results["runs"].items() if k != DENSE]
+    methods = ",".join(dict.fromkeys(r["method"] for r in pruned))
+    granularities = ",".join(dict.fromkeys(r["granularity"] for r in pruned))
+    sparsities = ",".join(dict.fromkeys(f"{r['target_sparsity']:g}" for r in pruned
+                                        if parse_nm(r["granularity"]) is None))
+    parts = ["llm-surgeon", "bench", p["model"], "--out", out, "--methods", methods, "--granularities", granularities]
+    if sparsities:
+        parts += ["--sparsities", sparsities]
+    parts += ["--shots", str(p["shots"]), "--calib-samples", str(p["calib_samples"]), "--calib-seqlen",
+              str(p["calib_seqlen"]), "--seed", str(p["seed"]), "--eval-seqlen", str(p["eval_seqlen"])]
+    if p["eval_max_windows"]:
+        parts += ["--eval-max-windows", str(p["eval_max_windows"])]
+    parts += ["--device", p["device"], "--dtype", p["dtype"]]
+    return shlex.join(parts)
+
+
 def write_outputs(results: dict, out: Path) -> None:
     atomic_write_text(out / "results.md", render_markdown(results))
     render_plot(results, out / "results.png")
