@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from llm_surgeon.bench import render_markdown, reproduce_command
+from llm_surgeon.bench import render_markdown, reproduce_commands
 from llm_surgeon.io import atomic_write_text
 
 
@@ -25,7 +25,8 @@ def bench_section(results: dict, name: str, bench_dir: str, plot: str | None) ->
         "Reproduce (resumable: rerunning skips every run already in `results.json`):",
         "",
         "```bash",
-        f"LLM_SURGEON_DATA=../shared/data {reproduce_command(results, bench_dir)}",
+        "export LLM_SURGEON_DATA=../shared/data",
+        *reproduce_commands(results, bench_dir),
         "```",
         "",
         f"Machine: {machine.get('processor', '?')}, {machine.get('cpus', '?')} CPUs, "

@@ -56,12 +56,16 @@ def test_bench_grid_writes_results_tables_plot_and_resumes(tmp_path):
     assert "### Structured: size and speed of the compact model" in table
     assert f"| surgeon | 70% | {record['ppl']:.2f} | {footprint['pruned']['parameters']:,} |" in table
 
-    from llm_surgeon.bench import reproduce_command
+    from llm_surgeon.bench import reproduce_commands
 
-    command = reproduce_command(json.loads((out / "results.json").read_text()), "DIR")
-    assert command.startswith(f"llm-surgeon bench {model} --out DIR --methods magnitude,wanda,surgeon ")
-    assert "--granularities unstructured,2:4,structured --sparsities 0.3,0.5 --shots 2" in command
-    assert "--calib-samples 4 --calib-seqlen 32 --seed 0 --eval-seqlen 32 --eval-max-windows 2" in command
+    commands = reproduce_commands(json.loads((out / "results.json").read_text()), "DIR")
+    protocol = " --shots 2 --calib-samples 4 --calib-seqlen 32 --seed 0 --eval-seqlen 32 --eval-max-windows 2 "
+    start = f"llm-surgeon bench {model} --out DIR"
+    assert commands[0].startswith(f"{start} --methods magnitude,wanda,surgeon --granularities unstructured "
+                                  f"--sparsities 0.3,0.5{protocol}")
+    assert commands[1].startswith(f"{start} --methods magnitude,wanda,surgeon --granularities 2:4{protocol}")
+    assert commands[2].startswith(f"{start} --methods surgeon --granularities structured --sparsities 0.3{protocol}")
+    assert len(commands) == 3
 
 
 def test_grid_leaves_out_unsupported_structured_methods_and_rejects_bad_settings():

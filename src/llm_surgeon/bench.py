@@ -262,23 +262,28 @@ def render_plot(results: dict, path: Path) -> bool:
     return True
 
 
-def reproduce_command(results: dict, out: str = "runs/bench") -> str:
-    """One ``llm-surgeon bench`` command that re-measures every run recorded in ``results``."""
+def reproduce_commands(results: dict, out: str = "runs/bench") -> list[str]:
+    """``llm-surgeon bench`` commands, one per granularity, that re-measure every run in ``results``.
+
+    One per granularity because a single grid would cross every method with every sparsity of
+    every granularity, which is more than was measured when the granularities had different levels.
+    """
     p = results["protocol"]
-    pruned = [r for k, r in results["runs"].items() if k != DENSE]
-    methods = ",".join(dict.fromkeys(r["method"] for r in pruned))
-    granularities = ",".join(dict.fromkeys(r["granularity"] for r in pruned))
-    sparsities = ",".join(dict.fromkeys(f"{r['target_sparsity']:g}" for r in pruned
-                                        if parse_nm(r["granularity"]) is None))
-    parts = ["llm-surgeon", "bench", p["model"], "--out", out, "--methods", methods, "--granularities", granularities]
-    if sparsities:
-        parts += ["--sparsities", sparsities]
-    parts += ["--shots", str(p["shots"]), "--calib-samples", str(p["calib_samples"]), "--calib-seqlen",
-              str(p["calib_seqlen"]), "--seed", str(p["seed"]), "--eval-seqlen", str(p["eval_seqlen"])]
+    protocol = ["--shots", str(p["shots"]), "--calib-samples", str(p["calib_samples"]), "--calib-seqlen",
+                str(p["calib_seqlen"]), "--seed", str(p["seed"]), "--eval-seqlen", str(p["eval_seqlen"])]
     if p["eval_max_windows"]:
-        parts += ["--eval-max-windows", str(p["eval_max_windows"])]
-    parts += ["--device", p["device"], "--dtype", p["dtype"]]
-    return shlex.join(parts)
+        protocol += ["--eval-max-windows", str(p["eval_max_windows"])]
+    protocol += ["--device", p["device"], "--dtype", p["dtype"]]
+    pruned = [r for k, r in results["runs"].items() if k != DENSE]
+    commands = []
+    for granularity in dict.fromkeys(r["granularity"] for r in pruned):
+        rows = [r for r in pruned if r["granularity"] == granularity]
+        parts = ["llm-surgeon", "bench", p["model"], "--out", out,
+                 "--methods", ",".join(dict.fromkeys(r["method"] for r in rows)), "--granularities", granularity]
+        if parse_nm(granularity) is None:
+            parts += ["--sparsities", ",".join(dict.fromkeys(f"{r['target_sparsity']:g}" for r in rows))]
+        commands.append(shlex.join(parts + protocol))
+    return commands
 
 
 def write_outputs(results: dict, out: Path) -> None:
