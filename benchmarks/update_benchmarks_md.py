@@ -19,7 +19,7 @@ from llm_surgeon.bench import render_markdown, reproduce_commands
 from llm_surgeon.io import atomic_write_text
 
 
-def bench_section(results: dict, name: str, bench_dir: str, plot: str | None) -> str:
+def bench_section(results: dict, bench_dir: str, plot: str | None) -> str:
     machine = results.get("machine", {})
     lines = [
         "Reproduce (resumable: rerunning skips every run already in `results.json`):",
@@ -61,7 +61,7 @@ def main() -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.bench_dir / "results.png", target)
         plot = str(target.relative_to(args.page.parent))
-    body = bench_section(results, args.name, str(args.bench_dir), plot)
+    body = bench_section(results, str(args.bench_dir), plot)
     atomic_write_text(args.page, replace_section(args.page.read_text(), args.name, body))
     print(f"updated {args.page} section {args.name!r} from {args.bench_dir / 'results.json'}", file=sys.stderr)
     return 0
