@@ -82,3 +82,47 @@ def test_grid_leaves_out_unsupported_structured_methods_and_rejects_bad_settings
     assert len(notes) == 1 and "wanda" in notes[0]
     with pytest.raises(ConfigError):
         grid(["surgeon"], ["unstructured"], [1.5])
+
+
+def test_a_run_stopped_part_way_continues_from_its_checkpoint(tmp_path, monkeypatch):
+    """A bench killed mid-run must not throw away finished shots (on a CPU a run takes most of an hour),
+    and a run whose report was written just before the bench stopped is recorded, not redone."""
+    from llm_surgeon import api, cli
+    from llm_surgeon.bench import Protocol, RunSpec, prune_command, run_bench
+
+    model = write_tiny_checkpoint(tmp_path / "model")
+    data = write_fake_wikitext(tmp_path / "data")
+    protocol = Protocol(model=str(model), data_dir=str(data), calib_samples=4, calib_seqlen=32, seed=0,
+                        eval_seqlen=32, eval_max_windows=2, shots=3)
+    spec = RunSpec("surgeon", "unstructured", 0.5)
+    out = tmp_path / "bench"
+    folder = out / "runs" / spec.folder
+    assert "--overwrite" in prune_command(protocol, spec, folder)  # nothing to keep yet
+
+    save = api.save_checkpoint
+
+    def save_then_stop(out_dir, name, result, linears):
+        save(out_dir, name, result, linears)
+        raise KeyboardInterrupt  # the machine went away after the first shot
+
+    monkeypatch.setattr(api, "save_checkpoint", save_then_stop)
+    assert cli.main(prune_command(protocol, spec, folder)[3:]) == 130
+    monkeypatch.undo()
+    assert (folder / "checkpoints" / "shot-1").is_dir()
+
+    logs: list[str] = []
+    record = run_bench(protocol, [spec], out, log=logs.append)["runs"][spec.key]
+    command = next(line for line in logs if line.startswith(f"[run] {spec.key}"))
+    assert "--overwrite" not in command
+    assert record["resumed_from_shot"] == 1 and len(record["shot_records"]) == 3
+    assert abs(record["achieved_sparsity"] - 0.5) <= 0.005
+
+    # The report exists but the record was lost: the bench records it without pruning again.
+    weights = folder / "model.safetensors"
+    written = weights.stat().st_mtime_ns
+    results = json.loads((out / "results.json").read_text())
+    del results["runs"][spec.key]
+    (out / "results.json").write_text(json.dumps(results))
+    again = run_bench(protocol, [spec], out, log=logs.append)["runs"][spec.key]
+    assert weights.stat().st_mtime_ns == written
+    assert again["ppl"] == record["ppl"] and again["prune_seconds"] == record["prune_seconds"]

@@ -26,7 +26,7 @@ from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.evaluation import PerplexityResult, perplexity
 from llm_surgeon.export import densify, to_semi_structured
 from llm_surgeon.footprint import folder_bytes, forward_footprint
-from llm_surgeon.io import atomic_write_json, fsync_tree
+from llm_surgeon.io import REPORT_NAME, atomic_write_json, fsync_tree
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.models.loading import load_model_and_tokenizer
 from llm_surgeon.pruner import PruneResult, check_nm_applicable, prune_model, sparsity_stats
@@ -35,7 +35,6 @@ from llm_surgeon.resources import available_bytes, curvature_bytes
 from llm_surgeon.structured import compact, save_architecture
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-REPORT_NAME = "report.json"
 
 
 @dataclass
@@ -174,10 +173,11 @@ def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict
             tokenizer, config.calib_samples, config.calib_seqlen, config.seed, data_dir
         )
     torch.manual_seed(config.seed)
-    resumed = None
+    resumed, resumed_from_shot = None, None
     if state == "resume":
         checkpoint = list_checkpoints(out)[-1]
         resumed = load_checkpoint(checkpoint, config, linears)
+        resumed_from_shot = len(resumed.shots)  # prune_model appends to resumed.shots
         print(f"llm-surgeon: resuming from {checkpoint.path} (shot {checkpoint.shot} of {config.shots})",
               file=sys.stderr)
     if state == "replace":
@@ -217,7 +217,7 @@ def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict
         peak_mb=peak_memory_mb(options.device),
     )
     report["semi_structured_export"] = export.to_dict() if export else None
-    report["resumed_from_shot"] = len(resumed.shots) if resumed else None
+    report["resumed_from_shot"] = resumed_from_shot
     if structured:
         report["structure"] = result.structure
         report["footprint"] = {"dense": dense_footprint, "pruned": forward_footprint(model)}

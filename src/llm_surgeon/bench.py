@@ -3,7 +3,9 @@
 Every run is a fresh ``llm-surgeon prune ... --eval`` process, so each run's peak memory is
 its own (``wait4`` rusage of the child). The dense reference is evaluated once. Results are
 written after every run to ``results.json`` (a run whose record exists is not repeated),
-then rendered to ``results.md`` and ``results.png``.
+then rendered to ``results.md`` and ``results.png``. A run that was stopped part-way goes on
+from its last per-shot checkpoint (or picks up its finished report) instead of starting over:
+on a CPU one run can take most of an hour.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llm_surgeon.checkpoint import list_checkpoints
 from llm_surgeon.config import PruneConfig, parse_nm
-from llm_surgeon.io import atomic_write_json, atomic_write_text
+from llm_surgeon.io import REPORT_NAME, atomic_write_json, atomic_write_text
 
 DENSE = "dense"
 STRUCTURED_METHODS = ("surgeon", "magnitude")
@@ -97,8 +100,17 @@ def dense_command(p: Protocol) -> list[str]:
     return cmd + _common_flags(p)
 
 
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` has a finished report or a per-shot checkpoint that ``prune`` can continue."""
+    return (folder / REPORT_NAME).is_file() or bool(list_checkpoints(folder))
+
+
 def prune_command(p: Protocol, spec: RunSpec, out: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "llm_surgeon.cli", "prune", p.model, "--out", str(out), "--overwrite",
+    """The child command; it clears leftovers but keeps a run it can continue (the protocol is already
+    checked against results.json, so a checkpoint in the run's own folder belongs to this run;
+    ``prune`` still refuses one whose config differs)."""
+    keep = ["--overwrite"] if not holds_run(out) else []
+    cmd = [sys.executable, "-m", "llm_surgeon.cli", "prune", p.model, "--out", str(out), *keep,
            "--method", spec.method, "--granularity", spec.granularity, "--sparsity", f"{spec.sparsity:g}",
            "--shots", str(p.shots), "--calib-samples", str(p.calib_samples), "--calib-seqlen", str(p.calib_seqlen),
            "--seed", str(p.seed), "--eval", "--eval-seqlen", str(p.eval_seqlen)]
@@ -120,6 +132,7 @@ def _record_from_report(report: dict) -> dict:
         "shot_records": report["shot_records"],
         "nm_validation": report["nm_validation"],
         "footprint": report.get("footprint"),
+        "resumed_from_shot": report.get("resumed_from_shot"),
     }
 
 
@@ -157,7 +170,7 @@ def run_bench(protocol: Protocol, specs: list[RunSpec], out: Path, log=print) ->
             record = {"method": DENSE, "granularity": "dense", "target_sparsity": 0.0, "achieved_sparsity": 0.0,
                       "ppl": json.loads(last)["ppl"], "prune_seconds": 0.0}
         else:
-            record = _record_from_report(json.loads((folder / "report.json").read_text()))
+            record = _record_from_report(json.loads((folder / REPORT_NAME).read_text()))
         record.update({"command": shlex.join(cmd), "wall_seconds": wall, "peak_rss_mb": peak_mb})
         results["runs"][key] = record
         atomic_write_json(results_path, results)

@@ -8,6 +8,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+REPORT_NAME = "report.json"
+"""Written last into an output folder: its presence means the run is complete."""
+
 
 def _fsync_dir(path: Path) -> None:
     try:
