@@ -88,6 +88,30 @@ def test_obd_costs_are_the_diagonal_formulas(calibration):
     assert torch.isclose(lobd[i, j], 0.5 * W[i, j] ** 2 * f.A[j, j])
 
 
+def test_diagonal_only_curvature_equals_the_diagonals_of_the_full_factors(calibration):
+    """K-OBD and L-OBD collect only diagonals; their costs must not change because of it."""
+    from tests.conftest import tiny_llama
+
+    model = tiny_llama()
+    linears = get_adapter(model).prunable_linears(model)
+    full = collect_kronecker_factors(model, linears, calibration, batch_size=3, progress=False)
+    diagonal = collect_kronecker_factors(model, linears, calibration, batch_size=3, progress=False,
+                                         diagonal_only=True)
+    inputs_only = collect_kronecker_factors(model, linears, calibration, batch_size=3, progress=False,
+                                            with_gradients=False, diagonal_only=True)
+    assert KroneckerOBD.diagonal_only and LayerOBD.diagonal_only
+    for name, lin in linears.items():
+        d = diagonal[name]
+        assert d.diagonal and d.A.shape == (lin.in_features,) and d.G.shape == (lin.out_features,)
+        assert torch.allclose(d.A, full[name].A.diagonal(), rtol=1e-4, atol=1e-7)
+        assert torch.allclose(d.G, full[name].G.diagonal(), rtol=1e-4, atol=1e-9)
+        assert torch.allclose(inputs_only[name].A, d.A, rtol=1e-5) and inputs_only[name].G is None
+        W = lin.weight.detach()
+        assert torch.allclose(KroneckerOBD().element_costs(W, d), KroneckerOBD().element_costs(W, full[name]),
+                              rtol=1e-3, atol=1e-12)
+        assert torch.allclose(LayerOBD().element_costs(W, d), LayerOBD().element_costs(W, full[name]), rtol=1e-4)
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("granularity", ["unstructured", "2:4"])
 def test_each_method_reaches_target_and_pattern(tiny_model, calibration, method, granularity):

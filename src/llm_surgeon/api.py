@@ -167,7 +167,7 @@ def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict
         check_nm_applicable(linears, config.nm[1])
     calibration, spec = None, None
     if config.method != "magnitude":
-        if config.method in ("surgeon", "kobd"):
+        if config.method == "surgeon":  # the only method that holds full factors
             check_memory(linears, options.device)
         calibration, spec = calibration_windows(
             tokenizer, config.calib_samples, config.calib_seqlen, config.seed, data_dir

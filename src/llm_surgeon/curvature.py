@@ -2,7 +2,9 @@
 
 Hooks only gather statistics; the math on them lives in :mod:`llm_surgeon.math`. Layers
 fed the same input tensor (q/k/v, gate/up) share one ``A`` computation per batch, which
-roughly halves the cost of the input statistics in a Llama block.
+roughly halves the cost of the input statistics in a Llama block. Methods whose costs read
+only the diagonals (K-OBD, L-OBD) collect just those: O(d) per token instead of O(d²), which
+is about half of a full curvature pass on a small model.
 """
 
 from __future__ import annotations
@@ -31,13 +33,16 @@ class KroneckerFactors:
     G: torch.Tensor | None
     """``None`` when only input statistics were collected (forward passes only)."""
     tokens: int
+    diagonal: bool = False
+    """``A`` and ``G`` hold only their diagonals, as vectors."""
 
 
 class _FactorAccumulator:
-    """Forward and output-gradient hooks that sum ``aᵀa`` and ``gᵀg`` in float32."""
+    """Forward and output-gradient hooks that sum ``aᵀa`` and ``gᵀg`` (or their diagonals) in float32."""
 
-    def __init__(self, linears: dict[str, nn.Linear]):
+    def __init__(self, linears: dict[str, nn.Linear], diagonal_only: bool = False):
         self.linears = linears
+        self.diagonal_only = diagonal_only
         self.A: dict[str, torch.Tensor] = {}
         self.G: dict[str, torch.Tensor] = {}
         self.tokens = 0
@@ -54,8 +59,7 @@ class _FactorAccumulator:
     def _input_stat(self, x: torch.Tensor) -> torch.Tensor:
         key = (x.data_ptr(), tuple(x.shape), x.stride())
         if key not in self._shared_inputs:
-            flat = x.detach().reshape(-1, x.shape[-1]).float()
-            self._shared_inputs[key] = (x, flat.T @ flat)
+            self._shared_inputs[key] = (x, self._second_moment(x))
         return self._shared_inputs[key][1]
 
     def _forward_hook(self, name: str):
@@ -75,10 +79,13 @@ class _FactorAccumulator:
 
         return hook
 
+    def _second_moment(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.detach().reshape(-1, x.shape[-1]).float()
+        return flat.pow(2).sum(0) if self.diagonal_only else flat.T @ flat
+
     def _grad_hook(self, name: str):
         def hook(grad: torch.Tensor) -> None:
-            flat = grad.detach().reshape(-1, grad.shape[-1]).float()
-            stat = flat.T @ flat
+            stat = self._second_moment(grad)
             if name in self.G:
                 self.G[name] += stat
             else:
@@ -129,6 +136,7 @@ def collect_kronecker_factors(
     seed: int = 0,
     progress: bool = True,
     with_gradients: bool = True,
+    diagonal_only: bool = False,
 ) -> dict[str, KroneckerFactors]:
     """KFAC factors of every Linear in ``linears`` from forward/backward passes over ``windows``.
 
@@ -140,7 +148,7 @@ def collect_kronecker_factors(
         raise ValueError(f"fisher must be 'empirical' or 'true', got {fisher!r}")
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    accumulator = _FactorAccumulator(linears)
+    accumulator = _FactorAccumulator(linears, diagonal_only)
     was_training = model.training
     model.eval()
     batches = windows.split(batch_size)
@@ -182,7 +190,8 @@ def _normalised(accumulator: _FactorAccumulator, linears: dict[str, nn.Linear], 
         if id(raw_A) not in normalised:
             normalised[id(raw_A)] = raw_A / accumulator.tokens
         G = accumulator.G[name] / accumulator.tokens if with_gradients else None
-        factors[name] = KroneckerFactors(A=normalised[id(raw_A)], G=G, tokens=accumulator.tokens)
+        factors[name] = KroneckerFactors(A=normalised[id(raw_A)], G=G, tokens=accumulator.tokens,
+                                         diagonal=accumulator.diagonal_only)
     _raise_on_non_finite(factors)
     return factors
 

@@ -183,6 +183,7 @@ def _prune_in_shots(model, method: PruningMethod, calibration, config: PruneConf
             factors = collect_kronecker_factors(
                 model, linears, calibration, batch_size=config.batch_size, fisher=config.fisher,
                 seed=config.seed + shot, progress=progress, with_gradients=method.curvature != "inputs",
+                diagonal_only=method.diagonal_only,
             )
         t1 = time.perf_counter()
 

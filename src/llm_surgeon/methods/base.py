@@ -21,6 +21,8 @@ class PruningMethod(ABC):
     curvature: str = "none"
     """What the costs need: ``"none"``, ``"inputs"`` (A from forward passes), ``"kfac"`` (A and G),
     or ``"kfac_inverse"`` (damped A, G and their inverses)."""
+    diagonal_only: bool = False
+    """The costs read only diag(A) and diag(G), so only those are collected (O(d) per token, not O(d²))."""
 
     def __init__(self, config=None):  # noqa: B027 - an optional hook, not an abstract one
         """Methods with settings read them from the run's :class:`~llm_surgeon.config.PruneConfig`."""

@@ -2,6 +2,8 @@
 
 * L-OBD: layer-wise reconstruction Hessian ``X Xᵀ`` -> cost ``½ W_ij² A_jj`` (forward passes only).
 * K-OBD: diagonal of the Kronecker Fisher -> cost ``½ W_ij² G_ii A_jj``.
+
+Both take factors collected diagonal-only, or full matrices (whose diagonals are read).
 """
 
 from __future__ import annotations
@@ -11,17 +13,23 @@ import torch
 from llm_surgeon.methods.base import PruningMethod
 
 
+def _diagonal(factor: torch.Tensor) -> torch.Tensor:
+    return factor if factor.ndim == 1 else factor.diagonal()
+
+
 class LayerOBD(PruningMethod):
     name = "lobd"
     curvature = "inputs"
+    diagonal_only = True
 
     def element_costs(self, W: torch.Tensor, factors) -> torch.Tensor:
-        return 0.5 * W.float().pow(2) * factors.A.diagonal()[None, :]
+        return 0.5 * W.float().pow(2) * _diagonal(factors.A)[None, :]
 
 
 class KroneckerOBD(PruningMethod):
     name = "kobd"
     curvature = "kfac"
+    diagonal_only = True
 
     def element_costs(self, W: torch.Tensor, factors) -> torch.Tensor:
-        return 0.5 * W.float().pow(2) * factors.G.diagonal()[:, None] * factors.A.diagonal()[None, :]
+        return 0.5 * W.float().pow(2) * _diagonal(factors.G)[:, None] * _diagonal(factors.A)[None, :]
