@@ -3,8 +3,7 @@
 Hooks only gather statistics; the math on them lives in :mod:`llm_surgeon.math`. Layers
 fed the same input tensor (q/k/v, gate/up) share one ``A`` computation per batch, which
 roughly halves the cost of the input statistics in a Llama block. Methods whose costs read
-only the diagonals (K-OBD, L-OBD) collect just those: O(d) per token instead of O(d²); by a
-FLOP count the full outer products are about half of a curvature pass at SmolLM2-135M's widths.
+only the diagonals (K-OBD, L-OBD) collect just those: O(d) per token instead of O(d²).
 """
 
 from __future__ import annotations
