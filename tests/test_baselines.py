@@ -102,7 +102,7 @@ def test_diagonal_only_curvature_equals_the_diagonals_of_the_full_factors(calibr
     assert KroneckerOBD.diagonal_only and LayerOBD.diagonal_only
     for name, lin in linears.items():
         d = diagonal[name]
-        assert d.diagonal and d.A.shape == (lin.in_features,) and d.G.shape == (lin.out_features,)
+        assert d.A.shape == (lin.in_features,) and d.G.shape == (lin.out_features,)
         assert torch.allclose(d.A, full[name].A.diagonal(), rtol=1e-4, atol=1e-7)
         assert torch.allclose(d.G, full[name].G.diagonal(), rtol=1e-4, atol=1e-9)
         assert torch.allclose(inputs_only[name].A, d.A, rtol=1e-5) and inputs_only[name].G is None

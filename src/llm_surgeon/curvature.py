@@ -30,10 +30,9 @@ class KroneckerFactors:
 
     A: torch.Tensor
     G: torch.Tensor | None
-    """``None`` when only input statistics were collected (forward passes only)."""
+    """``None`` when only input statistics were collected (forward passes only). Collected
+    diagonal-only, ``A`` and ``G`` are vectors of the diagonals."""
     tokens: int
-    diagonal: bool = False
-    """``A`` and ``G`` hold only their diagonals, as vectors."""
 
 
 class _FactorAccumulator:
@@ -189,8 +188,7 @@ def _normalised(accumulator: _FactorAccumulator, linears: dict[str, nn.Linear], 
         if id(raw_A) not in normalised:
             normalised[id(raw_A)] = raw_A / accumulator.tokens
         G = accumulator.G[name] / accumulator.tokens if with_gradients else None
-        factors[name] = KroneckerFactors(A=normalised[id(raw_A)], G=G, tokens=accumulator.tokens,
-                                         diagonal=accumulator.diagonal_only)
+        factors[name] = KroneckerFactors(A=normalised[id(raw_A)], G=G, tokens=accumulator.tokens)
     _raise_on_non_finite(factors)
     return factors
 
