@@ -27,9 +27,17 @@ from llm_surgeon.evaluation import PerplexityResult, perplexity
 from llm_surgeon.export import densify, to_semi_structured
 from llm_surgeon.footprint import folder_bytes, forward_footprint
 from llm_surgeon.io import REPORT_NAME, atomic_write_json, fsync_tree
+from llm_surgeon.methods import get_method
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.models.loading import load_model_and_tokenizer
-from llm_surgeon.pruner import PruneResult, check_nm_applicable, prune_model, sparsity_stats
+from llm_surgeon.pruner import (
+    PruneResult,
+    check_nm_applicable,
+    holds_full_factors,
+    needs_calibration,
+    prune_model,
+    sparsity_stats,
+)
 from llm_surgeon.report import build_report, peak_memory_mb
 from llm_surgeon.resources import available_bytes, curvature_bytes
 from llm_surgeon.structured import compact, save_architecture
@@ -166,8 +174,9 @@ def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict
     if config.nm is not None:
         check_nm_applicable(linears, config.nm[1])
     calibration, spec = None, None
-    if config.method != "magnitude":
-        if config.method == "surgeon":  # the only method that holds full factors
+    method = get_method(config.method, config)
+    if needs_calibration(method):
+        if holds_full_factors(method):
             check_memory(linears, options.device)
         calibration, spec = calibration_windows(
             tokenizer, config.calib_samples, config.calib_seqlen, config.seed, data_dir

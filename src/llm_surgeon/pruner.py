@@ -109,8 +109,13 @@ def prepare_shot_factors(factors: dict[str, KroneckerFactors], config: PruneConf
     return out
 
 
-def _needs_calibration(method) -> bool:
+def needs_calibration(method: PruningMethod | LayerwiseMethod) -> bool:
     return isinstance(method, LayerwiseMethod) or method.curvature != "none"
+
+
+def holds_full_factors(method: PruningMethod | LayerwiseMethod) -> bool:
+    """Whether a shot keeps the full A and G of every layer at once (what ``check_memory`` sizes)."""
+    return isinstance(method, PruningMethod) and method.curvature != "none" and not method.diagonal_only
 
 
 def _prune_layerwise(model, method: LayerwiseMethod, calibration, config: PruneConfig, linears, progress: bool
@@ -146,7 +151,7 @@ def prune_model(
     nm = config.nm
     if nm is not None:
         check_nm_applicable(linears, nm[1])
-    if _needs_calibration(method) and calibration is None:
+    if needs_calibration(method) and calibration is None:
         raise ConfigError(f"method {config.method} needs calibration data")
 
     result = start or PruneResult(
