@@ -175,7 +175,7 @@ def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict
         check_nm_applicable(linears, config.nm[1])
     calibration, spec = None, None
     method = get_method(config.method, config)
-    if needs_calibration(method):
+    if needs_calibration(method, config):
         if holds_full_factors(method):
             check_memory(linears, options.device)
         calibration, spec = calibration_windows(

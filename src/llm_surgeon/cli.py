@@ -40,6 +40,12 @@ def _add_prune_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="calibration windows per pass")
     parser.add_argument("--sparsegpt-damp", type=float, default=d.sparsegpt_damp,
                         help="SparseGPT dampening, fraction of the mean diagonal of X Xᵀ")
+    parser.add_argument("--lora-rank", type=int, default=d.lora_rank,
+                        help="rank of a low-rank correction trained on the calibration text after every shot "
+                             "and absorbed with the masks kept (default 0: off)")
+    parser.add_argument("--lora-lr", type=float, default=d.lora_lr, help="Adam learning rate of the correction")
+    parser.add_argument("--lora-epochs", type=int, default=d.lora_epochs,
+                        help="passes over the calibration windows per correction")
 
 
 def _config_from_args(args: argparse.Namespace) -> PruneConfig:
@@ -49,6 +55,7 @@ def _config_from_args(args: argparse.Namespace) -> PruneConfig:
         damp_g=args.damp_g, damp_a=args.damp_a, fisher=args.fisher, magnitude_scope=args.magnitude_scope,
         update_iterations=args.update_iterations, update_tolerance=args.update_tolerance,
         batch_size=args.batch_size, sparsegpt_damp=args.sparsegpt_damp,
+        lora_rank=args.lora_rank, lora_lr=args.lora_lr, lora_epochs=args.lora_epochs,
     )
 
 

@@ -41,9 +41,15 @@ class PruneConfig:
     """Maximum PCG iterations of the Kronecker OBS update per layer and shot."""
     update_tolerance: float = 1e-3
     batch_size: int = 8
+    """Calibration windows per forward/backward pass."""
     sparsegpt_damp: float = 0.01
     """SparseGPT's dampening, a fraction of the mean diagonal of ``X Xᵀ``."""
-    """Calibration windows per forward/backward pass."""
+    lora_rank: int = 0
+    """Rank of the first-order low-rank correction trained after every shot; 0 turns it off."""
+    lora_lr: float = 1e-3
+    """Adam learning rate of the low-rank correction."""
+    lora_epochs: int = 1
+    """Passes over the calibration windows per correction."""
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -52,6 +58,11 @@ class PruneConfig:
     @property
     def effective_shots(self) -> int:
         return 1 if self.method in LAYERWISE_METHODS else self.shots
+
+    @property
+    def corrects(self) -> bool:
+        """Whether a low-rank correction follows every shot."""
+        return self.lora_rank > 0
 
     @property
     def target_sparsity(self) -> float:
@@ -88,6 +99,8 @@ class PruneConfig:
             raise ConfigError("damping must be positive")
         if self.batch_size < 1 or self.update_iterations < 0:
             raise ConfigError("batch size must be >= 1 and update iterations >= 0")
+        if self.lora_rank < 0 or self.lora_epochs < 1 or not self.lora_lr > 0:
+            raise ConfigError("low-rank correction needs rank >= 0 (0 = off), epochs >= 1 and a positive learning rate")
         return self
 
     def to_dict(self) -> dict:

@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from llm_surgeon.config import PruneConfig
+from llm_surgeon.correction import correct_with_lora
 from llm_surgeon.curvature import KroneckerFactors, collect_kronecker_factors
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.layerwise import prune_layerwise
@@ -37,6 +38,9 @@ class ShotRecord:
     update_iterations_mean: float = 0.0
     update_loss_reduction: float = 0.0
     """Fraction of the no-update quadratic loss that the correlated update removed."""
+    seconds_correction: float = 0.0
+    correction_epoch_losses: list[float] = field(default_factory=list)
+    """Mean training NLL per epoch of the low-rank correction after this shot (empty: none ran)."""
 
 
 @dataclass
@@ -53,7 +57,9 @@ class PruneResult:
         curvature = sum(s.seconds_curvature for s in self.shots)
         costs = sum(s.seconds_costs for s in self.shots)
         update = sum(s.seconds_update for s in self.shots)
-        return {"curvature": curvature, "costs": costs, "update": update, "total": curvature + costs + update}
+        correction = sum(s.seconds_correction for s in self.shots)
+        return {"curvature": curvature, "costs": costs, "update": update, "correction": correction,
+                "total": curvature + costs + update + correction}
 
 
 def sparsity_stats(linears: dict[str, nn.Linear]) -> tuple[float, dict[str, float]]:
@@ -109,8 +115,25 @@ def prepare_shot_factors(factors: dict[str, KroneckerFactors], config: PruneConf
     return out
 
 
-def needs_calibration(method: PruningMethod | LayerwiseMethod) -> bool:
-    return isinstance(method, LayerwiseMethod) or method.curvature != "none"
+def needs_calibration(method: PruningMethod | LayerwiseMethod, config: PruneConfig) -> bool:
+    return isinstance(method, LayerwiseMethod) or method.curvature != "none" or config.corrects
+
+
+def end_shot(model: nn.Module, linears: dict[str, nn.Linear], calibration: torch.Tensor | None,
+             result: PruneResult, progress: bool, on_shot_end: Callable[[int, PruneResult], None] | None) -> None:
+    """What follows every shot's update at every granularity: the optional low-rank correction
+    (recorded in the shot's record), then the checkpoint callback."""
+    record, config = result.shots[-1], result.config
+    if config.corrects:
+        correction = correct_with_lora(
+            model, linears, result.masks, calibration, rank=config.lora_rank, lr=config.lora_lr,
+            epochs=config.lora_epochs, batch_size=config.batch_size, seed=config.seed + 7919 * record.shot,
+            progress=progress,
+        )
+        record.seconds_correction = correction.seconds
+        record.correction_epoch_losses = correction.epoch_losses
+    if on_shot_end is not None:
+        on_shot_end(record.shot, result)
 
 
 def holds_full_factors(method: PruningMethod | LayerwiseMethod) -> bool:
@@ -151,7 +174,7 @@ def prune_model(
     nm = config.nm
     if nm is not None:
         check_nm_applicable(linears, nm[1])
-    if needs_calibration(method) and calibration is None:
+    if needs_calibration(method, config) and calibration is None:
         raise ConfigError(f"method {config.method} needs calibration data")
 
     result = start or PruneResult(
@@ -166,8 +189,7 @@ def prune_model(
         if not result.shots:
             result.shots.append(_prune_layerwise(model, method, calibration, config, linears, progress))
             result.masks = {name: lin.weight.detach() == 0 for name, lin in linears.items()}
-            if on_shot_end is not None:
-                on_shot_end(1, result)
+            end_shot(model, linears, calibration, result, progress, on_shot_end)
     else:
         _prune_in_shots(model, method, calibration, config, linears, result, progress, on_shot_end)
     if nm:
@@ -230,5 +252,4 @@ def _prune_in_shots(model, method: PruningMethod, calibration, config: PruneConf
                 update_loss_reduction=1 - loss_after / loss_before if loss_before > 0 else 0.0,
             )
         )
-        if on_shot_end is not None:
-            on_shot_end(shot + 1, result)
+        end_shot(model, linears, calibration, result, progress, on_shot_end)

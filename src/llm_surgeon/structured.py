@@ -174,7 +174,7 @@ def prunable_parameter_count(units: list[BlockUnits]) -> int:
 
 def prune_structured(model, calibration, config: PruneConfig, result, progress: bool, on_shot_end) -> None:
     """The multi-shot loop for ``granularity="structured"``; fills ``result`` in place."""
-    from llm_surgeon.pruner import ShotRecord, prepare_shot_factors, sparsity_stats
+    from llm_surgeon.pruner import ShotRecord, end_shot, prepare_shot_factors, sparsity_stats
 
     adapter = get_adapter(model)
     units = block_units(model, adapter)
@@ -212,8 +212,7 @@ def prune_structured(model, calibration, config: PruneConfig, result, progress: 
         achieved, _ = sparsity_stats(all_linears)
         result.shots.append(ShotRecord(shot=shot + 1, target_sparsity=schedule[shot], achieved_sparsity=achieved,
                                        seconds_curvature=t1 - t0, seconds_costs=t2 - t1, seconds_update=t3 - t2))
-        if on_shot_end is not None:
-            on_shot_end(shot + 1, result)
+        end_shot(model, all_linears, calibration, result, progress, on_shot_end)
     result.structure = structure_summary(units, neurons, groups)
 
 
