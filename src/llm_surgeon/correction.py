@@ -20,12 +20,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from llm_surgeon.errors import LLMSurgeonError
+from llm_surgeon.nll import backward_next_token_nll
 
 
 class MaskedLowRankDelta(nn.Module):
@@ -126,16 +126,14 @@ def correct_with_lora(
                 for batch in tqdm(batches, desc=f"low-rank correction, epoch {epoch + 1}/{epochs}",
                                   disable=not progress):
                     ids = batch.to(device)
-                    logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-                    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-                    if not torch.isfinite(loss):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = backward_next_token_nll(model, ids, mean=True)
+                    if not math.isfinite(loss):
                         raise LLMSurgeonError("the low-rank correction diverged (non-finite loss); "
                                               "lower --lora-lr")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
                     optimizer.step()
                     steps += 1
-                    total += float(loss.detach()) * ids[:, 1:].numel()
+                    total += loss * ids[:, 1:].numel()
                     tokens += ids[:, 1:].numel()
                 epoch_losses.append(total / tokens)
             absorb = True

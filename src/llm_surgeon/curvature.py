@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from llm_surgeon.errors import LLMSurgeonError
+from llm_surgeon.nll import backward_next_token_nll
 
 
 class NonFiniteActivationError(LLMSurgeonError):
@@ -162,15 +162,7 @@ def collect_kronecker_factors(
         for batch in tqdm(batches, desc="curvature (forward+backward)", disable=not progress):
             accumulator.new_batch()
             ids = batch.to(device)
-            logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-            if fisher == "empirical":
-                labels = ids[:, 1:]
-            else:
-                with torch.no_grad():
-                    probs = logits.detach().softmax(-1).reshape(-1, logits.shape[-1])
-                    labels = torch.multinomial(probs, 1, generator=generator).reshape(ids[:, 1:].shape)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
-            loss.backward()
+            backward_next_token_nll(model, ids, mean=False, sample_labels=generator if fisher == "true" else None)
             accumulator.tokens += ids.numel()
     model.train(was_training)
     return _normalised(accumulator, linears, with_gradients=True)

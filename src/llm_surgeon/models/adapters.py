@@ -44,6 +44,12 @@ class ArchitectureAdapter:
     linear_names: tuple[str, ...]
     """Prunable Linear layers, as paths relative to a decoder block."""
     structure: StructureSpec | None = None
+    body_path: str = "model"
+    """The module whose ``last_hidden_state`` the LM head (``get_output_embeddings()``) maps to
+    logits with nothing in between; the loss is computed from it in chunks (:mod:`llm_surgeon.nll`)."""
+
+    def body(self, model: nn.Module) -> nn.Module:
+        return model.get_submodule(self.body_path)
 
     def head_layout(self, config) -> tuple[int, int, int]:
         """(query heads, key/value heads, head dim) from a model config."""
