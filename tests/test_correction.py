@@ -148,3 +148,34 @@ def test_cli_records_the_correction(tmp_path):
     assert [len(s["correction_epoch_losses"]) for s in report["shot_records"]] == [2, 2]
     assert report["seconds"]["correction"] > 0
     assert abs(report["achieved_sparsity"] - 0.5) <= 0.005
+
+
+def test_resuming_after_a_shot_gives_the_uninterrupted_result(calibration):
+    """Each correction starts fresh from seeds that depend only on the shot, so no optimizer state is lost."""
+    import copy
+
+    from llm_surgeon.pruner import prune_model
+
+    config = PruneConfig(method="surgeon", sparsity=0.5, shots=3, batch_size=4, lora_rank=2, lora_lr=1e-2)
+    reference = tiny_llama()
+    prune_model(reference, calibration, config, progress=False)
+
+    class StopError(Exception):
+        pass
+
+    saved = {}
+
+    def stop_after_first(shot, result):
+        saved["result"] = copy.deepcopy(result)
+        saved["state"] = copy.deepcopy(interrupted.state_dict())
+        raise StopError
+
+    interrupted = tiny_llama()
+    with pytest.raises(StopError):
+        prune_model(interrupted, calibration, config, progress=False, on_shot_end=stop_after_first)
+    torch.manual_seed(123)  # the global RNG must not matter
+    resumed = tiny_llama(seed=9)
+    resumed.load_state_dict(saved["state"])
+    prune_model(resumed, calibration, config, progress=False, start=saved["result"])
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
