@@ -2,7 +2,7 @@
 
 The section between ``<!-- bench:NAME:start -->`` and ``<!-- bench:NAME:end -->`` is replaced by what
 ``llm-surgeon bench`` measured (``DIR/results.json``), so the page shows the run's own numbers and
-nothing typed by hand; the plot is copied next to the page as ``docs/bench-NAME.png``.
+nothing typed by hand; the plot is drawn next to the page as ``docs/bench-NAME.png``.
 
     python benchmarks/update_benchmarks_md.py runs/bench --name smollm2
 """
@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from llm_surgeon.bench import render_markdown, reproduce_commands
+from llm_surgeon.bench import render_markdown, render_plot, reproduce_commands
 from llm_surgeon.io import atomic_write_text
 
 
@@ -56,9 +56,11 @@ def main() -> int:
     args = parser.parse_args()
     results = json.loads((args.bench_dir / "results.json").read_text())
     plot = None
-    if (args.bench_dir / "results.png").exists():
-        target = args.page.parent / "docs" / f"bench-{args.name}.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
+    target = args.page.parent / "docs" / f"bench-{args.name}.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if render_plot(results, target):  # drawn anew, so the page gets the current plot style
+        plot = str(target.relative_to(args.page.parent))
+    elif (args.bench_dir / "results.png").exists():
         shutil.copyfile(args.bench_dir / "results.png", target)
         plot = str(target.relative_to(args.page.parent))
     body = bench_section(results, str(args.bench_dir), plot)

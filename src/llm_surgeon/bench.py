@@ -178,6 +178,14 @@ def run_bench(protocol: Protocol, specs: list[RunSpec], out: Path, log=print) ->
     return results
 
 
+TABLE_ORDER = ("surgeon", "sparsegpt", "wanda", "kobd", "lobd", "magnitude")
+"""Rows of the tables: ours first, then the baselines roughly from the paper's strongest to weakest."""
+
+
+def _method_rank(method: str) -> int:
+    return TABLE_ORDER.index(method) if method in TABLE_ORDER else len(TABLE_ORDER)
+
+
 def render_markdown(results: dict) -> str:
     """Paper-shaped tables (rows = methods, columns = size kept) per granularity, then the cost of each run."""
     runs = results["runs"]
@@ -199,7 +207,7 @@ def render_markdown(results: dict) -> str:
                   "|---" * (len(kept) + 1) + "|"]
         if dense:
             lines.append("| dense | " + " | ".join(f"{dense['ppl']:.2f}" for _ in kept) + " |")
-        for method in dict.fromkeys(r["method"] for r in rows):
+        for method in sorted(dict.fromkeys(r["method"] for r in rows), key=_method_rank):
             cells = []
             for k in kept:
                 match = [r for r in rows if r["method"] == method and round(1 - r["target_sparsity"], 4) == k]
@@ -210,7 +218,10 @@ def render_markdown(results: dict) -> str:
     lines += ["### Cost of each run", "",
               "| method | granularity | target | achieved | ppl | shots | curvature s | update s | prune s | "
               "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in runs.values():
+    granularities = list(dict.fromkeys(r["granularity"] for r in runs.values()))
+    ordered = sorted(runs.values(), key=lambda r: (granularities.index(r["granularity"]), _method_rank(r["method"]),
+                                                   r["target_sparsity"]))
+    for r in ordered:
         s = r.get("seconds", {})
         lines.append(
             f"| {r['method']} | {r['granularity']} | {r['target_sparsity']:.3f} | {r['achieved_sparsity']:.4f} | "
@@ -251,25 +262,35 @@ def render_plot(results: dict, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    from matplotlib.lines import Line2D
+
     runs = results["runs"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     pruned = [r for k, r in runs.items() if k != DENSE]
+    methods = sorted(dict.fromkeys(r["method"] for r in pruned), key=_method_rank)
+    granularities = list(dict.fromkeys(r["granularity"] for r in pruned))
+    color = {m: f"C{i}" for i, m in enumerate(methods)}
+    marker = {g: {"unstructured": "o", "structured": "^"}.get(g, "s") for g in granularities}
     for method, granularity in dict.fromkeys((r["method"], r["granularity"]) for r in pruned):
         rows = sorted((r for r in pruned if r["method"] == method and r["granularity"] == granularity),
                       key=lambda r: r["target_sparsity"])
-        xs = [1 - r["target_sparsity"] for r in rows]
-        ax.plot(xs, [r["ppl"] for r in rows], marker="o" if granularity == "unstructured" else "s",
-                label=f"{method} ({granularity})")
+        # Methods measured at the same size would hide each other: spread them a little sideways.
+        shift = (methods.index(method) - (len(methods) - 1) / 2) * 0.004
+        ax.plot([1 - r["target_sparsity"] + shift for r in rows], [r["ppl"] for r in rows], color=color[method],
+                marker=marker[granularity], linestyle="-" if len(rows) > 1 else "none")
+    handles = [Line2D([], [], color=color[m], marker="o", linestyle="-", label=m) for m in methods]
+    handles += [Line2D([], [], color="gray", marker=marker[g], linestyle="none", label=g) for g in granularities]
     if DENSE in runs:
-        ax.axhline(runs[DENSE]["ppl"], color="black", linestyle="--", label="dense")
-    ax.set_xlabel("fraction of prunable weights kept")
+        ax.axhline(runs[DENSE]["ppl"], color="black", linestyle="--")
+        handles.append(Line2D([], [], color="black", linestyle="--", label="dense"))
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_xlabel("fraction of prunable weights kept (methods spread slightly sideways)")
     ax.set_ylabel("WikiText-2 test perplexity")
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(path)
     return True

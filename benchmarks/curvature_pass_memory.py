@@ -1,0 +1,50 @@
+"""Peak memory and time of one KFAC curvature pass (forward+backward with the factor hooks).
+
+Measures in this process, so run it once per code version to compare, e.g. at two commits:
+
+    LLM_SURGEON_DATA=../shared/data python benchmarks/curvature_pass_memory.py --label HEAD
+
+Prints one JSON line: seconds, peak RSS (CPU) or peak allocated (CUDA), and the trace of the
+first layer's G, which must agree between versions that claim the same math.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from llm_surgeon.curvature import collect_kronecker_factors
+from llm_surgeon.data import calibration_windows, resolve_data_dir
+from llm_surgeon.models.adapters import get_adapter
+from llm_surgeon.models.loading import load_model_and_tokenizer
+from llm_surgeon.report import peak_memory_mb
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--label", required=True, help="a name for this code version in the output")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    model, tokenizer, _ = load_model_and_tokenizer(args.model, torch.float32, args.device)
+    windows, _ = calibration_windows(tokenizer, args.samples, args.seqlen, 0, resolve_data_dir(args.data_dir))
+    linears = get_adapter(model).prunable_linears(model)
+    loaded_mb = peak_memory_mb(args.device)
+    start = time.perf_counter()
+    factors = collect_kronecker_factors(model, linears, windows, batch_size=args.batch_size, progress=False)
+    seconds = time.perf_counter() - start
+    first = next(iter(factors.values()))
+    print(json.dumps({"label": args.label, "seconds": round(seconds, 1), "peak_mb_after_load": round(loaded_mb),
+                      "peak_mb": round(peak_memory_mb(args.device)), "G_trace_first_layer": float(first.G.trace()),
+                      "windows": f"{args.samples} x {args.seqlen}", "batch_size": args.batch_size}))
+
+
+if __name__ == "__main__":
+    main()
