@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
+from llm_surgeon.curvature import frozen_parameters
 from llm_surgeon.errors import LLMSurgeonError
 from llm_surgeon.nll import backward_next_token_nll
 
@@ -57,18 +56,6 @@ class CorrectionRecord:
     steps: int
     epoch_losses: list[float]
     """Mean training NLL per token of each epoch (the first epoch's starts at the pruned model)."""
-
-
-@contextmanager
-def _only_deltas_train(model: nn.Module) -> Iterator[None]:
-    saved = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in saved:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
 
 
 def attach_deltas(linears: dict[str, nn.Linear], removed: dict[str, torch.Tensor], rank: int, seed: int
@@ -114,7 +101,7 @@ def correct_with_lora(
     model.eval()  # no dropout: the correction should fit the model as it will be used
     order = torch.Generator().manual_seed(seed)
     epoch_losses, steps = [], 0
-    with _only_deltas_train(model):
+    with frozen_parameters(model):  # only the deltas, attached below, train
         deltas = attach_deltas(linears, removed, rank, seed)
         absorb = False
         try:

@@ -105,24 +105,33 @@ class _FactorAccumulator:
 
 
 @contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Every parameter of ``model`` stops requiring grad inside the block; each gets its flag back after."""
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+@contextmanager
 def _activation_gradients_only(model: nn.Module) -> Iterator[None]:
     """Backward through activations without computing any weight gradient.
 
     Parameters are frozen; the embedding output is made a leaf that requires grad, so the
     backward pass reaches every block while allocating no parameter gradients.
     """
-    saved = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in saved:
-        p.requires_grad_(False)
     handle = model.get_input_embeddings().register_forward_hook(
         lambda module, inputs, output: output.detach().requires_grad_(True)
     )
     try:
-        yield
+        with frozen_parameters(model):
+            yield
     finally:
         handle.remove()
-        for p, flag in saved:
-            p.requires_grad_(flag)
 
 
 def collect_kronecker_factors(
