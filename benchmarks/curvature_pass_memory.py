@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from llm_surgeon.curvature import collect_kronecker_factors
+from llm_surgeon.curvature import CurvatureRequest, LocalCollector
 from llm_surgeon.data import calibration_windows, resolve_data_dir
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.models.loading import load_model_and_tokenizer
@@ -35,10 +35,12 @@ def main() -> None:
     args = parser.parse_args()
     model, tokenizer, _ = load_model_and_tokenizer(args.model, torch.float32, args.device)
     windows, _ = calibration_windows(tokenizer, args.samples, args.seqlen, 0, resolve_data_dir(args.data_dir))
-    linears = get_adapter(model).prunable_linears(model)
+    adapter = get_adapter(model)
+    linears = adapter.prunable_linears(model)
     loaded_mb = peak_memory_mb(args.device)
     start = time.perf_counter()
-    factors = collect_kronecker_factors(model, linears, windows, batch_size=args.batch_size, progress=False)
+    collector = LocalCollector(batch_size=args.batch_size, progress=False)
+    factors = collector.collect(model, adapter, linears, windows, CurvatureRequest(), seed=0)
     seconds = time.perf_counter() - start
     first = next(iter(factors.values()))
     print(json.dumps({"label": args.label, "seconds": round(seconds, 1), "peak_mb_after_load": round(loaded_mb),

@@ -1,113 +1,83 @@
-"""Core benchmark: dense vs magnitude vs LLM Surgeon on one model, measured side by side in one run.
+"""Core benchmark: dense vs magnitude vs LLM Surgeon on one model, measured side by side.
 
-(``llm-surgeon bench`` runs any grid of methods; this script pins the rows of the core
-benchmark, including LLM Surgeon at 1 and 5 shots, and reports the per-shot cost split.)
+The rows are ``llm-surgeon bench`` runs (the bench does the running, resuming and recording);
+this script only pins which rows make the core table and renders it with the per-shot cost
+split. ``bench`` fixes one shot count per folder, so the 1-shot and 5-shot rows live in
+``WORK/shots-1`` and ``WORK/shots-5`` (magnitude is the same at any shot count: no update, one
+global threshold over |W|).
 
-Every pruning run is a fresh ``llm-surgeon prune ... --eval`` process, so peak memory is
-that run's own (``wait4`` rusage of the child). Results go to ``--results`` (JSON, one
-record per run, resumable: a run whose record exists is skipped) and the markdown table
-to stdout / ``--markdown``.
-
-    python benchmarks/run_core.py --model smollm2-135m --data-dir ../shared/data \\
-        --results runs/core/results.json --markdown runs/core/table.md
+    python benchmarks/run_core.py --model smollm2-135m --data-dir ../shared/data --work runs/core \\
+        --runs dense,magnitude-50,surgeon-50-5shot --markdown runs/core/table.md
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import shlex
 import sys
 from pathlib import Path
 
-from llm_surgeon.bench import run_child
+from llm_surgeon.bench import DENSE, Protocol, RunSpec, run_bench
 
-RUNS = {
-    "dense": None,
-    "magnitude-50": ["--method", "magnitude", "--sparsity", "0.5", "--shots", "1"],
-    "surgeon-50-1shot": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "1"],
-    "surgeon-50-5shot": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "5"],
-    "magnitude-2:4": ["--method", "magnitude", "--granularity", "2:4", "--shots", "1"],
-    "surgeon-2:4-1shot": ["--method", "surgeon", "--granularity", "2:4", "--shots", "1"],
-    "surgeon-2:4-5shot": ["--method", "surgeon", "--granularity", "2:4", "--shots", "5"],
+RUNS: dict[str, tuple[int, RunSpec | None]] = {
+    "dense": (1, None),
+    "magnitude-50": (1, RunSpec("magnitude", "unstructured", 0.5)),
+    "surgeon-50-1shot": (1, RunSpec("surgeon", "unstructured", 0.5)),
+    "surgeon-50-5shot": (5, RunSpec("surgeon", "unstructured", 0.5)),
+    "magnitude-2:4": (1, RunSpec("magnitude", "2:4", 0.5)),
+    "surgeon-2:4-1shot": (1, RunSpec("surgeon", "2:4", 0.5)),
+    "surgeon-2:4-5shot": (5, RunSpec("surgeon", "2:4", 0.5)),
 }
+"""Row name -> (shots of its bench folder, the run; ``None`` for the dense evaluation)."""
 
 
-def main() -> int:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--data-dir", default=os.environ.get("LLM_SURGEON_DATA"))
-    parser.add_argument("--work", default="runs/core", help="folder for pruned models and logs")
-    parser.add_argument("--results", default="runs/core/results.json")
-    parser.add_argument("--markdown", default=None)
+    parser.add_argument("--work", default="runs/core", help="parent of the bench folders shots-1 and shots-5")
+    parser.add_argument("--markdown", default=None, help="also write the table here")
     parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of: " + ", ".join(RUNS))
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--calib-seqlen", type=int, default=512)
     parser.add_argument("--eval-seqlen", type=int, default=2048)
     parser.add_argument("--eval-max-windows", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    results_path = Path(args.results)
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    common_data = ["--data-dir", args.data_dir] if args.data_dir else []
-    eval_flags = ["--eval-max-windows", str(args.eval_max_windows)] if args.eval_max_windows else []
-    cli = [sys.executable, "-m", "llm_surgeon.cli"]
 
-    for name in args.runs.split(","):
-        if name in results:
-            print(f"[skip] {name}: already measured", file=sys.stderr)
-            continue
-        out = work / name.replace(":", "_")
-        if RUNS[name] is None:
-            cmd = [*cli, "eval", args.model, "--seqlen", str(args.eval_seqlen), "--json", "--no-progress",
-                   *common_data, *(["--max-windows", str(args.eval_max_windows)] if args.eval_max_windows else [])]
-        else:
-            cmd = [*cli, "prune", args.model, "--out", str(out), "--overwrite", *RUNS[name],
-                   "--calib-samples", str(args.calib_samples), "--calib-seqlen", str(args.calib_seqlen),
-                   "--seed", str(args.seed), "--eval", "--eval-seqlen", str(args.eval_seqlen), "--no-progress",
-                   *eval_flags, *common_data]
-        print(f"[run] {name}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
-        code, wall, peak_mb = run_child(cmd, work / f"{name.replace(':', '_')}.log")
-        if code != 0:
-            print(f"[fail] {name} exited {code}; see its log", file=sys.stderr)
-            continue
-        if RUNS[name] is None:
-            last = (work / f"{name}.log").read_text().strip().splitlines()[-1]
-            record = {"ppl": json.loads(last)["ppl"], "achieved_sparsity": 0.0, "seconds": {}}
-        else:
-            report = json.loads((out / "report.json").read_text())
-            record = {
-                "ppl": report["ppl"]["wikitext2"],
-                "achieved_sparsity": report["achieved_sparsity"],
-                "seconds": report["seconds"],
-                "shot_records": report["shot_records"],
-                "nm_validation": report["nm_validation"],
-                "report_peak_memory_mb": report["peak_memory_mb"],
-            }
-        record.update({"command": shlex.join(cmd), "wall_seconds": wall, "peak_rss_mb": peak_mb})
-        results[name] = record
-        results_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = results_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        tmp.replace(results_path)
-
-    table = render(results, args)
+def main() -> int:
+    args = _arguments()
+    names = args.runs.split(",")
+    unknown = [n for n in names if n not in RUNS]
+    if unknown:
+        print(f"run_core: unknown runs {unknown}; choose from {', '.join(RUNS)}", file=sys.stderr)
+        return 2
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    records = {}
+    for shots in sorted({RUNS[n][0] for n in names}):
+        protocol = Protocol(model=args.model, data_dir=args.data_dir, calib_samples=args.calib_samples,
+                            calib_seqlen=args.calib_seqlen, seed=args.seed, eval_seqlen=args.eval_seqlen,
+                            eval_max_windows=args.eval_max_windows, shots=shots)
+        specs = [RUNS[n][1] for n in names if RUNS[n][0] == shots and RUNS[n][1] is not None]
+        results = run_bench(protocol, specs, Path(args.work) / f"shots-{shots}", log=log)
+        for n in names:
+            spec = RUNS[n][1]
+            if RUNS[n][0] == shots:
+                records[n] = results["runs"].get(DENSE if spec is None else spec.key)
+    table = render(records, args)
     if args.markdown:
         Path(args.markdown).write_text(table)
     print(table)
-    return 0
+    return 0 if all(records.values()) else 2
 
 
 def _fmt(seconds: dict, key: str) -> str:
     return f"{seconds[key]:.1f}" if key in seconds else "–"
 
 
-def render(results: dict, args) -> str:
+def render(records: dict, args) -> str:
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, float32.",
         f"Calibration: WikiText-2 valid, {args.calib_samples} x {args.calib_seqlen} tokens, seed {args.seed}. "
@@ -118,12 +88,11 @@ def render(results: dict, args) -> str:
         "update loss reduction | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in RUNS:
-        r = results.get(name)
+    for name, r in records.items():
         if r is None:
             lines.append(f"| {name} | not measured | | | | | | | | |")
             continue
-        s = r["seconds"]
+        s = r.get("seconds", {})
         shots = r.get("shot_records") or []
         iters = sum(x["update_iterations_mean"] for x in shots) / len(shots) if shots else 0
         reduction = sum(x["update_loss_reduction"] for x in shots) / len(shots) if shots else 0

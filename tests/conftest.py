@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +102,50 @@ def write_fake_wikitext(folder: Path, splits=("valid", "test"), lines: int = 400
             rows.append(" " + " ".join(words[j] for j in idx) + " .\n")
         (raw / f"wiki.{split}.raw").write_text("".join(rows))
     return folder
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m llm_surgeon.cli ARGS`` in a fresh process; raise with its stderr when ``check`` fails."""
+    proc = subprocess.run([sys.executable, "-m", "llm_surgeon.cli", *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr)
+    return proc
+
+
+def collect_factors(model, linears, windows, batch_size: int = 4, fisher: str = "empirical", seed: int = 0,
+                    with_gradients: bool = True, diagonal_only: bool = False):
+    """One single-process curvature pass, as the shot loop runs it."""
+    from llm_surgeon.curvature import CurvatureRequest, LocalCollector
+    from llm_surgeon.models.adapters import get_adapter
+
+    collector = LocalCollector(batch_size=batch_size, fisher=fisher, progress=False)
+    request = CurvatureRequest(with_gradients=with_gradients, diagonal_only=diagonal_only)
+    return collector.collect(model, get_adapter(model), linears, windows, request, seed=seed)
+
+
+def damped_factors(G: torch.Tensor, A: torch.Tensor, damp_g: float, damp_a: float):
+    """Damped factors and inverses of one layer, through the same function the shot loop uses."""
+    from llm_surgeon.math.kfac import DampedFactors, damped_with_inverse
+
+    Gd, G_inv = damped_with_inverse(G, damp_g)
+    Ad, A_inv = damped_with_inverse(A, damp_a)
+    return DampedFactors(G=Gd, A=Ad, G_inv=G_inv, A_inv=A_inv)
+
+
+def spd(n: int, seed: int) -> torch.Tensor:
+    """A random symmetric positive-definite float64 matrix."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(3 * n, n, generator=g, dtype=torch.float64)
+    return X.T @ X / (3 * n)
+
+
+def dense_obs_minimiser(W, remove, G, A):
+    """argmin ½ ΔwᵀFΔw s.t. (W+ΔW)_R = 0, with F = G ⊗ A (row-major vec), by a dense KKT solve."""
+    F = torch.kron(G, A)
+    w = W.reshape(-1)
+    R = remove.reshape(-1).nonzero().squeeze(1)
+    E = torch.zeros(w.numel(), R.numel(), dtype=W.dtype)
+    E[R, torch.arange(R.numel())] = 1.0
+    Finv = torch.linalg.inv(F)
+    delta = -Finv @ E @ torch.linalg.solve(E.T @ Finv @ E, w[R])
+    return (w + delta).reshape(W.shape), 0.5 * delta @ F @ delta

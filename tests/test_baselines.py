@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from llm_surgeon import PruneConfig, prune
-from llm_surgeon.curvature import collect_kronecker_factors
 from llm_surgeon.math.sparsegpt import sparsegpt_prune
 from llm_surgeon.math.wanda import per_row_mask, wanda_scores
-from llm_surgeon.methods import METHODS
+from llm_surgeon.methods import method_names
 from llm_surgeon.methods.obd import KroneckerOBD, LayerOBD
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.pruner import sparsity_stats, validate_nm
+from tests.conftest import collect_factors, tiny_llama
 
 
 def _hessian(c: int, seed: int) -> torch.Tensor:
@@ -74,12 +74,11 @@ def test_wanda_mask_matches_explicit_per_row_scores():
 
 
 def test_obd_costs_are_the_diagonal_formulas(calibration):
-    from tests.conftest import tiny_llama
 
     model = tiny_llama()
     linears = get_adapter(model).prunable_linears(model)
     name = "model.layers.0.mlp.up_proj"
-    f = collect_kronecker_factors(model, linears, calibration, progress=False)[name]
+    f = collect_factors(model, linears, calibration)[name]
     W = linears[name].weight.detach()
     kobd = KroneckerOBD().element_costs(W, f)
     lobd = LayerOBD().element_costs(W, f)
@@ -90,14 +89,13 @@ def test_obd_costs_are_the_diagonal_formulas(calibration):
 
 def test_diagonal_only_curvature_equals_the_diagonals_of_the_full_factors(calibration):
     """K-OBD and L-OBD collect only diagonals; their costs must not change because of it."""
-    from tests.conftest import tiny_llama
 
     model = tiny_llama()
     linears = get_adapter(model).prunable_linears(model)
-    full = collect_kronecker_factors(model, linears, calibration, batch_size=3, progress=False)
-    diagonal = collect_kronecker_factors(model, linears, calibration, batch_size=3, progress=False,
+    full = collect_factors(model, linears, calibration, batch_size=3)
+    diagonal = collect_factors(model, linears, calibration, batch_size=3,
                                          diagonal_only=True)
-    inputs_only = collect_kronecker_factors(model, linears, calibration, batch_size=3, progress=False,
+    inputs_only = collect_factors(model, linears, calibration, batch_size=3,
                                             with_gradients=False, diagonal_only=True)
     assert KroneckerOBD.diagonal_only and LayerOBD.diagonal_only
     for name, lin in linears.items():
@@ -112,11 +110,11 @@ def test_diagonal_only_curvature_equals_the_diagonals_of_the_full_factors(calibr
         assert torch.allclose(LayerOBD().element_costs(W, d), LayerOBD().element_costs(W, full[name]), rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", method_names())
 @pytest.mark.parametrize("granularity", ["unstructured", "2:4"])
 def test_each_method_reaches_target_and_pattern(tiny_model, calibration, method, granularity):
     result = prune(tiny_model, calibration, PruneConfig(method=method, granularity=granularity, sparsity=0.5,
-                                                        shots=2), progress=False)
+                                                        shots=2))
     linears = get_adapter(tiny_model).prunable_linears(tiny_model)
     achieved, _ = sparsity_stats(linears)
     assert abs(achieved - 0.5) <= 0.005
@@ -128,12 +126,11 @@ def test_each_method_reaches_target_and_pattern(tiny_model, calibration, method,
 
 
 def test_sparsegpt_beats_magnitude_on_calibration_loss(calibration):
-    from tests.conftest import tiny_llama
 
     losses = {}
     for method in ("magnitude", "sparsegpt"):
         model = tiny_llama(seed=3)
-        prune(model, calibration, PruneConfig(method=method, sparsity=0.6, shots=1), progress=False)
+        prune(model, calibration, PruneConfig(method=method, sparsity=0.6, shots=1))
         with torch.no_grad():
             losses[method] = float(model(input_ids=calibration, labels=calibration).loss)
     assert losses["sparsegpt"] < losses["magnitude"]

@@ -10,7 +10,7 @@ from llm_surgeon import PruneConfig, prune
 from llm_surgeon.correction import MaskedLowRankDelta, attach_deltas, correct_with_lora, detach_deltas
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.pruner import sparsity_stats
-from tests.conftest import tiny_llama
+from tests.conftest import run_cli, tiny_llama, write_fake_wikitext, write_tiny_checkpoint
 
 
 def _mean_nll(model, windows: torch.Tensor) -> float:
@@ -85,8 +85,8 @@ def test_correction_lowers_the_training_loss_and_touches_nothing_else(calibratio
         n == f"{name}.weight" for name in linears)}
     grads_before = {n: p.requires_grad for n, p in model.named_parameters()}
     nll_before = _mean_nll(model, calibration)
-    record = correct_with_lora(model, linears, removed, calibration, rank=4, lr=1e-2, epochs=5, batch_size=2,
-                               seed=0, progress=False)
+    record = correct_with_lora(model, get_adapter(model), linears, removed, calibration, rank=4, lr=1e-2, epochs=5,
+                               batch_size=2, seed=0, progress=False)
     nll_after = _mean_nll(model, calibration)
     assert nll_after < nll_before - 0.05
     assert record.steps == 5 * 4 and len(record.epoch_losses) == 5
@@ -133,8 +133,6 @@ def test_correction_needs_calibration():
 def test_cli_records_the_correction(tmp_path):
     import json
 
-    from tests.conftest import write_fake_wikitext, write_tiny_checkpoint
-    from tests.test_end_to_end import run_cli
 
     model_dir = write_tiny_checkpoint(tmp_path / "model")
     data = write_fake_wikitext(tmp_path / "data")

@@ -13,17 +13,10 @@ import torch
 from llm_surgeon import PruneConfig, prune
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.pruner import sparsity_stats
-from tests.conftest import write_fake_wikitext, write_tiny_checkpoint
+from tests.conftest import run_cli, tiny_llama, write_fake_wikitext, write_tiny_checkpoint
 
 REPORT_KEYS = {"method", "granularity", "target_sparsity", "achieved_sparsity", "per_layer_sparsity", "shots",
                "calibration", "ppl", "seconds", "peak_memory_mb", "versions", "config", "seed"}
-
-
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "llm_surgeon.cli", *args], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(proc.stderr)
-    return proc
 
 
 RELOAD = """
@@ -69,7 +62,6 @@ def test_cli_prune_save_reload(tmp_path: Path, family: str, method: str, shots: 
 
 def test_surgeon_beats_magnitude_on_calibration_loss(calibration):
     """The whole point: with the same sparsity, curvature-aware pruning hurts the loss less."""
-    from tests.conftest import tiny_llama
 
     def loss(model):
         with torch.no_grad():

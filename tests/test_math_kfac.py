@@ -3,10 +3,9 @@
 import torch
 from torch import nn
 
-from llm_surgeon.curvature import collect_kronecker_factors
-from llm_surgeon.math.kfac import damp, prepare_factors, spd_inverse
+from llm_surgeon.math.kfac import damp, spd_inverse
 from llm_surgeon.models.adapters import get_adapter
-from tests.conftest import tiny_llama
+from tests.conftest import collect_factors, damped_factors, tiny_llama
 
 
 def test_damping_is_relative_to_each_factors_mean_diagonal():
@@ -24,7 +23,7 @@ def test_spd_inverse_matches_linalg_inverse():
 
 def test_prepare_factors_damps_g_and_a_separately():
     G, A = torch.eye(3) * 2, torch.eye(4) * 10
-    f = prepare_factors(G, A, damp_g=0.5, damp_a=0.1)
+    f = damped_factors(G, A, damp_g=0.5, damp_a=0.1)
     assert torch.allclose(f.G, torch.eye(3) * 3)
     assert torch.allclose(f.A, torch.eye(4) * 11)
     assert torch.allclose(f.G_inv, torch.eye(3) / 3)
@@ -57,7 +56,7 @@ def _explicit_factors(model, linear: nn.Linear, windows, fisher_labels=None):
 def test_kfac_factors_equal_explicit_sums(calibration):
     model = tiny_llama()
     linears = get_adapter(model).prunable_linears(model)
-    factors = collect_kronecker_factors(model, linears, calibration, batch_size=3, progress=False)
+    factors = collect_factors(model, linears, calibration, batch_size=3)
     # Only activation gradients were computed, and parameters keep their requires_grad.
     assert all(p.grad is None for p in model.parameters())
     assert all(p.requires_grad for p in model.parameters())
@@ -71,9 +70,9 @@ def test_true_fisher_differs_from_empirical_and_is_seeded(calibration):
     model = tiny_llama()
     linears = get_adapter(model).prunable_linears(model)
     name = "model.layers.0.mlp.up_proj"
-    emp = collect_kronecker_factors(model, linears, calibration, fisher="empirical", progress=False)[name]
-    t1 = collect_kronecker_factors(model, linears, calibration, fisher="true", seed=3, progress=False)[name]
-    t2 = collect_kronecker_factors(model, linears, calibration, fisher="true", seed=3, progress=False)[name]
+    emp = collect_factors(model, linears, calibration, fisher="empirical")[name]
+    t1 = collect_factors(model, linears, calibration, fisher="true", seed=3)[name]
+    t2 = collect_factors(model, linears, calibration, fisher="true", seed=3)[name]
     assert torch.allclose(emp.A, t1.A)  # inputs do not depend on the labels
     assert not torch.allclose(emp.G, t1.G)
     assert torch.equal(t1.G, t2.G)
@@ -83,7 +82,7 @@ def test_indefinite_curvature_gets_more_damping_once_then_a_clear_error():
     import pytest
 
     from llm_surgeon.errors import LLMSurgeonError
-    from llm_surgeon.pruner import _damped
+    from llm_surgeon.factors import damped_or_raise as _damped
 
     indefinite = torch.diag(torch.tensor([1.0, 1.0, -0.25]))  # PD only with 10x the relative damping
     with pytest.warns(UserWarning, match="retrying with 10x damping"):

@@ -3,37 +3,19 @@
 import torch
 
 from llm_surgeon.math.costs import element_costs, nm_group_costs, nm_group_element_mask
-from llm_surgeon.math.kfac import prepare_factors
 from llm_surgeon.math.obs import kronecker_obs_update
 from llm_surgeon.math.selection import nm_violations, select_nm, select_unstructured
 from llm_surgeon.math.threshold import linear_schedule, select_cheapest
-
-
-def _spd(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(3 * n, n, generator=g, dtype=torch.float64)
-    return X.T @ X / (3 * n)
-
-
-def _dense_obs_minimiser(W, remove, G, A):
-    """argmin ½ ΔwᵀFΔw s.t. (W+ΔW)_R = 0, with F = G ⊗ A (row-major vec), by a dense KKT solve."""
-    F = torch.kron(G, A)
-    w = W.reshape(-1)
-    R = remove.reshape(-1).nonzero().squeeze(1)
-    E = torch.zeros(w.numel(), R.numel(), dtype=W.dtype)
-    E[R, torch.arange(R.numel())] = 1.0
-    Finv = torch.linalg.inv(F)
-    delta = -Finv @ E @ torch.linalg.solve(E.T @ Finv @ E, w[R])
-    return (w + delta).reshape(W.shape), 0.5 * delta @ F @ delta
+from tests.conftest import damped_factors, dense_obs_minimiser, spd
 
 
 def test_kronecker_obs_update_equals_exact_dense_minimiser():
     torch.manual_seed(0)
     W = torch.randn(5, 7, dtype=torch.float64)
-    G, A = _spd(5, 1), _spd(7, 2)
-    f = prepare_factors(G, A, 0.1, 0.1)
+    G, A = spd(5, 1), spd(7, 2)
+    f = damped_factors(G, A, 0.1, 0.1)
     remove = torch.rand(5, 7) < 0.4
-    expected, loss = _dense_obs_minimiser(W, remove, f.G, f.A)
+    expected, loss = dense_obs_minimiser(W, remove, f.G, f.A)
     got, stats = kronecker_obs_update(W, remove, f.G, f.A, f.G_inv, f.A_inv, max_iterations=200, tolerance=1e-12)
     assert torch.allclose(got, expected, atol=1e-8)
     assert torch.all(got[remove] == 0)
@@ -44,7 +26,7 @@ def test_kronecker_obs_update_equals_exact_dense_minimiser():
 def test_single_element_update_matches_closed_form_cost():
     """Removing one weight: loss increase equals ½ w²/([G⁻¹]_ii [A⁻¹]_jj), the element cost."""
     W = torch.randn(4, 6, dtype=torch.float64)
-    f = prepare_factors(_spd(4, 3), _spd(6, 4), 0.1, 0.1)
+    f = damped_factors(spd(4, 3), spd(6, 4), 0.1, 0.1)
     remove = torch.zeros(4, 6, dtype=torch.bool)
     remove[2, 3] = True
     _, stats = kronecker_obs_update(W, remove, f.G, f.A, f.G_inv, f.A_inv, max_iterations=100, tolerance=1e-14)
@@ -54,7 +36,7 @@ def test_single_element_update_matches_closed_form_cost():
 
 def test_truncated_update_is_feasible_and_never_worse_than_no_update():
     W = torch.randn(16, 24)
-    f = prepare_factors(_spd(16, 5).float(), _spd(24, 6).float(), 0.01, 0.01)
+    f = damped_factors(spd(16, 5).float(), spd(24, 6).float(), 0.01, 0.01)
     remove = torch.rand(16, 24) < 0.5
     prev = None
     for iters in (0, 1, 3, 10):

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.nll import backward_next_token_nll
+from tests.conftest import tiny_llama
 
 
 def _output_gradients(model, run) -> tuple[float, dict[str, torch.Tensor]]:
@@ -38,7 +39,9 @@ def test_chunked_loss_and_gradients_equal_the_whole_batch(tiny_model, calibratio
     ids = calibration[:3]
     ref_loss, ref = _output_gradients(tiny_model, lambda: _whole_batch(tiny_model, ids, mean))
     tiny_model.zero_grad(set_to_none=True)
-    loss, got = _output_gradients(tiny_model, lambda: backward_next_token_nll(tiny_model, ids, mean, chunk_tokens=7))
+    adapter = get_adapter(tiny_model)
+    loss, got = _output_gradients(tiny_model,
+                                  lambda: backward_next_token_nll(tiny_model, adapter, ids, mean, chunk_tokens=7))
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     assert set(got) == set(ref) and len(got) > 0
     for name in ref:
@@ -46,13 +49,11 @@ def test_chunked_loss_and_gradients_equal_the_whole_batch(tiny_model, calibratio
 
 
 def test_sampled_labels_are_seeded(calibration):
-    from tests.conftest import tiny_llama
-
     model = tiny_llama()
     runs = []
     for seed in (3, 3, 4):
         model.zero_grad(set_to_none=True)
-        loss = backward_next_token_nll(model, calibration[:2], mean=False,
+        loss = backward_next_token_nll(model, get_adapter(model), calibration[:2], mean=False,
                                        sample_labels=torch.Generator().manual_seed(seed), chunk_tokens=5)
         runs.append(loss)
     assert runs[0] == runs[1] != runs[2]

@@ -15,8 +15,7 @@ from llm_surgeon.export import to_semi_structured
 from llm_surgeon.math.selection import nm_violations
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.pruner import sparsity_stats, validate_nm
-from tests.conftest import tiny_llama, write_fake_wikitext, write_tiny_checkpoint
-from tests.test_end_to_end import run_cli
+from tests.conftest import run_cli, tiny_llama, write_fake_wikitext, write_tiny_checkpoint
 
 
 @pytest.mark.parametrize("method", ["surgeon", "magnitude"])

@@ -69,13 +69,15 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(medium, tmp_path):
     assert not (out / "checkpoints").exists()
 
 
-def test_same_seed_gives_identical_masks_and_weights(medium, tmp_path):
+def test_same_seed_gives_identical_masks_and_weights_and_another_seed_does_not(medium, tmp_path):
     model, data = medium
-    for name in ("a", "b"):
-        subprocess.run(prune_args(model, tmp_path / name, data, shots=2), check=True, capture_output=True)
-    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        subprocess.run(prune_args(model, tmp_path / name, data, "--seed", seed, shots=2), check=True,
+                       capture_output=True)
+    a, b, c = (final_weights(tmp_path / name) for name in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert json.loads((tmp_path / "a" / "report.json").read_text())["seed"] == 0
+    assert any(not torch.equal(a[k] == 0, c[k] == 0) for k in a)  # the seed drives the calibration draw
+    assert json.loads((tmp_path / "c" / "report.json").read_text())["seed"] == 4
 
 
 def test_sigterm_keeps_last_checkpoint_and_says_how_to_resume(medium, tmp_path):

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from llm_surgeon import PruneConfig, prune
+from llm_surgeon.compaction import compact, load_pruned, save_architecture
 from llm_surgeon.math.structured import select_structures
-from llm_surgeon.structured import compact, load_pruned, save_architecture
-from tests.conftest import tiny_llama, tiny_opt
+from llm_surgeon.models.adapters import get_adapter
+from tests.conftest import run_cli, tiny_llama, tiny_opt, write_fake_wikitext, write_tiny_checkpoint
 
 
 def _models():
@@ -25,6 +26,20 @@ def _params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _zero_line_params(model) -> int:
+    """Parameters in all-zero rows (with their bias) of the input-side projections and all-zero columns of
+    the output projections, read from the masked weights."""
+    total = 0
+    for name, lin in get_adapter(model).prunable_linears(model).items():
+        W = lin.weight.detach()
+        if name.endswith(("o_proj", "out_proj", "down_proj", "fc2")):
+            total += int((W == 0).all(0).sum()) * W.shape[0]
+        else:
+            rows = (W == 0).all(1) & ((lin.bias.detach() == 0) if lin.bias is not None else True)
+            total += int(rows.sum()) * (W.shape[1] + (1 if lin.bias is not None else 0))
+    return total
+
+
 @pytest.mark.parametrize("family", ["llama-gqa", "opt"])
 @pytest.mark.parametrize("method", ["surgeon", "magnitude"])
 def test_compact_model_equals_masked_model_and_is_smaller(family, method, calibration):
@@ -35,12 +50,14 @@ def test_compact_model_equals_masked_model_and_is_smaller(family, method, calibr
     with torch.no_grad():
         masked_logits = model(input_ids=ids).logits
     before = _params(model)
+    zero_lines = _zero_line_params(model)
     shapes = compact(model, result.masks)
     with torch.no_grad():
         compact_logits = model(input_ids=ids).logits
     assert torch.allclose(masked_logits, compact_logits, atol=1e-5, rtol=1e-4)
     summary = result.structure
-    assert before - _params(model) == summary["prunable_params_before"] - summary["prunable_params_after"]
+    # Counted from the weights themselves, not from the selection's own bookkeeping.
+    assert before - _params(model) == zero_lines == summary["prunable_params_before"] - summary["prunable_params_after"]
     assert 0.4 <= summary["removed_fraction"] < 0.55  # reaches the target with whole structures
     assert any(s["ffn_width"] < 64 for s in shapes)
     assert all(s["heads"] >= 1 and s["ffn_width"] >= 1 for s in shapes)
@@ -98,8 +115,6 @@ def test_select_structures_reaches_target_and_keeps_one_per_group():
 def test_cli_structured_prune_writes_a_smaller_model_with_report(tmp_path):
     import json
 
-    from tests.conftest import write_fake_wikitext, write_tiny_checkpoint
-    from tests.test_end_to_end import run_cli
 
     model_dir = write_tiny_checkpoint(tmp_path / "model", "opt")
     data = write_fake_wikitext(tmp_path / "data")

@@ -1,12 +1,11 @@
 """llm-surgeon: prune Hugging Face causal LMs with LLM Surgeon (van der Ouderaa et al., ICLR 2024)."""
 
-__version__ = "0.1.0"
-
+from llm_surgeon._version import __version__
 from llm_surgeon.api import RunOptions, evaluate, prune, run_eval, run_prune  # noqa: E402
+from llm_surgeon.compaction import load_pruned  # noqa: E402
 from llm_surgeon.config import PruneConfig  # noqa: E402
 from llm_surgeon.models.loading import load_model_and_tokenizer  # noqa: E402
 from llm_surgeon.pruner import PruneResult  # noqa: E402
-from llm_surgeon.structured import load_pruned  # noqa: E402
 
 __all__ = [
     "__version__",

@@ -20,27 +20,19 @@ from llm_surgeon.checkpoint import (
     remove_checkpoints,
     save_checkpoint,
 )
+from llm_surgeon.compaction import compact, save_architecture
 from llm_surgeon.config import PruneConfig
-from llm_surgeon.data import calibration_windows, evaluation_tokens, resolve_data_dir
+from llm_surgeon.data import CalibrationSpec, calibration_windows, evaluation_tokens, resolve_data_dir
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.evaluation import PerplexityResult, perplexity
 from llm_surgeon.export import densify, to_semi_structured
 from llm_surgeon.footprint import folder_bytes, forward_footprint
 from llm_surgeon.io import REPORT_NAME, atomic_write_json, fsync_tree
-from llm_surgeon.methods import get_method
-from llm_surgeon.models.adapters import get_adapter
+from llm_surgeon.models.adapters import ArchitectureAdapter, get_adapter
 from llm_surgeon.models.loading import load_model_and_tokenizer
-from llm_surgeon.pruner import (
-    PruneResult,
-    check_nm_applicable,
-    holds_full_factors,
-    needs_calibration,
-    prune_model,
-    sparsity_stats,
-)
+from llm_surgeon.pruner import PruneResult, needs_calibration, prune_model, setup, sparsity_stats
 from llm_surgeon.report import build_report, peak_memory_mb
 from llm_surgeon.resources import available_bytes, curvature_bytes
-from llm_surgeon.structured import compact, save_architecture
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -106,11 +98,11 @@ def inspect_output(out: Path, model_name: str, config: PruneConfig, overwrite: b
     return state
 
 
-def save_pruned_model(model, tokenizer, out: Path, report: dict, shapes: list[dict] | None = None) -> None:
-    """Write a ``save_pretrained`` checkpoint and its report so that it is never half-complete.
+def save_model_files(model, tokenizer, out: Path, shapes: list[dict] | None = None) -> int:
+    """Write a ``save_pretrained`` checkpoint so that it is never half-complete; return the weights' bytes.
 
     Files are written to a hidden staging folder inside ``out`` and moved in one by one;
-    ``report.json`` is removed first and written last, so its presence means "complete".
+    ``report.json`` is removed first (the caller writes it last), so its presence means "complete".
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_NAME).unlink(missing_ok=True)
@@ -129,7 +121,7 @@ def save_pruned_model(model, tokenizer, out: Path, report: dict, shapes: list[di
             item.replace(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    atomic_write_json(out / REPORT_NAME, report)
+    return folder_bytes(out)
 
 
 def evaluate(model, tokenizer, data_dir, seqlen: int, max_windows: int | None, progress: bool = True
@@ -138,9 +130,10 @@ def evaluate(model, tokenizer, data_dir, seqlen: int, max_windows: int | None, p
     return perplexity(model, tokens, seqlen, max_windows, progress=progress)
 
 
-def prune(model, calibration: torch.Tensor | None, config: PruneConfig, progress: bool = True) -> PruneResult:
-    """Prune a loaded model in place (the library entry point); see :func:`prune_model`."""
-    return prune_model(model, calibration, config, progress=progress)
+def prune(model, calibration: torch.Tensor | None, config: PruneConfig, progress: bool = True,
+          adapter: ArchitectureAdapter | None = None) -> PruneResult:
+    """Prune a loaded model in place (the library entry point); see :func:`~llm_surgeon.pruner.prune_model`."""
+    return prune_model(model, calibration, config, progress=progress, adapter=adapter)
 
 
 def check_memory(linears, device: str) -> None:
@@ -152,6 +145,107 @@ def check_memory(linears, device: str) -> None:
             f"not enough memory for the curvature factors: about {needed / 2**30:.1f} GiB needed, "
             f"{free / 2**30:.1f} GiB available on {device}"
         )
+
+
+@dataclass
+class PreparedRun:
+    """A prune ready to start: model loaded and checked, calibration drawn, output folder claimed."""
+
+    model_name: str
+    config: PruneConfig
+    options: RunOptions
+    out: Path
+    data_dir: Path | None
+    model: torch.nn.Module
+    tokenizer: object
+    adapter: ArchitectureAdapter
+    linears: dict
+    calibration: torch.Tensor | None
+    calibration_spec: CalibrationSpec | None
+    resumed: PruneResult | None
+    """Masks and records of the checkpoint resumed from (the shot loop appends to it)."""
+    resumed_from_shot: int | None
+    started: float
+
+
+def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state: str) -> PreparedRun:
+    """Load and check everything a prune needs before any pruning work; resume from a checkpoint."""
+    out = Path(options.out)
+    dtype = parse_dtype(options.dtype)
+    data_dir = resolve_data_dir(options.data_dir)
+    started = time.perf_counter()
+    model, tokenizer, _ = load_model_and_tokenizer(model_name, dtype, options.device)
+    adapter = get_adapter(model)
+    method, linears, _ = setup(model, config, adapter)
+    calibration, spec = None, None
+    if needs_calibration(method, config):
+        if method.holds_full_factors():
+            check_memory(linears, options.device)
+        calibration, spec = calibration_windows(
+            tokenizer, config.calib_samples, config.calib_seqlen, config.seed, data_dir
+        )
+    torch.manual_seed(config.seed)
+    resumed, resumed_from_shot = None, None
+    if state == "resume":
+        checkpoint = list_checkpoints(out)[-1]
+        resumed = load_checkpoint(checkpoint, config, linears)
+        resumed_from_shot = len(resumed.shots)
+        print(f"llm-surgeon: resuming from {checkpoint.path} (shot {checkpoint.shot} of {config.shots})",
+              file=sys.stderr)
+    if state == "replace":
+        (out / REPORT_NAME).unlink(missing_ok=True)
+        remove_checkpoints(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return PreparedRun(model_name, config, options, out, data_dir, model, tokenizer, adapter, linears, calibration,
+                       spec, resumed, resumed_from_shot, started)
+
+
+def execute_run(run: PreparedRun) -> PruneResult:
+    """The shots, with a checkpoint after each."""
+    return prune_model(
+        run.model, run.calibration, run.config, progress=run.options.progress, start=run.resumed,
+        adapter=run.adapter,
+        on_shot_end=lambda shot, r: save_checkpoint(run.out, run.model_name, r, run.linears),
+    )
+
+
+def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | None) -> dict:
+    """Compact, export, evaluate, save the model, then write the report last; return the report."""
+    options, config = run.options, run.config
+    achieved, per_layer = sparsity_stats(run.linears)
+    seconds = dict(result.seconds)
+    shapes = compact(run.model, result.masks, run.adapter) if config.granularity == "structured" else None
+    export = None
+    if options.semi_structured_export:
+        export = to_semi_structured(run.linears, config.nm)
+        if not export.applied:
+            warnings.warn(export.reason, stacklevel=2)
+    ppl = None
+    if options.eval:
+        t = time.perf_counter()
+        evaluated = evaluate(run.model, run.tokenizer, run.data_dir, options.eval_seqlen, options.eval_max_windows,
+                             options.progress)
+        seconds["eval"] = time.perf_counter() - t
+        ppl = {"wikitext2": evaluated.ppl, "wikitext2_detail": evaluated.to_dict()}
+    if export is not None and export.applied:
+        densify(run.linears)  # safetensors stores the dense zeros
+    footprint = None
+    if shapes is not None:
+        footprint = {"dense": dense_footprint, "pruned": forward_footprint(run.model)}
+    file_bytes = save_model_files(run.model, run.tokenizer, run.out, shapes)
+    if footprint is not None:
+        footprint["pruned"]["file_bytes"] = file_bytes
+    seconds["wall"] = time.perf_counter() - run.started
+    report = build_report(
+        config=config, model_name=run.model_name, result=result,
+        calibration=run.calibration_spec.__dict__ if run.calibration_spec else None,
+        achieved_sparsity=achieved, per_layer_sparsity=per_layer, ppl=ppl, seconds=seconds,
+        peak_mb=peak_memory_mb(options.device), export=export.to_dict() if export else None,
+        resumed_from_shot=run.resumed_from_shot, footprint=footprint,
+    )
+    atomic_write_json(run.out / REPORT_NAME, report)
+    remove_checkpoints(run.out)
+    return report
 
 
 def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict:
@@ -166,76 +260,10 @@ def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict
         return load_report(out)
     if options.resume and state != "resume":
         raise ConfigError(f"nothing to resume in {out}: no complete checkpoint")
-    dtype = parse_dtype(options.dtype)
-    data_dir = resolve_data_dir(options.data_dir)
-    start = time.perf_counter()
-    model, tokenizer, _ = load_model_and_tokenizer(model_name, dtype, options.device)
-    linears = get_adapter(model).prunable_linears(model)
-    if config.nm is not None:
-        check_nm_applicable(linears, config.nm[1])
-    calibration, spec = None, None
-    method = get_method(config.method, config)
-    if needs_calibration(method, config):
-        if holds_full_factors(method):
-            check_memory(linears, options.device)
-        calibration, spec = calibration_windows(
-            tokenizer, config.calib_samples, config.calib_seqlen, config.seed, data_dir
-        )
-    torch.manual_seed(config.seed)
-    resumed, resumed_from_shot = None, None
-    if state == "resume":
-        checkpoint = list_checkpoints(out)[-1]
-        resumed = load_checkpoint(checkpoint, config, linears)
-        resumed_from_shot = len(resumed.shots)  # prune_model appends to resumed.shots
-        print(f"llm-surgeon: resuming from {checkpoint.path} (shot {checkpoint.shot} of {config.shots})",
-              file=sys.stderr)
-    if state == "replace":
-        (out / REPORT_NAME).unlink(missing_ok=True)
-        remove_checkpoints(out)
-    out.mkdir(parents=True, exist_ok=True)
-    structured = config.granularity == "structured"
-    dense_footprint = forward_footprint(model) if structured else None
-    result = prune_model(
-        model, calibration, config, progress=options.progress, start=resumed,
-        on_shot_end=lambda shot, r: save_checkpoint(out, model_name, r, linears),
-    )
-    achieved, per_layer = sparsity_stats(linears)
-    seconds = dict(result.seconds)
-    shapes = None
-    if structured:
-        shapes = compact(model, result.masks)
-    export = None
-    if options.semi_structured_export:
-        export = to_semi_structured(linears, config.nm)
-        if not export.applied:
-            warnings.warn(export.reason, stacklevel=2)
-    ppl = None
-    if options.eval:
-        t = time.perf_counter()
-        evaluated = evaluate(model, tokenizer, data_dir, options.eval_seqlen, options.eval_max_windows,
-                             options.progress)
-        seconds["eval"] = time.perf_counter() - t
-        ppl = {"wikitext2": evaluated.ppl, "wikitext2_detail": evaluated.to_dict()}
-    if export is not None and export.applied:
-        densify(linears)  # safetensors stores the dense zeros
-    seconds["wall"] = time.perf_counter() - start
-    report = build_report(
-        config=config, model_name=model_name, result=result,
-        calibration=spec.__dict__ if spec else None,
-        achieved_sparsity=achieved, per_layer_sparsity=per_layer, ppl=ppl, seconds=seconds,
-        peak_mb=peak_memory_mb(options.device),
-    )
-    report["semi_structured_export"] = export.to_dict() if export else None
-    report["resumed_from_shot"] = resumed_from_shot
-    if structured:
-        report["structure"] = result.structure
-        report["footprint"] = {"dense": dense_footprint, "pruned": forward_footprint(model)}
-    save_pruned_model(model, tokenizer, out, report, shapes)
-    if structured:
-        report["footprint"]["pruned"]["file_bytes"] = folder_bytes(out)
-        atomic_write_json(out / REPORT_NAME, report)
-    remove_checkpoints(out)
-    return report
+    run = prepare_run(model_name, config, options, state)
+    dense_footprint = forward_footprint(run.model) if config.granularity == "structured" else None
+    result = execute_run(run)
+    return finish_run(run, result, dense_footprint)
 
 
 def run_eval(model_name: str, data_dir: str | None, seqlen: int, max_windows: int | None,

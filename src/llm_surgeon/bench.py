@@ -22,10 +22,11 @@ from pathlib import Path
 
 from llm_surgeon.checkpoint import list_checkpoints
 from llm_surgeon.config import PruneConfig, parse_nm
+from llm_surgeon.errors import ConfigError
 from llm_surgeon.io import REPORT_NAME, atomic_write_json, atomic_write_text
+from llm_surgeon.methods import STRUCTURED, method_class, method_names
 
 DENSE = "dense"
-STRUCTURED_METHODS = ("surgeon", "magnitude")
 
 
 @dataclass
@@ -70,7 +71,7 @@ def grid(methods: list[str], granularities: list[str], sparsities: list[float], 
         nm = parse_nm(granularity)
         levels = [nm[0] / nm[1]] if nm else sparsities
         for method in methods:
-            if granularity == "structured" and method not in STRUCTURED_METHODS:
+            if granularity == STRUCTURED and not method_class(method).supports(STRUCTURED):
                 log(f"[note] {method} has no structured variant; left out of the {granularity} table")
                 continue
             for sparsity in levels:
@@ -144,8 +145,6 @@ def run_bench(protocol: Protocol, specs: list[RunSpec], out: Path, log=print) ->
     recorded = results.get("protocol")
     if recorded and recorded != asdict(protocol):
         differing = sorted(k for k in asdict(protocol) if recorded.get(k) != asdict(protocol)[k])
-        from llm_surgeon.errors import ConfigError
-
         raise ConfigError(f"{results_path} was measured under another protocol (differs in: {', '.join(differing)})")
     results["protocol"] = asdict(protocol)
     results["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -178,12 +177,10 @@ def run_bench(protocol: Protocol, specs: list[RunSpec], out: Path, log=print) ->
     return results
 
 
-TABLE_ORDER = ("surgeon", "sparsegpt", "wanda", "kobd", "lobd", "magnitude")
-"""Rows of the tables: ours first, then the baselines roughly from the paper's strongest to weakest."""
-
-
 def _method_rank(method: str) -> int:
-    return TABLE_ORDER.index(method) if method in TABLE_ORDER else len(TABLE_ORDER)
+    """Rows of the tables in registry order: ours first, then the baselines from the paper's strongest to weakest."""
+    order = method_names()
+    return order.index(method) if method in order else len(order)
 
 
 def render_markdown(results: dict) -> str:

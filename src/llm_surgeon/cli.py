@@ -7,8 +7,9 @@ import json
 import signal
 import sys
 
-from llm_surgeon.config import METHODS, PruneConfig
+from llm_surgeon.config import PruneConfig
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
+from llm_surgeon.methods import method_names, methods_help
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +23,8 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_prune_flags(parser: argparse.ArgumentParser) -> None:
     d = PruneConfig()
-    parser.add_argument("--method", default=d.method, choices=list(METHODS),
-                        help="surgeon (ours), magnitude, lobd, kobd, wanda, sparsegpt")
+    parser.add_argument("--method", default=d.method, choices=method_names(), metavar="METHOD",
+                        help=f"pruning method (default: {d.method}). {methods_help()}")
     parser.add_argument("--granularity", default=d.granularity, help="unstructured, structured, or N:M such as 2:4")
     parser.add_argument("--sparsity", type=float, default=d.sparsity, help="target fraction of zeros (unstructured)")
     parser.add_argument("--shots", type=int, default=d.shots)

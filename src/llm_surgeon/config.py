@@ -6,10 +6,8 @@ import re
 from dataclasses import asdict, dataclass, fields
 
 from llm_surgeon.errors import ConfigError
+from llm_surgeon.methods import NM, STRUCTURED, UNSTRUCTURED, method_class, method_names
 
-METHODS = ("surgeon", "magnitude", "lobd", "kobd", "wanda", "sparsegpt")
-LAYERWISE_METHODS = ("wanda", "sparsegpt")
-"""One-shot methods that prune block by block; they run a single shot whatever ``shots`` says."""
 FISHER_TYPES = ("empirical", "true")
 MAGNITUDE_SCOPES = ("global", "layer")
 _NM = re.compile(r"^(\d+):(\d+)$")
@@ -56,8 +54,13 @@ class PruneConfig:
         return parse_nm(self.granularity)
 
     @property
+    def granularity_kind(self) -> str:
+        """``"unstructured"``, ``"nm"`` or ``"structured"`` (what a method declares it supports)."""
+        return NM if self.nm is not None else self.granularity
+
+    @property
     def effective_shots(self) -> int:
-        return 1 if self.method in LAYERWISE_METHODS else self.shots
+        return self.shots if method_class(self.method).multi_shot else 1
 
     @property
     def corrects(self) -> bool:
@@ -70,21 +73,20 @@ class PruneConfig:
         return nm[0] / nm[1] if nm else self.sparsity
 
     def validate(self) -> PruneConfig:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        method = method_class(self.method)
         nm = self.nm
         if nm is not None:
             n, m = nm
             if not 0 < n < m:
                 raise ConfigError(f"N:M pattern {self.granularity} is impossible: need 0 < N < M")
-        elif self.granularity == "structured":
-            if self.method not in ("surgeon", "magnitude"):
-                raise ConfigError(f"structured pruning supports the surgeon and magnitude methods, not {self.method}")
-        elif self.granularity != "unstructured":
+        elif self.granularity not in (UNSTRUCTURED, STRUCTURED):
             raise ConfigError(
                 f"unknown granularity {self.granularity!r}; use 'unstructured', 'structured' or an N:M pattern "
                 "such as 2:4"
             )
+        if not method.supports(self.granularity_kind):
+            able = [name for name in method_names() if method_class(name).supports(self.granularity_kind)]
+            raise ConfigError(f"{self.granularity} pruning supports the {', '.join(able)} methods, not {self.method}")
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.shots < 1:

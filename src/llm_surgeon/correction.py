@@ -22,8 +22,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from llm_surgeon.curvature import frozen_parameters
+from llm_surgeon.curvature import frozen_parameters, input_device
 from llm_surgeon.errors import LLMSurgeonError
+from llm_surgeon.models.adapters import ArchitectureAdapter
 from llm_surgeon.nll import backward_next_token_nll
 
 
@@ -83,6 +84,7 @@ def detach_deltas(linears: dict[str, nn.Linear], absorb: bool) -> None:
 
 def correct_with_lora(
     model: nn.Module,
+    adapter: ArchitectureAdapter,
     linears: dict[str, nn.Linear],
     removed: dict[str, torch.Tensor],
     windows: torch.Tensor,
@@ -96,7 +98,7 @@ def correct_with_lora(
     """Train a masked rank-``rank`` correction of every layer with Adam on the mean next-token NLL
     of ``windows``, then absorb it. The model's other parameters do not change."""
     t0 = time.perf_counter()
-    device = next(model.parameters()).device
+    device = input_device(model)
     was_training = model.training
     model.eval()  # no dropout: the correction should fit the model as it will be used
     order = torch.Generator().manual_seed(seed)
@@ -114,7 +116,7 @@ def correct_with_lora(
                                   disable=not progress):
                     ids = batch.to(device)
                     optimizer.zero_grad(set_to_none=True)
-                    loss = backward_next_token_nll(model, ids, mean=True)
+                    loss = backward_next_token_nll(model, adapter, ids, mean=True)
                     if not math.isfinite(loss):
                         raise LLMSurgeonError("the low-rank correction diverged (non-finite loss); "
                                               "lower --lora-lr")

@@ -8,6 +8,7 @@ only the diagonals (K-OBD, L-OBD) collect just those: O(d) per token instead of 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from llm_surgeon.errors import LLMSurgeonError
+from llm_surgeon.models.adapters import ArchitectureAdapter
 from llm_surgeon.nll import backward_next_token_nll
 
 
@@ -134,47 +136,80 @@ def _activation_gradients_only(model: nn.Module) -> Iterator[None]:
         handle.remove()
 
 
-def collect_kronecker_factors(
-    model: nn.Module,
-    linears: dict[str, nn.Linear],
-    windows: torch.Tensor,
-    batch_size: int = 4,
-    fisher: str = "empirical",
-    seed: int = 0,
-    progress: bool = True,
-    with_gradients: bool = True,
-    diagonal_only: bool = False,
-) -> dict[str, KroneckerFactors]:
-    """KFAC factors of every Linear in ``linears`` from forward/backward passes over ``windows``.
+@dataclass(frozen=True)
+class CurvatureRequest:
+    """What a method's costs need from one pass: output gradients or inputs only, full or diagonal."""
+
+    with_gradients: bool = True
+    diagonal_only: bool = False
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where token ids must go: the device of the input embeddings (not of whichever parameter is first)."""
+    return model.get_input_embeddings().weight.device
+
+
+class CurvatureCollector(ABC):
+    """Turns calibration windows into per-layer Kronecker factors for one shot.
+
+    The shot loop is handed a collector and does not know how the passes are batched, on which
+    devices they run, or how partial sums are reduced; this process-local one is the default.
+    """
+
+    @abstractmethod
+    def collect(self, model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str, nn.Linear],
+                windows: torch.Tensor, request: CurvatureRequest, seed: int, label: str = ""
+                ) -> dict[str, KroneckerFactors]:
+        """Factors of every layer in ``linears``, normalised per token; ``seed`` drives label sampling."""
+
+
+class LocalCollector(CurvatureCollector):
+    """One process: micro-batches of ``batch_size`` windows through the whole model, sums in float32.
 
     ``fisher="empirical"`` back-propagates the NLL of the data's own next tokens;
-    ``fisher="true"`` samples the labels from the model's predictive distribution.
-    Token NLLs are summed (not averaged) so each backward gives per-token gradients.
+    ``fisher="true"`` samples the labels from the model's predictive distribution. Token NLLs
+    are summed (not averaged) so each backward gives per-token gradients.
     """
-    if fisher not in ("empirical", "true"):
-        raise ValueError(f"fisher must be 'empirical' or 'true', got {fisher!r}")
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    accumulator = _FactorAccumulator(linears, diagonal_only)
-    was_training = model.training
-    model.eval()
-    batches = windows.split(batch_size)
-    if not with_gradients:
-        with torch.no_grad(), accumulator.attached():
-            for batch in tqdm(batches, desc="input statistics (forward)", disable=not progress):
-                accumulator.new_batch()
-                model(input_ids=batch.to(device), use_cache=False)
-                accumulator.tokens += batch.numel()
-        model.train(was_training)
-        return _normalised(accumulator, linears, with_gradients=False)
-    with _activation_gradients_only(model), accumulator.attached():
-        for batch in tqdm(batches, desc="curvature (forward+backward)", disable=not progress):
-            accumulator.new_batch()
-            ids = batch.to(device)
-            backward_next_token_nll(model, ids, mean=False, sample_labels=generator if fisher == "true" else None)
-            accumulator.tokens += ids.numel()
-    model.train(was_training)
-    return _normalised(accumulator, linears, with_gradients=True)
+
+    def __init__(self, batch_size: int = 8, fisher: str = "empirical", progress: bool = True):
+        if fisher not in ("empirical", "true"):
+            raise ValueError(f"fisher must be 'empirical' or 'true', got {fisher!r}")
+        self.batch_size = batch_size
+        self.fisher = fisher
+        self.progress = progress
+
+    def collect(self, model, adapter, linears, windows, request, seed, label=""):
+        accumulator = _FactorAccumulator(linears, request.diagonal_only)
+        self.accumulate(model, adapter, accumulator, windows, request.with_gradients, seed, label)
+        return _normalised(accumulator, linears, request.with_gradients)
+
+    def accumulate(self, model: nn.Module, adapter: ArchitectureAdapter, accumulator: _FactorAccumulator,
+                   windows: torch.Tensor, with_gradients: bool, seed: int, label: str) -> None:
+        """Add the statistics of ``windows`` to ``accumulator`` (raw sums, not yet normalised)."""
+        device = input_device(model)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        sample = generator if self.fisher == "true" else None
+        was_training = model.training
+        model.eval()
+        prefix = f"{label}: " if label else ""
+        try:
+            if not with_gradients:
+                with torch.no_grad(), accumulator.attached():
+                    for batch in tqdm(windows.split(self.batch_size), desc=f"{prefix}input statistics (forward)",
+                                      disable=not self.progress):
+                        accumulator.new_batch()
+                        model(input_ids=batch.to(device), use_cache=False)
+                        accumulator.tokens += batch.numel()
+                return
+            with _activation_gradients_only(model), accumulator.attached():
+                for batch in tqdm(windows.split(self.batch_size), desc=f"{prefix}curvature (forward+backward)",
+                                  disable=not self.progress):
+                    accumulator.new_batch()
+                    ids = batch.to(device)
+                    backward_next_token_nll(model, adapter, ids, mean=False, sample_labels=sample)
+                    accumulator.tokens += ids.numel()
+        finally:
+            model.train(was_training)
 
 
 def _normalised(accumulator: _FactorAccumulator, linears: dict[str, nn.Linear], with_gradients: bool

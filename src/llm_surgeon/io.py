@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -48,20 +47,3 @@ def fsync_tree(folder: Path) -> None:
         for name in files:
             with open(Path(root) / name, "rb") as handle:
                 os.fsync(handle.fileno())
-
-
-def publish_folder(staging: Path, final: Path) -> None:
-    """Move a fully written ``staging`` folder to ``final``, replacing what was there.
-
-    The old folder is first renamed aside, so at every moment ``final`` is either the old
-    complete output or the new complete one.
-    """
-    fsync_tree(staging)
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(staging, final)
-    _fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

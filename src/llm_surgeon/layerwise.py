@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from llm_surgeon.curvature import input_device
 from llm_surgeon.models.adapters import ArchitectureAdapter
 
 
@@ -34,7 +35,7 @@ def capture_block_inputs(model: nn.Module, adapter: ArchitectureAdapter, windows
         raise _StopForwardError
 
     handle = first.register_forward_pre_hook(grab, with_kwargs=True)
-    device = next(model.parameters()).device
+    device = input_device(model)
     try:
         with torch.no_grad():
             for batch in windows.split(batch_size):

@@ -14,13 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm_surgeon.models.adapters import get_adapter
+from llm_surgeon.models.adapters import ArchitectureAdapter
 
 DEFAULT_CHUNK_TOKENS = 1024
 
 
 def backward_next_token_nll(
     model: nn.Module,
+    adapter: ArchitectureAdapter,
     ids: torch.Tensor,
     mean: bool,
     sample_labels: torch.Generator | None = None,
@@ -30,18 +31,19 @@ def backward_next_token_nll(
 
     ``mean`` averages over predicted tokens (a training loss), else sums (per-token gradients,
     as the Fisher needs). With ``sample_labels`` the labels are drawn from the model's own
-    predictive distribution (the true Fisher) instead of read from ``ids``.
+    predictive distribution (the true Fisher) instead of read from ``ids``. The logits are the
+    adapter's (:meth:`~llm_surgeon.models.adapters.ArchitectureAdapter.logits`), so families that
+    transform them after the head (soft-capping, a logit scale) get the gradients of their true loss.
     """
-    body = get_adapter(model).body(model)
+    body = adapter.body(model)
     hidden = body(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
     hidden = hidden.reshape(-1, hidden.shape[-1])
     leaf = hidden.detach().requires_grad_(True)
-    head = model.get_output_embeddings()
     labels = ids[:, 1:].reshape(-1)
     scale = 1.0 / labels.numel() if mean else 1.0
     total = 0.0
     for start in range(0, labels.numel(), chunk_tokens):
-        logits = head(leaf[start:start + chunk_tokens]).float()
+        logits = adapter.logits(model, leaf[start:start + chunk_tokens]).float()
         target = labels[start:start + chunk_tokens]
         if sample_labels is not None:
             with torch.no_grad():

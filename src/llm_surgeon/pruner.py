@@ -1,30 +1,31 @@
-"""The multi-shot pruning loop: curvature, costs, one global selection, updates.
+"""The multi-shot pruning loop, written once for every method and granularity.
 
-This module is the only place that touches the model during pruning; it calls the pure
-math of :mod:`llm_surgeon.math` and one :class:`~llm_surgeon.methods.PruningMethod`.
+Each shot: the collector gathers curvature, the method turns it into costs, the unit
+selector (elements, N:M groups or structures) chooses the removals with one global
+threshold and applies the method's compensation, the optional low-rank correction runs,
+and the caller checkpoints. Layer-wise one-shot methods (SparseGPT, Wanda) take their own
+block-by-block engine but finish their single shot the same way.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.correction import correct_with_lora
-from llm_surgeon.curvature import KroneckerFactors, collect_kronecker_factors
+from llm_surgeon.curvature import CurvatureCollector, CurvatureRequest, LocalCollector
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
+from llm_surgeon.factors import damped_shot_factors
 from llm_surgeon.layerwise import prune_layerwise
-from llm_surgeon.math.kfac import DampedFactors, NonFiniteCurvatureError, damped_with_inverse
-from llm_surgeon.math.selection import nm_violations, select_nm, select_unstructured
-from llm_surgeon.math.threshold import linear_schedule
-from llm_surgeon.methods import LayerwiseMethod, PruningMethod, get_method
-from llm_surgeon.models.adapters import get_adapter
+from llm_surgeon.math.selection import nm_violations
+from llm_surgeon.methods import LayerwiseMethod, MethodBase, PruningMethod, get_method
+from llm_surgeon.models.adapters import ArchitectureAdapter, get_adapter
+from llm_surgeon.selectors import UnitSelector, make_selector
 
 
 @dataclass
@@ -62,20 +63,28 @@ class PruneResult:
                 "total": curvature + costs + update + correction}
 
 
+ShotCallback = Callable[[int, PruneResult], None]
+
+
+@dataclass
+class PruneJob:
+    """Everything a shot touches, gathered once: the model, its adapter, its prunable layers, the data."""
+
+    model: nn.Module
+    adapter: ArchitectureAdapter
+    linears: dict[str, nn.Linear]
+    calibration: torch.Tensor | None
+    config: PruneConfig
+    progress: bool = True
+    on_shot_end: ShotCallback | None = None
+
+
 def sparsity_stats(linears: dict[str, nn.Linear]) -> tuple[float, dict[str, float]]:
     """Fraction of exact zeros over all prunable weights, and per layer."""
     per_layer = {name: float((lin.weight == 0).float().mean()) for name, lin in linears.items()}
     zeros = sum(int((lin.weight == 0).sum()) for lin in linears.values())
     total = sum(lin.weight.numel() for lin in linears.values())
     return zeros / total, per_layer
-
-
-def check_nm_applicable(linears: dict[str, nn.Linear], m: int) -> None:
-    for name, lin in linears.items():
-        if lin.in_features % m:
-            raise ConfigError(
-                f"N:M pattern needs input widths divisible by {m}; layer {name} has {lin.in_features} inputs"
-            )
 
 
 def validate_nm(linears: dict[str, nn.Linear], n: int, m: int) -> dict:
@@ -88,71 +97,90 @@ def validate_nm(linears: dict[str, nn.Linear], n: int, m: int) -> dict:
     return result
 
 
-def _damped(name: str, factor: torch.Tensor, relative: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Damp and invert; on failure raise the damping once (x10) and warn, then give up naming the layer."""
-    try:
-        return damped_with_inverse(factor, relative)
-    except NonFiniteCurvatureError:
-        warnings.warn(f"curvature of {name} is not finite or not positive definite; retrying with 10x damping",
-                      stacklevel=3)
-        try:
-            return damped_with_inverse(factor, 10 * relative)
-        except NonFiniteCurvatureError as exc:
-            raise LLMSurgeonError(f"non-finite or indefinite curvature in layer {name}: {exc}") from exc
+def needs_calibration(method: MethodBase, config: PruneConfig) -> bool:
+    return method.needs_calibration() or config.corrects
 
 
-def prepare_shot_factors(factors: dict[str, KroneckerFactors], config: PruneConfig,
-                         progress: bool = False) -> dict[str, DampedFactors]:
-    """Damped factors and inverses of every layer; an ``A`` shared by several layers is inverted once."""
-    shared_A: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    out = {}
-    for name, f in tqdm(factors.items(), desc="invert curvature", disable=not progress):
-        if id(f.A) not in shared_A:
-            shared_A[id(f.A)] = _damped(name, f.A, config.damp_a)
-        A, A_inv = shared_A[id(f.A)]
-        G, G_inv = _damped(name, f.G, config.damp_g)
-        out[name] = DampedFactors(G=G, A=A, G_inv=G_inv, A_inv=A_inv)
-    return out
-
-
-def needs_calibration(method: PruningMethod | LayerwiseMethod, config: PruneConfig) -> bool:
-    return isinstance(method, LayerwiseMethod) or method.curvature != "none" or config.corrects
-
-
-def end_shot(model: nn.Module, linears: dict[str, nn.Linear], calibration: torch.Tensor | None,
-             result: PruneResult, progress: bool, on_shot_end: Callable[[int, PruneResult], None] | None) -> None:
+def end_shot(job: PruneJob, result: PruneResult) -> None:
     """What follows every shot's update at every granularity: the optional low-rank correction
     (recorded in the shot's record), then the checkpoint callback."""
-    record, config = result.shots[-1], result.config
+    record, config = result.shots[-1], job.config
     if config.corrects:
         correction = correct_with_lora(
-            model, linears, result.masks, calibration, rank=config.lora_rank, lr=config.lora_lr,
-            epochs=config.lora_epochs, batch_size=config.batch_size, seed=config.seed + 7919 * record.shot,
-            progress=progress,
+            job.model, job.adapter, job.linears, result.masks, job.calibration, rank=config.lora_rank,
+            lr=config.lora_lr, epochs=config.lora_epochs, batch_size=config.batch_size,
+            seed=config.seed + 7919 * record.shot, progress=job.progress,
         )
         record.seconds_correction = correction.seconds
         record.correction_epoch_losses = correction.epoch_losses
-    if on_shot_end is not None:
-        on_shot_end(record.shot, result)
+    if job.on_shot_end is not None:
+        job.on_shot_end(record.shot, result)
 
 
-def holds_full_factors(method: PruningMethod | LayerwiseMethod) -> bool:
-    """Whether a shot keeps the full A and G of every layer at once (what ``check_memory`` sizes)."""
-    return isinstance(method, PruningMethod) and method.curvature != "none" and not method.diagonal_only
-
-
-def _prune_layerwise(model, method: LayerwiseMethod, calibration, config: PruneConfig, linears, progress: bool
-                     ) -> ShotRecord:
-    nm = config.nm
+def _layerwise_shot(job: PruneJob, method: LayerwiseMethod, result: PruneResult) -> None:
+    config = job.config
     t0 = time.perf_counter()
-    prune_layerwise(
-        model, get_adapter(model), calibration,
-        lambda W, H: method.prune_layer(W, H, config.sparsity, nm),
-        batch_size=config.batch_size, progress=progress,
-    )
-    achieved, _ = sparsity_stats(linears)
-    return ShotRecord(shot=1, target_sparsity=config.target_sparsity, achieved_sparsity=achieved,
-                      seconds_curvature=0.0, seconds_costs=0.0, seconds_update=time.perf_counter() - t0)
+    prune_layerwise(job.model, job.adapter, job.calibration,
+                    lambda W, H: method.prune_layer(W, H, config.sparsity, config.nm),
+                    batch_size=config.batch_size, progress=job.progress)
+    achieved, _ = sparsity_stats(job.linears)
+    result.masks = {name: lin.weight.detach() == 0 for name, lin in job.linears.items()}
+    result.shots.append(ShotRecord(shot=1, target_sparsity=config.target_sparsity, achieved_sparsity=achieved,
+                                   seconds_curvature=0.0, seconds_costs=0.0, seconds_update=time.perf_counter() - t0))
+    end_shot(job, result)
+
+
+def _raw_factors(job: PruneJob, method: PruningMethod, collector: CurvatureCollector, shot: int, label: str) -> dict:
+    """The curvature pass of a shot: nothing, inputs only, or full/diagonal Kronecker factors."""
+    if method.curvature == "none":
+        return {}
+    request = CurvatureRequest(with_gradients=method.curvature != "inputs", diagonal_only=method.diagonal_only)
+    return collector.collect(job.model, job.adapter, job.linears, job.calibration, request,
+                             seed=job.config.seed + shot, label=label)
+
+
+def _cost_factors(job: PruneJob, method: PruningMethod, raw: dict, label: str) -> dict:
+    """What the method's costs and update read: the raw factors, or damped ones with their inverses."""
+    if method.curvature != "kfac_inverse":
+        return raw
+    return damped_shot_factors(raw, job.config.damp_g, job.config.damp_a, label, job.progress)
+
+
+def _one_shot(job: PruneJob, method: PruningMethod, selector: UnitSelector, collector: CurvatureCollector,
+              result: PruneResult, shot: int, fraction: float) -> None:
+    label = f"shot {shot + 1}/{job.config.shots}"
+    t0 = time.perf_counter()
+    raw = _raw_factors(job, method, collector, shot, label)
+    t1 = time.perf_counter()
+    factors = _cost_factors(job, method, raw, label)
+    del raw
+    masks = selector.select(method, factors, result.masks, fraction, label)
+    t2 = time.perf_counter()
+    totals = selector.apply(method, factors, masks, label, job.progress)
+    t3 = time.perf_counter()
+    del factors
+    result.masks = masks
+    achieved, _ = sparsity_stats(job.linears)
+    iterations, before = totals.iterations, totals.loss_no_update
+    result.shots.append(ShotRecord(
+        shot=shot + 1, target_sparsity=selector.target_sparsity(fraction), achieved_sparsity=achieved,
+        seconds_curvature=t1 - t0, seconds_costs=t2 - t1, seconds_update=t3 - t2,
+        update_iterations_mean=sum(iterations) / len(iterations) if iterations else 0.0,
+        update_loss_reduction=1 - totals.loss_after / before if before > 0 else 0.0,
+    ))
+    end_shot(job, result)
+
+
+def setup(model: nn.Module, config: PruneConfig, adapter: ArchitectureAdapter, progress: bool = False
+          ) -> tuple[MethodBase, dict[str, nn.Linear], UnitSelector]:
+    """The method, the prunable layers and the unit selector of a run; raises a clear error when the
+    config cannot apply to this model (N:M widths, no structure description). Cheap: call it early."""
+    config.validate()
+    method = get_method(config.method, config)
+    linears = adapter.prunable_linears(model)
+    selector = make_selector(config.granularity, config.nm, method.selection_scope(), model, adapter, linears,
+                             progress)
+    return method, linears, selector
 
 
 def prune_model(
@@ -160,96 +188,36 @@ def prune_model(
     calibration: torch.Tensor | None,
     config: PruneConfig,
     progress: bool = True,
-    on_shot_end: Callable[[int, PruneResult], None] | None = None,
+    on_shot_end: ShotCallback | None = None,
     start: PruneResult | None = None,
+    adapter: ArchitectureAdapter | None = None,
+    collector: CurvatureCollector | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place over ``config.shots`` shots and return masks and timings.
 
     ``calibration`` is a (samples, seqlen) tensor of token ids; it may be ``None`` only for
     methods that need no data. ``start`` resumes from the masks and records of a checkpoint.
+    ``adapter`` defaults to the registered one for the model's family, ``collector`` to a
+    single-process :class:`~llm_surgeon.curvature.LocalCollector`.
     """
-    config.validate()
-    method = get_method(config.method, config)
-    linears = get_adapter(model).prunable_linears(model)
-    nm = config.nm
-    if nm is not None:
-        check_nm_applicable(linears, nm[1])
+    adapter = adapter or get_adapter(model)
+    method, linears, selector = setup(model, config, adapter, progress)
     if needs_calibration(method, config) and calibration is None:
         raise ConfigError(f"method {config.method} needs calibration data")
-
+    job = PruneJob(model, adapter, linears, calibration, config, progress, on_shot_end)
     result = start or PruneResult(
         config=config,
         masks={name: torch.zeros_like(lin.weight, dtype=torch.bool) for name, lin in linears.items()},
     )
-    if config.granularity == "structured":
-        from llm_surgeon.structured import prune_structured
-
-        prune_structured(model, calibration, config, result, progress, on_shot_end)
-    elif isinstance(method, LayerwiseMethod):
+    if isinstance(method, LayerwiseMethod):
         if not result.shots:
-            result.shots.append(_prune_layerwise(model, method, calibration, config, linears, progress))
-            result.masks = {name: lin.weight.detach() == 0 for name, lin in linears.items()}
-            end_shot(model, linears, calibration, result, progress, on_shot_end)
+            _layerwise_shot(job, method, result)
     else:
-        _prune_in_shots(model, method, calibration, config, linears, result, progress, on_shot_end)
-    if nm:
-        result.nm_validation = validate_nm(linears, *nm)
+        collector = collector or LocalCollector(config.batch_size, config.fisher, progress)
+        schedule = selector.schedule(config.sparsity, config.shots)
+        for shot in range(len(result.shots), config.shots):
+            _one_shot(job, method, selector, collector, result, shot, schedule[shot])
+    if config.nm:
+        result.nm_validation = validate_nm(linears, *config.nm)
+    result.structure = selector.summary(result.masks)
     return result
-
-
-def _prune_in_shots(model, method: PruningMethod, calibration, config: PruneConfig, linears, result: PruneResult,
-                    progress: bool, on_shot_end) -> None:
-    nm = config.nm
-    schedule = linear_schedule(1.0 if nm else config.sparsity, config.shots)
-    scope = config.magnitude_scope if config.method == "magnitude" else "global"
-    for shot in range(len(result.shots), config.shots):
-        fraction = schedule[shot]
-        t0 = time.perf_counter()
-        factors = None
-        if method.curvature != "none":
-            factors = collect_kronecker_factors(
-                model, linears, calibration, batch_size=config.batch_size, fisher=config.fisher,
-                seed=config.seed + shot, progress=progress, with_gradients=method.curvature != "inputs",
-                diagonal_only=method.diagonal_only,
-            )
-        t1 = time.perf_counter()
-
-        if method.curvature == "kfac_inverse":
-            factors = prepare_shot_factors(factors, config, progress)
-        layer_factors = factors or {}
-        costs = {name: method.element_costs(lin.weight.detach(), layer_factors.get(name))
-                 for name, lin in linears.items()}
-        if nm:
-            masks = select_nm(costs, result.masks, nm[0], nm[1], fraction, scope)
-        else:
-            masks = select_unstructured(costs, result.masks, fraction, scope)
-        del costs
-        t2 = time.perf_counter()
-
-        iterations, loss_before, loss_after = [], 0.0, 0.0
-        for name, lin in tqdm(linears.items(), desc=f"shot {shot + 1}/{config.shots}: update", disable=not progress):
-            with torch.no_grad():
-                new_weight, stats = method.update(lin.weight.detach(), masks[name], layer_factors.get(name))
-                lin.weight.copy_(new_weight)
-            if stats is not None:
-                iterations.append(stats.iterations)
-                loss_before += stats.loss_no_update
-                loss_after += stats.loss_after
-        t3 = time.perf_counter()
-        del factors, layer_factors
-
-        result.masks = masks
-        achieved, _ = sparsity_stats(linears)
-        result.shots.append(
-            ShotRecord(
-                shot=shot + 1,
-                target_sparsity=fraction * (nm[0] / nm[1] if nm else 1.0),
-                achieved_sparsity=achieved,
-                seconds_curvature=t1 - t0,
-                seconds_costs=t2 - t1,
-                seconds_update=t3 - t2,
-                update_iterations_mean=sum(iterations) / len(iterations) if iterations else 0.0,
-                update_loss_reduction=1 - loss_after / loss_before if loss_before > 0 else 0.0,
-            )
-        )
-        end_shot(model, linears, calibration, result, progress, on_shot_end)

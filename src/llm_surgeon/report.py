@@ -13,7 +13,7 @@ import torch
 def versions() -> dict[str, str]:
     import transformers
 
-    from llm_surgeon import __version__
+    from llm_surgeon._version import __version__
 
     return {
         "llm_surgeon": __version__,
@@ -53,8 +53,12 @@ def build_report(
     ppl: dict | None,
     seconds: dict[str, float],
     peak_mb: float,
+    export: dict | None = None,
+    resumed_from_shot: int | None = None,
+    footprint: dict | None = None,
 ) -> dict:
-    return {
+    """Everything a reader needs to judge and reproduce the run, in one dict (written as report.json)."""
+    report = {
         "model": model_name,
         "method": config.method,
         "granularity": config.granularity,
@@ -72,4 +76,11 @@ def build_report(
         "config": config.to_dict(),
         "versions": versions(),
         "machine": machine(),
+        "semi_structured_export": export,
+        "resumed_from_shot": resumed_from_shot,
     }
+    if result.structure is not None:
+        report["structure"] = result.structure
+    if footprint is not None:
+        report["footprint"] = footprint
+    return report

@@ -57,6 +57,9 @@ class DampedFactors:
     G_inv: torch.Tensor
     A_inv: torch.Tensor
 
+    def to(self, dtype: torch.dtype) -> DampedFactors:
+        return DampedFactors(*(t.to(dtype) for t in (self.G, self.A, self.G_inv, self.A_inv)))
+
 
 def damped_with_inverse(factor: torch.Tensor, relative: float) -> tuple[torch.Tensor, torch.Tensor]:
     """A damped factor and its inverse; the unit that layers sharing an input can share."""
@@ -64,10 +67,3 @@ def damped_with_inverse(factor: torch.Tensor, relative: float) -> tuple[torch.Te
         raise NonFiniteCurvatureError("curvature factor holds NaN or Inf")
     damped = damp(factor, relative)
     return damped, spd_inverse(damped)
-
-
-def prepare_factors(G: torch.Tensor, A: torch.Tensor, damp_g: float, damp_a: float) -> DampedFactors:
-    """Damp both factors and invert them, for the costs and the update of one shot."""
-    Gd, G_inv = damped_with_inverse(G, damp_g)
-    Ad, A_inv = damped_with_inverse(A, damp_a)
-    return DampedFactors(G=Gd, A=Ad, G_inv=G_inv, A_inv=A_inv)

@@ -1,23 +1,19 @@
 """Pruning methods: each says how much removing a weight costs and how to compensate.
 
 The shot loop, the global threshold and the masks are shared (:mod:`llm_surgeon.pruner`);
-a new method is one small class here and one entry in ``METHODS``.
+a new method is one small class and one :func:`register_method` line here.
 """
 
-from llm_surgeon.methods.base import LayerwiseMethod, PruningMethod, get_method
+from llm_surgeon.methods.base import NM, STRUCTURED, UNSTRUCTURED, LayerwiseMethod, MethodBase, PruningMethod
 from llm_surgeon.methods.layerwise import SparseGPT, Wanda
 from llm_surgeon.methods.magnitude import MagnitudePruning
 from llm_surgeon.methods.obd import KroneckerOBD, LayerOBD
+from llm_surgeon.methods.registry import get_method, method_class, method_names, methods_help, register_method
 from llm_surgeon.methods.surgeon import SurgeonPruning
 
-METHODS = {
-    "surgeon": SurgeonPruning,
-    "magnitude": MagnitudePruning,
-    "lobd": LayerOBD,
-    "kobd": KroneckerOBD,
-    "sparsegpt": SparseGPT,
-    "wanda": Wanda,
-}
+for _method in (SurgeonPruning, SparseGPT, Wanda, KroneckerOBD, LayerOBD, MagnitudePruning):
+    register_method(_method)
 
-__all__ = ["METHODS", "PruningMethod", "LayerwiseMethod", "get_method", "MagnitudePruning", "SurgeonPruning",
-           "LayerOBD", "KroneckerOBD", "SparseGPT", "Wanda"]
+__all__ = ["MethodBase", "PruningMethod", "LayerwiseMethod", "get_method", "method_class", "method_names",
+           "methods_help", "register_method", "MagnitudePruning", "SurgeonPruning", "LayerOBD", "KroneckerOBD",
+           "SparseGPT", "Wanda", "UNSTRUCTURED", "NM", "STRUCTURED"]

@@ -1,31 +1,69 @@
-"""The interfaces every pruning method implements.
+"""The interfaces every pruning method implements, and what each one declares about itself.
 
 Two kinds: :class:`PruningMethod` plugs into the shared multi-shot loop (costs, one global
 selection, an optional update); :class:`LayerwiseMethod` prunes block by block on the
-inputs of the already-pruned blocks (SparseGPT, Wanda) in a single pass.
+inputs of the already-pruned blocks (SparseGPT, Wanda) in a single pass. Each class says
+what it needs and supports as class attributes, so the loop, the CLI and the bench ask the
+method instead of testing its name.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 
 from llm_surgeon.math.obs import UpdateStats
 
+UNSTRUCTURED, NM, STRUCTURED = "unstructured", "nm", "structured"
+"""Granularity kinds a method can support (``nm`` stands for every N:M pattern)."""
 
-class PruningMethod(ABC):
-    """Per-layer costs and compensation; selection and scheduling are not its business."""
 
-    name: str
-    curvature: str = "none"
+class MethodBase(ABC):
+    """What every method declares (class attributes) and how it is configured."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    """One line for ``--help`` and the README."""
+    curvature: ClassVar[str] = "none"
     """What the costs need: ``"none"``, ``"inputs"`` (A from forward passes), ``"kfac"`` (A and G),
     or ``"kfac_inverse"`` (damped A, G and their inverses)."""
-    diagonal_only: bool = False
+    diagonal_only: ClassVar[bool] = False
     """The costs read only diag(A) and diag(G), so only those are collected (O(d) per token, not O(d²))."""
+    multi_shot: ClassVar[bool] = True
+    """Whether ``shots`` applies; a one-shot method runs a single shot whatever it says."""
+    granularities: ClassVar[frozenset[str]] = frozenset({UNSTRUCTURED, NM})
 
     def __init__(self, config=None):  # noqa: B027 - an optional hook, not an abstract one
         """Methods with settings read them from the run's :class:`~llm_surgeon.config.PruneConfig`."""
+
+    @classmethod
+    def supports(cls, granularity_kind: str) -> bool:
+        return granularity_kind in cls.granularities
+
+    @classmethod
+    def needs_calibration(cls) -> bool:
+        """Whether the method itself reads calibration text (a correction may still need it)."""
+        return cls.curvature != "none"
+
+    @classmethod
+    def holds_full_factors(cls) -> bool:
+        """Whether a shot keeps full A and G matrices (what the memory check sizes)."""
+        return cls.curvature not in ("none",) and not cls.diagonal_only
+
+    def selection_scope(self) -> str:
+        """``"global"`` (one threshold across layers) or ``"layer"`` (the same fraction in every layer)."""
+        return "global"
+
+
+class PruningMethod(MethodBase):
+    """Per-layer costs and compensation; selection and scheduling are not its business.
+
+    Element costs serve unstructured and N:M selection. A method that also supports
+    ``structured`` implements the row/column costs and removals below; ``factors`` are then
+    the layer's damped factors in float64 (or ``None`` for a method without curvature).
+    """
 
     @abstractmethod
     def element_costs(self, W: torch.Tensor, factors) -> torch.Tensor:
@@ -35,24 +73,46 @@ class PruningMethod(ABC):
         """New weights with exact zeros on ``remove``; by default no compensation."""
         return W.masked_fill(remove, 0.0), None
 
+    def row_costs(self, W: torch.Tensor, bias: torch.Tensor | None, factors) -> torch.Tensor:
+        """Cost of removing each single row (with its bias entry)."""
+        raise NotImplementedError(f"{self.name} has no structured costs")
 
-class LayerwiseMethod(ABC):
+    def column_costs(self, W: torch.Tensor, factors) -> torch.Tensor:
+        """Cost of removing each single column."""
+        raise NotImplementedError(f"{self.name} has no structured costs")
+
+    def row_set_cost(self, W: torch.Tensor, rows: torch.Tensor, factors) -> torch.Tensor:
+        """Joint cost of removing the rows ``rows`` together."""
+        raise NotImplementedError(f"{self.name} has no structured costs")
+
+    def column_set_cost(self, W: torch.Tensor, cols: torch.Tensor, factors) -> torch.Tensor:
+        """Joint cost of removing the columns ``cols`` together."""
+        raise NotImplementedError(f"{self.name} has no structured costs")
+
+    def remove_rows(self, W: torch.Tensor, rows: torch.Tensor, factors) -> torch.Tensor:
+        """``W`` with ``rows`` zeroed (and, for methods with an update, the others compensated)."""
+        new = W.clone()
+        new[rows] = 0
+        return new
+
+    def remove_columns(self, W: torch.Tensor, cols: torch.Tensor, factors) -> torch.Tensor:
+        """``W`` with ``cols`` zeroed (and, for methods with an update, the others compensated)."""
+        new = W.clone()
+        new[:, cols] = 0
+        return new
+
+
+class LayerwiseMethod(MethodBase):
     """A one-shot method that prunes each Linear from its own input Hessian ``H = Σ x xᵀ``."""
 
-    name: str
+    multi_shot = False
+    curvature = "inputs"
 
-    def __init__(self, config=None):  # noqa: B027 - an optional hook, not an abstract one
-        """Methods with settings read them from the run's :class:`~llm_surgeon.config.PruneConfig`."""
+    @classmethod
+    def holds_full_factors(cls) -> bool:
+        return False  # one block's H at a time
 
     @abstractmethod
     def prune_layer(self, W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple[int, int] | None
                     ) -> torch.Tensor:
         """Pruned ``W`` with exact zeros."""
-
-
-def get_method(name: str, config) -> PruningMethod | LayerwiseMethod:
-    from llm_surgeon.methods import METHODS
-
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}")
-    return METHODS[name](config)

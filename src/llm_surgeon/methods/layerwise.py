@@ -10,6 +10,7 @@ from llm_surgeon.methods.base import LayerwiseMethod
 
 class SparseGPT(LayerwiseMethod):
     name = "sparsegpt"
+    summary = "SparseGPT: one-shot OBS column sweep on X Xᵀ, block by block"
 
     def __init__(self, config=None, block_size: int = 128):
         self.damp = config.sparsegpt_damp if config else 0.01
@@ -22,6 +23,7 @@ class SparseGPT(LayerwiseMethod):
 
 class Wanda(LayerwiseMethod):
     name = "wanda"
+    summary = "Wanda: one-shot |W|·‖x‖ compared within each output row, block by block"
 
     def prune_layer(self, W, H, sparsity, nm):
         scores = wanda_scores(W, H.diagonal())

@@ -19,6 +19,7 @@ def _diagonal(factor: torch.Tensor) -> torch.Tensor:
 
 class LayerOBD(PruningMethod):
     name = "lobd"
+    summary = "L-OBD: diagonal costs ½W²A_jj from the activations alone, global threshold, no update"
     curvature = "inputs"
     diagonal_only = True
 
@@ -28,6 +29,7 @@ class LayerOBD(PruningMethod):
 
 class KroneckerOBD(PruningMethod):
     name = "kobd"
+    summary = "K-OBD: diagonal Kronecker costs ½W²G_ii A_jj, global threshold, no update"
     curvature = "kfac"
     diagonal_only = True
 

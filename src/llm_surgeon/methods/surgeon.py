@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import torch
 
+from llm_surgeon.math import structured as rows_cols
 from llm_surgeon.math.costs import element_costs
 from llm_surgeon.math.kfac import DampedFactors
 from llm_surgeon.math.obs import UpdateStats, kronecker_obs_update
-from llm_surgeon.methods.base import PruningMethod
+from llm_surgeon.methods.base import NM, STRUCTURED, UNSTRUCTURED, PruningMethod
 
 
 class SurgeonPruning(PruningMethod):
     name = "surgeon"
+    summary = "LLM Surgeon (ours): Kronecker OBS costs, global threshold, correlated update, multi-shot"
     curvature = "kfac_inverse"
+    granularities = frozenset({UNSTRUCTURED, NM, STRUCTURED})
 
     def __init__(self, config=None):
         self.update_iterations = config.update_iterations if config else 20
@@ -27,3 +30,21 @@ class SurgeonPruning(PruningMethod):
             W, remove, factors.G, factors.A, factors.G_inv, factors.A_inv,
             max_iterations=self.update_iterations, tolerance=self.update_tolerance,
         )
+
+    def row_costs(self, W, bias, factors):
+        return rows_cols.row_costs(W, factors.A, factors.G_inv)
+
+    def column_costs(self, W, factors):
+        return rows_cols.column_costs(W, factors.G, factors.A_inv)
+
+    def row_set_cost(self, W, rows, factors):
+        return rows_cols.row_set_cost(W, rows, factors.A, factors.G_inv)
+
+    def column_set_cost(self, W, cols, factors):
+        return rows_cols.column_set_cost(W, cols, factors.G, factors.A_inv)
+
+    def remove_rows(self, W, rows, factors):
+        return rows_cols.remove_rows(W, rows, factors.G_inv)
+
+    def remove_columns(self, W, cols, factors):
+        return rows_cols.remove_columns(W, cols, factors.A_inv)

@@ -1,12 +1,14 @@
-"""Model plumbing: loading checkpoints and per-architecture adapters."""
+"""Model plumbing: per-architecture adapters (loading lives in :mod:`llm_surgeon.models.loading`)."""
 
-from llm_surgeon.models.adapters import ArchitectureAdapter, get_adapter, supported_model_types
-from llm_surgeon.models.loading import load_model_and_tokenizer, resolve_model_source
+from llm_surgeon.models.adapters import (
+    ArchitectureAdapter,
+    BlockLayout,
+    Member,
+    StructureSpec,
+    get_adapter,
+    register_adapter,
+    supported_model_types,
+)
 
-__all__ = [
-    "ArchitectureAdapter",
-    "get_adapter",
-    "supported_model_types",
-    "load_model_and_tokenizer",
-    "resolve_model_source",
-]
+__all__ = ["ArchitectureAdapter", "BlockLayout", "Member", "StructureSpec", "get_adapter", "register_adapter",
+           "supported_model_types"]

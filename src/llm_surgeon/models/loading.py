@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from llm_surgeon.compaction import ARCHITECTURE_FILE, load_pruned
 from llm_surgeon.errors import ModelLoadError
 
 SMOLLM2_ALIAS = "smollm2-135m"
@@ -80,9 +81,7 @@ def load_model_and_tokenizer(
     source = resolve_model_source(model)
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     try:
-        if (Path(source.path_or_id) / "pruned_architecture.json").is_file():
-            from llm_surgeon.structured import load_pruned  # per-block widths
-
+        if (Path(source.path_or_id) / ARCHITECTURE_FILE).is_file():
             lm = load_pruned(source.path_or_id, dtype)
         else:
             lm = AutoModelForCausalLM.from_pretrained(source.path_or_id, dtype=dtype, **kwargs)
