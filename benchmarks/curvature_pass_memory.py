@@ -4,8 +4,10 @@ Measures in this process, so run it once per code version to compare, e.g. at tw
 
     LLM_SURGEON_DATA=../shared/data python benchmarks/curvature_pass_memory.py --label HEAD
 
-Prints one JSON line: seconds, peak RSS (CPU) or peak allocated (CUDA), and the trace of the
-first layer's G, which must agree between versions that claim the same math.
+Prints one JSON line: seconds, peak RSS (CPU) or peak allocated (CUDA), the trace of the
+first layer's G (which must agree between versions that claim the same math), and beside the
+measured growth over the loaded model the prediction of ``llm_surgeon.resources`` for this pass:
+raw factor sums plus the activations of one batch plus one chunk of logits.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from llm_surgeon.data import calibration_windows, resolve_data_dir
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.models.loading import load_model_and_tokenizer
 from llm_surgeon.report import peak_memory_mb
+from llm_surgeon.resources import shot_memory
 
 
 def main() -> None:
@@ -43,9 +46,15 @@ def main() -> None:
     factors = collector.collect(model, adapter, linears, windows, CurvatureRequest(), seed=0)
     seconds = time.perf_counter() - start
     first = next(iter(factors.values()))
+    estimate = shot_memory(model, linears, len(adapter.blocks(model)), args.batch_size, args.seqlen,
+                           full_factors=False, backward=True)
+    raw_factors = 4 * sum(lin.out_features**2 + lin.in_features**2 for lin in linears.values())
+    predicted_mb = (raw_factors + estimate.activations + estimate.logits) / 2**20
     print(json.dumps({"label": args.label, "seconds": round(seconds, 1), "peak_mb_after_load": round(loaded_mb),
                       "peak_mb": round(peak_memory_mb(args.device)), "G_trace_first_layer": float(first.G.trace()),
-                      "windows": f"{args.samples} x {args.seqlen}", "batch_size": args.batch_size}))
+                      "windows": f"{args.samples} x {args.seqlen}", "batch_size": args.batch_size,
+                      "measured_growth_mb": round(peak_memory_mb(args.device) - loaded_mb),
+                      "predicted_growth_mb": round(predicted_mb)}))
 
 
 if __name__ == "__main__":

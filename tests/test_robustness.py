@@ -129,17 +129,20 @@ def test_truncated_model_file_in_output_is_reported(tmp_path):
     assert "cannot load model" in result.stderr and "Traceback" not in result.stderr
 
 
-def _gpt2_checkpoint(folder: Path) -> Path:
+def _gpt2_checkpoint(folder: Path, truncate: bool = False) -> Path:
+    """A GPT-2 folder; with ``truncate`` its weights cannot be read, so only a config-first check names the family."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=32, n_layer=1, n_head=2, n_positions=64)).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
+    if truncate:
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
     return folder
 
 
 BAD_INPUTS = {
     "missing model path": (lambda t: ["./no/such/model"], "model path does not exist"),
-    "missing hub id": (lambda t: ["no-such-org-xyz/no-such-model-xyz"], "cannot load model"),
     "unsupported architecture": (lambda t: [str(_gpt2_checkpoint(t / "gpt2"))], "not supported; supported model types"),
     "sparsity above range": (lambda t: ["MODEL", "--sparsity", "1.5"], "sparsity must be in [0, 1)"),
     "negative sparsity": (lambda t: ["MODEL", "--sparsity", "-0.1"], "sparsity must be in [0, 1)"),
@@ -151,7 +154,25 @@ BAD_INPUTS = {
                                    "fewer than the 5000 x 64 requested"),
     "output holds a different run": (lambda t: ["MODEL", "--out", str(_other_run(t))], "holds a different run"),
     "output holds other files": (lambda t: ["MODEL", "--out", str(_foreign(t))], "already holds other files"),
+    "unknown device": (lambda t: ["./no/such/model", "--device", "gpu"], "unknown device 'gpu'"),
+    "evaluation window of 0 tokens": (lambda t: ["MODEL", "--eval", "--eval-seqlen", "0"],
+                                      "--eval-seqlen must be at least 2"),
+    "evaluation of 0 windows": (lambda t: ["MODEL", "--eval", "--eval-max-windows", "0"],
+                                "--eval-max-windows must be at least 1"),
+    "unknown method": (lambda t: ["MODEL", "--method", "foo"], "invalid choice: 'foo'"),
+    "unknown dtype": (lambda t: ["MODEL", "--dtype", "int8"], "invalid choice: 'int8'"),
+    "empty text file as the model": (lambda t: [str(_empty_text(t))], "is a file, not a model folder"),
+    "offline hub id not in the cache": (lambda t: ["no-such-org-xyz/no-such-model-xyz"], "not in the local cache"),
+    "unsupported family with unreadable weights": (lambda t: [str(_gpt2_checkpoint(t / "gpt2", truncate=True))],
+                                                   "not supported; supported model types"),
 }
+if not torch.cuda.is_available():
+    BAD_INPUTS["cuda on a machine without it"] = (lambda t: ["MODEL", "--device", "cuda"], "no CUDA GPU is usable")
+
+
+def _empty_text(t: Path) -> Path:
+    (t / "model.txt").write_text("")
+    return t / "model.txt"
 
 
 def _empty(folder: Path) -> Path:
@@ -189,14 +210,17 @@ def test_bad_input_gets_one_clear_line(case, tmp_path):
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("llm-surgeon: error:")]
     assert len(error_lines) == 1 and expected in error_lines[0], result.stderr
+    assert "usage:" not in result.stderr
     after = {p: p.read_bytes() for p in before}
     assert before == after  # existing files untouched
+    assert not (tmp_path / "out").exists()  # no empty output folder left behind
 
 
-def test_not_enough_memory_for_curvature_is_refused_up_front(monkeypatch, tmp_path):
+def test_a_shot_that_cannot_fit_is_refused_up_front(monkeypatch, tmp_path):
     model = write_tiny_checkpoint(tmp_path / "model")
     monkeypatch.setattr(api, "available_bytes", lambda device: 1024)
-    with pytest.raises(LLMSurgeonError, match=r"not enough memory for the curvature factors: about .* GiB needed"):
+    with pytest.raises(LLMSurgeonError, match=r"not enough memory for one shot: about .* GiB needed \(factors .*"
+                                              r"activations of one batch .*batches of 8 x 32 tokens"):
         api.run_prune(str(model), PruneConfig(shots=1, calib_samples=4, calib_seqlen=32),
                       api.RunOptions(out=str(tmp_path / "out"), data_dir=str(write_fake_wikitext(tmp_path / "d")),
                                      progress=False))
@@ -223,6 +247,7 @@ def test_rerunning_a_finished_run_returns_its_report(tmp_path):
     stamp = (tmp_path / "out" / "model.safetensors").stat().st_mtime_ns
     again = subprocess.run(args, capture_output=True, text=True)
     assert again.returncode == 0
+    assert "already finished, nothing to do (use --overwrite" in again.stderr and again.stdout == ""
     assert (tmp_path / "out" / "model.safetensors").stat().st_mtime_ns == stamp
 
 

@@ -1,11 +1,11 @@
 """llm-surgeon: prune Hugging Face causal LMs with LLM Surgeon (van der Ouderaa et al., ICLR 2024)."""
 
 from llm_surgeon._version import __version__
-from llm_surgeon.api import RunOptions, evaluate, prune, run_eval, run_prune  # noqa: E402
-from llm_surgeon.compaction import load_pruned  # noqa: E402
-from llm_surgeon.config import PruneConfig  # noqa: E402
-from llm_surgeon.models.loading import load_model_and_tokenizer  # noqa: E402
-from llm_surgeon.pruner import PruneResult  # noqa: E402
+from llm_surgeon.api import RunOptions, evaluate, load_calibration, prune, prune_job, run_eval, run_prune
+from llm_surgeon.compaction import load_pruned
+from llm_surgeon.config import PruneConfig
+from llm_surgeon.models.loading import load_model_and_tokenizer
+from llm_surgeon.pruner import PruneResult
 
 __all__ = [
     "__version__",
@@ -16,6 +16,8 @@ __all__ = [
     "run_prune",
     "run_eval",
     "evaluate",
+    "load_calibration",
+    "prune_job",
     "load_model_and_tokenizer",
     "load_pruned",
 ]

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -13,26 +10,23 @@ from pathlib import Path
 
 import torch
 
-from llm_surgeon.checkpoint import (
-    config_differences,
-    list_checkpoints,
-    load_checkpoint,
-    remove_checkpoints,
-    save_checkpoint,
-)
-from llm_surgeon.compaction import compact, save_architecture
+from llm_surgeon import dense_cache
+from llm_surgeon.checkpoint import list_checkpoints, load_checkpoint, remove_checkpoints, save_checkpoint
+from llm_surgeon.compaction import compact
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.data import CalibrationSpec, calibration_windows, evaluation_tokens, resolve_data_dir
+from llm_surgeon.devices import check_device, check_positive
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.evaluation import PerplexityResult, perplexity
 from llm_surgeon.export import densify, to_semi_structured
-from llm_surgeon.footprint import folder_bytes, forward_footprint
-from llm_surgeon.io import REPORT_NAME, atomic_write_json, fsync_tree
-from llm_surgeon.models.adapters import ArchitectureAdapter, get_adapter
-from llm_surgeon.models.loading import load_model_and_tokenizer
+from llm_surgeon.footprint import forward_footprint
+from llm_surgeon.io import REPORT_NAME, atomic_write_json
+from llm_surgeon.models.adapters import ArchitectureAdapter, adapter_for_model_type, get_adapter
+from llm_surgeon.models.loading import load_config, load_model_and_tokenizer
+from llm_surgeon.outputs import inspect_output, load_report, save_model_files
 from llm_surgeon.pruner import PruneResult, needs_calibration, prune_model, setup, sparsity_stats
 from llm_surgeon.report import build_report, peak_memory_mb
-from llm_surgeon.resources import available_bytes, curvature_bytes
+from llm_surgeon.resources import available_bytes, shot_memory
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -54,6 +48,17 @@ class RunOptions:
     """Insist on continuing from a checkpoint (re-running the same command resumes anyway)."""
     semi_structured_export: bool = False
     """Convert 2:4 weights to PyTorch's semi-structured format for evaluation (CUDA only)."""
+    eval_dense: bool = False
+    """Also evaluate the dense model on the same windows before pruning (and remember it)."""
+
+    def validate(self) -> RunOptions:
+        """Every option checked before anything is loaded."""
+        check_device(self.device)
+        parse_dtype(self.dtype)
+        check_positive("--eval-seqlen", self.eval_seqlen, 2)
+        check_positive("--eval-max-windows", self.eval_max_windows)
+        resolve_data_dir(self.data_dir)
+        return self
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -62,72 +67,20 @@ def parse_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def inspect_output(out: Path, model_name: str, config: PruneConfig, overwrite: bool) -> str:
-    """What to do with ``out``: ``"fresh"``, ``"replace"``, ``"resume"`` or ``"done"``; refuse to clobber
-    another run.
-
-    A folder holding a run with a different model or config is refused (naming the fields
-    that differ) unless ``overwrite``; so is a non-empty folder that holds no run of ours.
-    """
-    if not out.exists():
-        return "fresh"
-    if not out.is_dir():
-        raise ConfigError(f"output {out} exists and is not a folder")
-    if overwrite:
-        return "replace"  # the old run is removed only once the new one is ready to start
-    recorded = None
-    if (out / REPORT_NAME).is_file():
-        try:
-            report = json.loads((out / REPORT_NAME).read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{out / REPORT_NAME} is corrupted; pass --overwrite to replace the run") from exc
-        recorded, state = {"model": report.get("model"), **report.get("config", {})}, "done"
-    elif checkpoints := list_checkpoints(out):
-        meta = checkpoints[-1].meta
-        recorded, state = {"model": meta.get("model"), **meta.get("config", {})}, "resume"
-    elif any(not p.name.startswith(".") for p in out.iterdir()):
-        raise ConfigError(f"output folder {out} already holds other files; pass --overwrite to replace them")
-    else:
-        return "fresh"
-    differing = config_differences(recorded, {"model": model_name, **config.to_dict()})
-    if differing:
-        raise ConfigError(
-            f"output folder {out} holds a different run (differs in: {', '.join(differing)}); "
-            "pass --overwrite to replace it or choose another --out"
-        )
-    return state
-
-
-def save_model_files(model, tokenizer, out: Path, shapes: list[dict] | None = None) -> int:
-    """Write a ``save_pretrained`` checkpoint so that it is never half-complete; return the weights' bytes.
-
-    Files are written to a hidden staging folder inside ``out`` and moved in one by one;
-    ``report.json`` is removed first (the caller writes it last), so its presence means "complete".
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT_NAME).unlink(missing_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
-    try:
-        model.save_pretrained(staging)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        if shapes is not None:
-            save_architecture(staging, shapes)
-        fsync_tree(staging)
-        for item in staging.iterdir():
-            target = out / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            item.replace(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder_bytes(out)
-
-
-def evaluate(model, tokenizer, data_dir, seqlen: int, max_windows: int | None, progress: bool = True
-             ) -> PerplexityResult:
+def evaluate(model, tokenizer, data_dir: str | Path | None = None, seqlen: int = 2048,
+             max_windows: int | None = None, progress: bool = True) -> PerplexityResult:
+    """WikiText-2 test perplexity of a loaded model under the standard protocol; ``data_dir`` as for the CLI."""
+    check_positive("seqlen", seqlen, 2)
+    check_positive("max_windows", max_windows)
     tokens = evaluation_tokens(tokenizer, resolve_data_dir(data_dir))
     return perplexity(model, tokens, seqlen, max_windows, progress=progress)
+
+
+def load_calibration(tokenizer, samples: int = 128, seqlen: int = 2048, seed: int = 0,
+                     data_dir: str | Path | None = None) -> torch.Tensor:
+    """``samples`` x ``seqlen`` calibration token windows (WikiText-2 train, else valid), for :func:`prune`."""
+    windows, _ = calibration_windows(tokenizer, samples, seqlen, seed, resolve_data_dir(data_dir))
+    return windows
 
 
 def prune(model, calibration: torch.Tensor | None, config: PruneConfig, progress: bool = True,
@@ -136,14 +89,18 @@ def prune(model, calibration: torch.Tensor | None, config: PruneConfig, progress
     return prune_model(model, calibration, config, progress=progress, adapter=adapter)
 
 
-def check_memory(linears, device: str) -> None:
-    """Refuse to start a shot whose curvature factors cannot fit, saying how much is needed."""
-    needed = curvature_bytes(linears)
+def check_memory(model, adapter: ArchitectureAdapter, linears, config: PruneConfig, method, device: str) -> None:
+    """Refuse, in one line, a shot that cannot fit: factors, activations of one batch and logits counted."""
+    blocks = len(adapter.blocks(model))
+    needed = shot_memory(model, linears, blocks, config.batch_size, config.calib_seqlen,
+                         full_factors=method.holds_full_factors(),
+                         backward=method.curvature in ("kfac", "kfac_inverse") or config.corrects)
     free = available_bytes(device)
-    if free is not None and needed > free:
+    if free is not None and needed.total > free:
         raise LLMSurgeonError(
-            f"not enough memory for the curvature factors: about {needed / 2**30:.1f} GiB needed, "
-            f"{free / 2**30:.1f} GiB available on {device}"
+            f"not enough memory for one shot: about {needed.total / 2**30:.1f} GiB needed ({needed.describe()}, "
+            f"batches of {config.batch_size} x {config.calib_seqlen} tokens), {free / 2**30:.1f} GiB available "
+            f"on {device}; lower --batch-size or --calib-seqlen"
         )
 
 
@@ -166,21 +123,22 @@ class PreparedRun:
     """Masks and records of the checkpoint resumed from (the shot loop appends to it)."""
     resumed_from_shot: int | None
     started: float
+    dense_ppl: dict | None = None
+    """The dense model's perplexity on the evaluation windows, measured before pruning (``eval_dense``)."""
 
 
 def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state: str) -> PreparedRun:
     """Load and check everything a prune needs before any pruning work; resume from a checkpoint."""
     out = Path(options.out)
-    dtype = parse_dtype(options.dtype)
     data_dir = resolve_data_dir(options.data_dir)
     started = time.perf_counter()
-    model, tokenizer, _ = load_model_and_tokenizer(model_name, dtype, options.device)
+    adapter_for_model_type(load_config(model_name).model_type)  # refuse a family before loading its weights
+    model, tokenizer, _ = load_model_and_tokenizer(model_name, parse_dtype(options.dtype), options.device)
     adapter = get_adapter(model)
     method, linears, _ = setup(model, config, adapter)
     calibration, spec = None, None
     if needs_calibration(method, config):
-        if method.holds_full_factors():
-            check_memory(linears, options.device)
+        check_memory(model, adapter, linears, config, method, options.device)
         calibration, spec = calibration_windows(
             tokenizer, config.calib_samples, config.calib_seqlen, config.seed, data_dir
         )
@@ -226,7 +184,8 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
         evaluated = evaluate(run.model, run.tokenizer, run.data_dir, options.eval_seqlen, options.eval_max_windows,
                              options.progress)
         seconds["eval"] = time.perf_counter() - t
-        ppl = {"wikitext2": evaluated.ppl, "wikitext2_detail": evaluated.to_dict()}
+        ppl = {"wikitext2": evaluated.ppl, "wikitext2_detail": evaluated.to_dict(),
+               "dense_wikitext2": run.dense_ppl or dense_cache.lookup(_dense_key(run))}
     if export is not None and export.applied:
         densify(run.linears)  # safetensors stores the dense zeros
     footprint = None
@@ -248,29 +207,58 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
     return report
 
 
-def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict:
-    """Load, calibrate, prune (checkpointing every shot), optionally evaluate, save; return the report.
+def _dense_key(run: PreparedRun) -> str:
+    o = run.options
+    return dense_cache.cache_key(run.model_name, o.dtype, run.data_dir, o.eval_seqlen, o.eval_max_windows)
 
-    Re-running on the same ``out`` continues from the last complete checkpoint.
-    """
+
+def _evaluate_dense(run: PreparedRun) -> dict:
+    """Perplexity of the still-dense model on the windows the pruned one will be scored on; remembered."""
+    o = run.options
+    result = evaluate(run.model, run.tokenizer, run.data_dir, o.eval_seqlen, o.eval_max_windows, o.progress).to_dict()
+    dense_cache.store(_dense_key(run), result)
+    return result
+
+
+@dataclass
+class PruneOutcome:
+    report: dict
+    already_finished: bool = False
+    """``out`` already held this finished run; nothing was done."""
+
+
+def prune_job(model_name: str, config: PruneConfig, options: RunOptions) -> PruneOutcome:
+    """The whole ``llm-surgeon prune`` job: check, load, calibrate, prune (checkpointing every shot),
+    optionally evaluate, save. Re-running on the same ``out`` continues from the last complete checkpoint."""
     config.validate()
+    options.validate()
     out = Path(options.out)
     state = inspect_output(out, model_name, config, options.overwrite)
     if state == "done":
-        return load_report(out)
+        return PruneOutcome(load_report(out), already_finished=True)
     if options.resume and state != "resume":
         raise ConfigError(f"nothing to resume in {out}: no complete checkpoint")
     run = prepare_run(model_name, config, options, state)
+    if options.eval and options.eval_dense and run.resumed is None:
+        run.dense_ppl = _evaluate_dense(run)
     dense_footprint = forward_footprint(run.model) if config.granularity == "structured" else None
     result = execute_run(run)
-    return finish_run(run, result, dense_footprint)
+    return PruneOutcome(finish_run(run, result, dense_footprint))
 
 
-def run_eval(model_name: str, data_dir: str | None, seqlen: int, max_windows: int | None,
+def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict:
+    """:func:`prune_job`, returning just the report (the finished run's, if ``out`` already held it)."""
+    return prune_job(model_name, config, options).report
+
+
+def run_eval(model_name: str, data_dir: str | None = None, seqlen: int = 2048, max_windows: int | None = None,
              device: str = "cpu", dtype: str = "float32", progress: bool = True) -> dict:
+    """Perplexity of a model or pruned folder (flags checked before loading); remembered as a dense reference."""
+    check_device(device)
+    check_positive("--seqlen", seqlen, 2)
+    check_positive("--max-windows", max_windows)
+    resolved = resolve_data_dir(data_dir)
     model, tokenizer, _ = load_model_and_tokenizer(model_name, parse_dtype(dtype), device)
-    return evaluate(model, tokenizer, data_dir, seqlen, max_windows, progress).to_dict()
-
-
-def load_report(out: str | Path) -> dict:
-    return json.loads((Path(out) / REPORT_NAME).read_text())
+    result = evaluate(model, tokenizer, resolved, seqlen, max_windows, progress).to_dict()
+    dense_cache.store(dense_cache.cache_key(model_name, dtype, resolved, seqlen, max_windows), result)
+    return result

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from llm_surgeon.checkpoint import list_checkpoints
 from llm_surgeon.config import PruneConfig, parse_nm
+from llm_surgeon.devices import check_device, check_positive
 from llm_surgeon.errors import ConfigError
 from llm_surgeon.io import REPORT_NAME, atomic_write_json, atomic_write_text
 from llm_surgeon.methods import STRUCTURED, method_class, method_names
@@ -139,6 +140,9 @@ def _record_from_report(report: dict) -> dict:
 
 def run_bench(protocol: Protocol, specs: list[RunSpec], out: Path, log=print) -> dict:
     """Run what is missing from ``out/results.json``; return all results."""
+    check_device(protocol.device)
+    check_positive("--eval-seqlen", protocol.eval_seqlen, 2)
+    check_positive("--eval-max-windows", protocol.eval_max_windows)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": {}}
@@ -317,6 +321,7 @@ def reproduce_commands(results: dict, out: str = "runs/bench") -> list[str]:
     return commands
 
 
-def write_outputs(results: dict, out: Path) -> None:
+def write_outputs(results: dict, out: Path, log=print) -> None:
     atomic_write_text(out / "results.md", render_markdown(results))
-    render_plot(results, out / "results.png")
+    if not render_plot(results, out / "results.png"):
+        log("[note] results.png not written: matplotlib is not installed (pip install 'llm-surgeon[plot]')")

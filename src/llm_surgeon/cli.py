@@ -1,4 +1,9 @@
-"""``llm-surgeon``: a thin command line over :mod:`llm_surgeon.api`."""
+"""``llm-surgeon``: a thin command line over :mod:`llm_surgeon.api`.
+
+Every flag has a one-line help with its default; method and family lists come from the
+registries. Mistakes are one ``llm-surgeon: error: ...`` line and exit code 2, never a usage
+block or a traceback.
+"""
 
 from __future__ import annotations
 
@@ -10,43 +15,87 @@ import sys
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.methods import method_names, methods_help
+from llm_surgeon.models.adapters import supported_model_types
+
+DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
 
 
-def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Every optional flag's help ends with its default; required ones and positionals need none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.option_strings and not action.required and action.default is not argparse.SUPPRESS:
+            help_text += " (default: %(default)s)"
+        return help_text
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (with a pointer to ``--help``) instead of the usage block."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"llm-surgeon: error: {message} (see '{self.prog} --help')\n")
+
+
+def _model_help() -> str:
+    return ("hub id, local folder, .gguf file, or the alias smollm2-135m; families: "
+            + ", ".join(supported_model_types()))
+
+
+def _add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None,
                         help="folder holding wikitext-2-raw/wiki.{train,valid,test}.raw "
-                             "(default: $LLM_SURGEON_DATA, else the Hugging Face hub)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+                             "(None: $LLM_SURGEON_DATA, else the Hugging Face hub)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="weights' dtype while pruning")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _add_prune_flags(parser: argparse.ArgumentParser) -> None:
+def _add_method_flags(parser: argparse.ArgumentParser) -> None:
     d = PruneConfig()
     parser.add_argument("--method", default=d.method, choices=method_names(), metavar="METHOD",
-                        help=f"pruning method (default: {d.method}). {methods_help()}")
+                        help=f"pruning method, one of: {methods_help()}")
     parser.add_argument("--granularity", default=d.granularity, help="unstructured, structured, or N:M such as 2:4")
-    parser.add_argument("--sparsity", type=float, default=d.sparsity, help="target fraction of zeros (unstructured)")
-    parser.add_argument("--shots", type=int, default=d.shots)
-    parser.add_argument("--calib-samples", type=int, default=d.calib_samples)
-    parser.add_argument("--calib-seqlen", type=int, default=d.calib_seqlen)
-    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--sparsity", type=float, default=d.sparsity,
+                        help="target fraction of zeros (unstructured) or of prunable parameters removed (structured)")
+    parser.add_argument("--shots", type=int, default=d.shots, help="shots over which the sparsity rises")
     parser.add_argument("--damp-g", type=float, default=d.damp_g, help="damping of G, relative to its mean diagonal")
     parser.add_argument("--damp-a", type=float, default=d.damp_a, help="damping of A, relative to its mean diagonal")
-    parser.add_argument("--fisher", default=d.fisher, choices=["empirical", "true"])
-    parser.add_argument("--magnitude-scope", default=d.magnitude_scope, choices=["global", "layer"])
+    parser.add_argument("--fisher", default=d.fisher, choices=["empirical", "true"],
+                        help="labels of the curvature pass: the data's (empirical) or sampled from the model (true)")
+    parser.add_argument("--magnitude-scope", default=d.magnitude_scope, choices=["global", "layer"],
+                        help="magnitude: one threshold across layers, or the same fraction in every layer")
     parser.add_argument("--update-iterations", type=int, default=d.update_iterations,
                         help="max PCG iterations of the correlated update per layer and shot")
-    parser.add_argument("--update-tolerance", type=float, default=d.update_tolerance)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="calibration windows per pass")
+    parser.add_argument("--update-tolerance", type=float, default=d.update_tolerance,
+                        help="PCG stops when the preconditioned residual falls below this fraction of its start")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size,
+                        help="calibration windows per forward/backward pass (sets the activation memory)")
     parser.add_argument("--sparsegpt-damp", type=float, default=d.sparsegpt_damp,
                         help="SparseGPT dampening, fraction of the mean diagonal of X Xᵀ")
     parser.add_argument("--lora-rank", type=int, default=d.lora_rank,
                         help="rank of a low-rank correction trained on the calibration text after every shot "
-                             "and absorbed with the masks kept (default 0: off)")
+                             "and absorbed with the masks kept (0: off)")
     parser.add_argument("--lora-lr", type=float, default=d.lora_lr, help="Adam learning rate of the correction")
     parser.add_argument("--lora-epochs", type=int, default=d.lora_epochs,
                         help="passes over the calibration windows per correction")
+
+
+def _add_calibration_flags(parser: argparse.ArgumentParser, samples: int, seqlen: int) -> None:
+    parser.add_argument("--calib-samples", type=int, default=samples, help="calibration windows")
+    parser.add_argument("--calib-seqlen", type=int, default=seqlen, help="tokens per calibration window")
+    parser.add_argument("--seed", type=int, default=PruneConfig().seed,
+                        help="seed of the calibration draw and of sampled labels")
+
+
+def _add_eval_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
+    parser.add_argument(f"--{prefix}seqlen", type=int, default=2048, help="tokens per evaluation window")
+    parser.add_argument(f"--{prefix}max-windows", type=int, default=None,
+                        help="evaluate only the first K windows (None: all)")
 
 
 def _config_from_args(args: argparse.Namespace) -> PruneConfig:
@@ -60,78 +109,93 @@ def _config_from_args(args: argparse.Namespace) -> PruneConfig:
     )
 
 
+def _prune_parser(sub) -> None:
+    d = PruneConfig()
+    prune = sub.add_parser("prune", help="prune a model and save it with a report.json")
+    prune.add_argument("model", help=_model_help())
+    prune.add_argument("--out", required=True, help="output folder (a save_pretrained checkpoint + report.json)")
+    _add_method_flags(prune)
+    _add_calibration_flags(prune, d.calib_samples, d.calib_seqlen)
+    prune.add_argument("--eval", action="store_true", help="evaluate WikiText-2 test perplexity after pruning")
+    prune.add_argument("--eval-dense", action="store_true",
+                       help="with --eval: also evaluate the dense model on the same windows before pruning")
+    _add_eval_flags(prune, "eval-")
+    prune.add_argument("--overwrite", action="store_true", help="replace an output folder that holds another run")
+    prune.add_argument("--resume", action="store_true",
+                       help="continue from the last complete checkpoint in --out (the same command again does too)")
+    prune.add_argument("--semi-structured-export", action="store_true",
+                       help="with 2:4 on a CUDA GPU and fp16/bf16: evaluate with torch semi-structured sparse weights")
+    prune.add_argument("--json", action="store_true", help="print one JSON summary instead of the human one")
+    _add_common_flags(prune)
+
+
+def _bench_parser(sub) -> None:
+    d = PruneConfig()
+    bench = sub.add_parser("bench", help="run a grid of methods x granularities x sparsities under one protocol")
+    bench.add_argument("model", help=_model_help())
+    bench.add_argument("--out", required=True, help="folder for results.json, results.md, results.png and runs/")
+    bench.add_argument("--methods", default=",".join(method_names()), help="comma-separated methods")
+    bench.add_argument("--granularities", default="unstructured",
+                       help="comma-separated: unstructured, structured, N:M patterns")
+    bench.add_argument("--sparsities", default="0.5", help="comma-separated (unstructured and structured runs)")
+    bench.add_argument("--shots", type=int, default=d.shots, help="shots of multi-shot methods")
+    _add_calibration_flags(bench, d.calib_samples, d.calib_seqlen)
+    _add_eval_flags(bench, "eval-")
+    _add_common_flags(bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="llm-surgeon",
         description="Prune Hugging Face causal LMs with LLM Surgeon and evaluate them under the standard protocol.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-
-    prune = sub.add_parser("prune", help="prune a model and save it with a report.json")
-    prune.add_argument("model", help="hub id, local folder, .gguf file, or the alias smollm2-135m")
-    prune.add_argument("--out", required=True, help="output folder (a save_pretrained checkpoint + report.json)")
-    _add_prune_flags(prune)
-    prune.add_argument("--eval", action="store_true", help="evaluate WikiText-2 test perplexity after pruning")
-    prune.add_argument("--eval-seqlen", type=int, default=2048)
-    prune.add_argument("--eval-max-windows", type=int, default=None, help="evaluate only the first K windows")
-    prune.add_argument("--overwrite", action="store_true", help="replace an output folder that holds another run")
-    prune.add_argument(
-        "--resume", action="store_true",
-                       help="continue from the last complete checkpoint in --out (the same command again does too)",
-    )
-    prune.add_argument("--semi-structured-export", action="store_true",
-                       help="with 2:4 on a CUDA GPU and fp16/bf16: evaluate with torch semi-structured sparse weights")
-    _add_data_flags(prune)
-
-    bench = sub.add_parser("bench", help="run a grid of methods x granularities x sparsities under one protocol")
-    bench.add_argument("model", help="hub id, local folder, .gguf file, or the alias smollm2-135m")
-    bench.add_argument("--out", required=True, help="folder for results.json, results.md, results.png and runs/")
-    bench.add_argument("--methods", default="magnitude,wanda,sparsegpt,lobd,kobd,surgeon")
-    bench.add_argument("--granularities", default="unstructured")
-    bench.add_argument("--sparsities", default="0.5", help="comma-separated (unstructured runs)")
-    bench.add_argument("--shots", type=int, default=PruneConfig().shots, help="shots of multi-shot methods")
-    bench.add_argument("--calib-samples", type=int, default=PruneConfig().calib_samples)
-    bench.add_argument("--calib-seqlen", type=int, default=PruneConfig().calib_seqlen)
-    bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--eval-seqlen", type=int, default=2048)
-    bench.add_argument("--eval-max-windows", type=int, default=None)
-    _add_data_flags(bench)
-
+    _prune_parser(sub)
+    _bench_parser(sub)
     ev = sub.add_parser("eval", help="WikiText-2 test perplexity of a model or pruned folder")
-    ev.add_argument("model", help="hub id, local folder, .gguf file, or the alias smollm2-135m")
-    ev.add_argument("--dataset", default="wikitext2", choices=["wikitext2"])
-    ev.add_argument("--seqlen", type=int, default=2048)
-    ev.add_argument("--max-windows", type=int, default=None)
+    ev.add_argument("model", help=_model_help() + "; or a folder written by prune")
+    ev.add_argument("--dataset", default="wikitext2", choices=["wikitext2"], help="evaluation text")
+    _add_eval_flags(ev, "")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
-    _add_data_flags(ev)
+    _add_common_flags(ev)
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run_prune(args: argparse.Namespace) -> int:
+    from llm_surgeon import api
+    from llm_surgeon.summary import human_summary
+
+    options = api.RunOptions(
+        out=args.out, data_dir=args.data_dir, eval=args.eval, eval_seqlen=args.eval_seqlen,
+        eval_max_windows=args.eval_max_windows, device=args.device, dtype=args.dtype,
+        overwrite=args.overwrite, progress=not args.no_progress, eval_dense=args.eval_dense,
+        semi_structured_export=args.semi_structured_export, resume=args.resume,
+    )
+    outcome = api.prune_job(args.model, _config_from_args(args), options)
+    if outcome.already_finished:
+        print(f"llm-surgeon: {args.out} is already finished, nothing to do (use --overwrite to run it again)",
+              file=sys.stderr)
+        return 0
+    report = outcome.report
+    if args.json:
+        keys = ("model", "method", "granularity", "target_sparsity", "achieved_sparsity", "seconds", "ppl",
+                "peak_memory_mb")
+        print(json.dumps({k: report.get(k) for k in keys}))
+    else:
+        print(human_summary(report, args.out))
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
     from llm_surgeon import api
 
-    if args.command == "prune":
-        options = api.RunOptions(
-            out=args.out, data_dir=args.data_dir, eval=args.eval, eval_seqlen=args.eval_seqlen,
-            eval_max_windows=args.eval_max_windows, device=args.device, dtype=args.dtype,
-            overwrite=args.overwrite, progress=not args.no_progress,
-            semi_structured_export=args.semi_structured_export, resume=args.resume,
-        )
-        report = api.run_prune(args.model, _config_from_args(args), options)
-        summary = {k: report[k] for k in ("method", "granularity", "target_sparsity", "achieved_sparsity", "seconds")}
-        if report["ppl"]:
-            summary["ppl"] = report["ppl"]["wikitext2"]
-        print(json.dumps(summary))
-        print(f"saved pruned model and report.json to {args.out}", file=sys.stderr)
-        return 0
-    if args.command == "bench":
-        return _run_bench(args)
     result = api.run_eval(args.model, args.data_dir, args.seqlen, args.max_windows, args.device, args.dtype,
                           progress=not args.no_progress)
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.dataset} perplexity {result['ppl']:.4f} ({result['windows']} windows of {result['seqlen']})")
+        print(f"{args.dataset} perplexity {result['ppl']:.4f} ({result['windows']} windows of {result['seqlen']}, "
+              f"{result['tokens']:,} tokens scored)")
     return 0
 
 
@@ -153,7 +217,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     specs = bench.grid(args.methods.split(","), args.granularities.split(","), sparsities, log=log)
     out = Path(args.out)
     results = bench.run_bench(protocol, specs, out, log=log)
-    bench.write_outputs(results, out)
+    bench.write_outputs(results, out, log=log)
     print(bench.render_markdown(results))
     failed = sum(key not in results["runs"] for key in [bench.DENSE, *(spec.key for spec in specs)])
     if failed:
@@ -183,11 +247,14 @@ def _terminate_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+COMMANDS = {"prune": _run_prune, "eval": _run_eval, "bench": _run_bench}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
-        return _run(args)
+        return COMMANDS[args.command](args)
     except LLMSurgeonError as exc:
         print(f"llm-surgeon: error: {exc}", file=sys.stderr)
         return 2

@@ -23,6 +23,9 @@ class PerplexityResult:
     windows: int
     seqlen: int
     tokens: int
+    """Tokens whose NLL was scored: ``windows * (seqlen - 1)``."""
+    text_tokens: int = 0
+    """Tokens in the whole evaluation text (windows beyond ``max_windows`` and the remainder unscored)."""
     dataset: str = "wikitext2"
 
     def to_dict(self) -> dict:
@@ -39,6 +42,8 @@ def perplexity(
     progress: bool = True,
 ) -> PerplexityResult:
     """Perplexity of ``model`` on ``tokens`` (1-D) in windows of ``seqlen``."""
+    if seqlen < 2:
+        raise DataError(f"evaluation windows need at least 2 tokens, got seqlen {seqlen}")
     windows = tokens.numel() // seqlen
     if max_windows is not None:
         windows = min(windows, max_windows)
@@ -56,5 +61,5 @@ def perplexity(
     mean_nll = total_nll / predicted
     return PerplexityResult(
         ppl=math.exp(mean_nll), nll=mean_nll, windows=windows, seqlen=seqlen,
-        tokens=int(tokens.numel()), dataset=dataset,
+        tokens=predicted, text_tokens=int(tokens.numel()), dataset=dataset,
     )

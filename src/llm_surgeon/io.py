@@ -22,6 +22,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def apply_default_modes(root: Path) -> None:
+    """Give ``root`` and what is under it the modes a plain ``open()``/``mkdir()`` would (0666/0777 less the
+    umask): temporary files and folders are created 0600/0700, and a renamed one keeps that."""
+    mask = _umask()
+    root.chmod(0o777 & ~mask) if root.is_dir() else root.chmod(0o666 & ~mask)
+    if root.is_dir():
+        for folder, dirs, files in os.walk(root):
+            for name in dirs:
+                (Path(folder) / name).chmod(0o777 & ~mask)
+            for name in files:
+                (Path(folder) / name).chmod(0o666 & ~mask)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +50,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        apply_default_modes(Path(tmp))
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -51,6 +54,8 @@ def resolve_model_source(model: str) -> ModelSource:
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {model}")
         return ModelSource(str(path.parent), path.name)
+    if path.is_file():
+        raise ModelLoadError(f"{model} is a file, not a model folder (with config.json) or a .gguf file")
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{model} is not a model folder (no config.json)")
@@ -72,6 +77,60 @@ def _strip_gguf_quantization(model: torch.nn.Module) -> None:
                 delattr(model, attr)
 
 
+@functools.cache
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection, unless ``HF_HUB_OFFLINE`` says not to try."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _local_only(source: ModelSource) -> bool:
+    """For a hub id: load from the local cache only when the hub cannot be reached; a clear error when the
+    model is not cached, instead of a minute of retries."""
+    if Path(source.path_or_id).exists():
+        return False
+    if hub_reachable():
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(source.path_or_id, "config.json"), str):
+        raise ModelLoadError(f"cannot load model {source.path_or_id}: the Hugging Face hub cannot be reached "
+                             "(offline, or HF_HUB_OFFLINE is set) and the model is not in the local cache")
+    return True
+
+
+def _load_kwargs(source: ModelSource) -> dict:
+    """``from_pretrained`` keyword arguments: the GGUF file, and the local cache only when the hub is away."""
+    kwargs: dict = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    if _local_only(source):
+        kwargs["local_files_only"] = True
+    return kwargs
+
+
+def load_config(model: str):
+    """The model's config alone (no weights): enough to refuse an unsupported family in a second."""
+    from transformers import AutoConfig
+
+    source = resolve_model_source(model)
+    kwargs = _load_kwargs(source)
+    try:
+        return AutoConfig.from_pretrained(source.path_or_id, local_files_only=_local_only(source), **kwargs)
+    except Exception as exc:  # transformers and the hub raise their own types
+        raise ModelLoadError(f"cannot load model {source.describe()}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def load_model_and_tokenizer(
     model: str, dtype: torch.dtype = torch.float32, device: str = "cpu"
 ) -> tuple[torch.nn.Module, object, ModelSource]:
@@ -79,7 +138,7 @@ def load_model_and_tokenizer(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model_source(model)
-    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    kwargs = _load_kwargs(source)
     try:
         if (Path(source.path_or_id) / ARCHITECTURE_FILE).is_file():
             lm = load_pruned(source.path_or_id, dtype)
@@ -87,8 +146,7 @@ def load_model_and_tokenizer(
             lm = AutoModelForCausalLM.from_pretrained(source.path_or_id, dtype=dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source.path_or_id, **kwargs)
     except Exception as exc:  # transformers, hub and safetensors each raise their own types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load model {source.describe()}: {first}") from exc
+        raise ModelLoadError(f"cannot load model {source.describe()}: {_first_line(exc)}") from exc
     if source.gguf_file:
         _strip_gguf_quantization(lm)
     lm.to(device)

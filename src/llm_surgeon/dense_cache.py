@@ -1,0 +1,59 @@
+"""Dense perplexities remembered across runs, so a pruned result can be shown beside its dense model.
+
+``llm-surgeon eval`` and ``prune --eval-dense`` store what they measure under a key that names
+the model (with the size and time of its local files, so a rewritten folder is a new key), the
+dtype, the data file's SHA-256 and the windows; ``prune --eval`` looks the dense model up there.
+The cache is a JSON file in ``$LLM_SURGEON_CACHE`` (default ``~/.cache/llm-surgeon``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from llm_surgeon.io import atomic_write_json
+
+CACHE_ENV = "LLM_SURGEON_CACHE"
+CACHE_FILE = "dense_ppl.json"
+
+
+def cache_path() -> Path:
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "llm-surgeon"
+    return Path(root) / CACHE_FILE
+
+
+def _files_stamp(model: str) -> str:
+    path = Path(model)
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors")) + sorted(path.glob("*.gguf"))
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file())
+
+
+def _text_digest(data_dir: Path | None, split: str = "test") -> str:
+    if data_dir is None:
+        return "hub"
+    file = data_dir / "wikitext-2-raw" / f"wiki.{split}.raw"
+    return hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else "missing"
+
+
+def cache_key(model: str, dtype: str, data_dir: Path | None, seqlen: int, max_windows: int | None) -> str:
+    return json.dumps([model, _files_stamp(model), dtype, _text_digest(data_dir), seqlen, max_windows])
+
+
+def lookup(key: str) -> dict | None:
+    try:
+        return json.loads(cache_path().read_text()).get(key)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def store(key: str, result: dict) -> None:
+    """Remember ``result`` (a PerplexityResult dict); a cache that cannot be written is skipped, never fatal."""
+    path = cache_path()
+    try:
+        entries = json.loads(path.read_text()) if path.is_file() else {}
+        entries[key] = result
+        atomic_write_json(path, entries)
+    except (OSError, json.JSONDecodeError):
+        pass

@@ -1,0 +1,37 @@
+"""The few lines a person reads at the end of a prune (``--json`` prints the machine form instead)."""
+
+from __future__ import annotations
+
+
+def _ppl_line(ppl: dict) -> list[str]:
+    detail = ppl.get("wikitext2_detail") or {}
+    windows = f"{detail.get('windows', '?')} windows of {detail.get('seqlen', '?')} tokens"
+    scored = f"{detail.get('tokens', 0):,} tokens scored"
+    dense = ppl.get("dense_wikitext2")
+    if dense and dense.get("windows") == detail.get("windows") and dense.get("seqlen") == detail.get("seqlen"):
+        versus = f"dense {dense['ppl']:.2f} on the same windows"
+    else:
+        versus = "dense not measured on these windows (add --eval-dense, or run llm-surgeon eval on the model once)"
+    return [f"  perplexity   {ppl['wikitext2']:.2f} on WikiText-2 test ({windows}, {scored}); {versus}"]
+
+
+def human_summary(report: dict, out: str) -> str:
+    """Model, method, sparsity reached, perplexity beside the dense one, time, peak memory, where it was saved."""
+    s = report["seconds"]
+    lines = [
+        f"llm-surgeon: pruned {report['model']} with {report['method']} ({report['granularity']}, "
+        f"target {report['target_sparsity']:.1%}, {report['shots']} shot(s))",
+        f"  sparsity     {report['achieved_sparsity']:.2%} of the prunable weights are exact zeros",
+    ]
+    if report.get("ppl"):
+        lines += _ppl_line(report["ppl"])
+    parts = ", ".join(f"{k} {s[k]:.1f}" for k in ("curvature", "costs", "update", "correction") if s.get(k))
+    lines.append(f"  time         {s['total']:.1f} s pruning ({parts or 'no curvature'}); "
+                 f"{s.get('wall', s['total']):.1f} s in all")
+    lines.append(f"  peak memory  {report['peak_memory_mb'] / 1024:.2f} GiB")
+    structure = report.get("structure")
+    if structure:
+        lines.append(f"  parameters   {structure['prunable_params_after']:,} of {structure['prunable_params_before']:,}"
+                     " prunable parameters kept (physically smaller model)")
+    lines.append(f"  saved to     {out} (model + report.json)")
+    return "\n".join(lines)
