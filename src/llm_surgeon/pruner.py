@@ -20,7 +20,7 @@ from llm_surgeon.config import PruneConfig
 from llm_surgeon.correction import correct_with_lora
 from llm_surgeon.curvature import CurvatureCollector, CurvatureRequest, LocalCollector
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
-from llm_surgeon.factors import damped_shot_factors
+from llm_surgeon.factors import LazyDampedFactors
 from llm_surgeon.layerwise import prune_layerwise
 from llm_surgeon.math.selection import nm_violations
 from llm_surgeon.methods import LayerwiseMethod, MethodBase, PruningMethod, get_method
@@ -143,7 +143,7 @@ def _cost_factors(job: PruneJob, method: PruningMethod, raw: dict, label: str) -
     """What the method's costs and update read: the raw factors, or damped ones with their inverses."""
     if method.curvature != "kfac_inverse":
         return raw
-    return damped_shot_factors(raw, job.config.damp_g, job.config.damp_a, label, job.progress)
+    return LazyDampedFactors(raw, job.config.damp_g, job.config.damp_a)
 
 
 def _one_shot(job: PruneJob, method: PruningMethod, selector: UnitSelector, collector: CurvatureCollector,
@@ -152,13 +152,12 @@ def _one_shot(job: PruneJob, method: PruningMethod, selector: UnitSelector, coll
     t0 = time.perf_counter()
     raw = _raw_factors(job, method, collector, shot, label)
     t1 = time.perf_counter()
-    factors = _cost_factors(job, method, raw, label)
-    del raw
+    factors = _cost_factors(job, method, raw, label)  # damped layer by layer when asked for
     masks = selector.select(method, factors, result.masks, fraction, label)
     t2 = time.perf_counter()
     totals = selector.apply(method, factors, masks, label, job.progress)
     t3 = time.perf_counter()
-    del factors
+    del factors, raw
     result.masks = masks
     achieved, _ = sparsity_stats(job.linears)
     iterations, before = totals.iterations, totals.loss_no_update

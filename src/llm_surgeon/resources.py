@@ -1,9 +1,9 @@
 """Memory one shot needs, estimated before any work starts, and the memory a device has free.
 
-The estimate counts what a shot of the current loop holds at its peak: the curvature
-factors of every layer (raw sums, damped copies and inverses, plus the cost tensors and
-masks), the activations that one micro-batch keeps for its backward pass, and one chunk of
-logits. The activation term is calibrated, not guessed: the process's peak RSS over a curvature
+The estimate counts what a shot of the current loop holds at its peak: the raw curvature
+sums of every layer with one layer's damped factors and inverses (the loop makes them one layer
+at a time), the masks, the activations that one micro-batch keeps for its backward pass, and one
+chunk of logits. The activation term is calibrated, not guessed: the process's peak RSS over a curvature
 pass grows by 1.12 MB per token on smollm2-135m (batch 2 vs 8 windows of 512 tokens,
 ``benchmarks/curvature_pass_memory.py``), which is 0.92 times the sum of every prunable Linear's
 input and output widths per block, in float32, over its 30 blocks; 1.0 times that sum is used. Inputs
@@ -43,15 +43,21 @@ class ShotMemory:
 
 
 def factor_bytes(linears: dict[str, nn.Linear], diagonal_only: bool = False) -> int:
-    """float32 bytes of a shot's factors: raw sums, damped copies and inverses of every ``G`` and ``A`` (a
-    shared ``A`` counted per layer, an upper bound), one cost tensor and one mask per weight, and the float64
-    inversion work of the largest factor."""
-    if diagonal_only:
-        return 4 * 2 * sum(lin.out_features + lin.in_features for lin in linears.values())
-    squares = sum(lin.out_features**2 + lin.in_features**2 for lin in linears.values())
+    """Bytes of a shot's curvature state at its peak.
+
+    Only the raw float32 sums of every layer persist (a shared ``A`` counted per layer, an upper
+    bound); the damped factors and inverses of one layer at a time, the float64 inversion work of
+    the widest factor, the cost temporaries of the largest layer (float32 costs and int64 sort keys)
+    and two boolean masks per weight (the shot's old and new masks) come on top.
+    """
     weights = sum(lin.weight.numel() for lin in linears.values())
+    if diagonal_only:
+        return 4 * 2 * sum(lin.out_features + lin.in_features for lin in linears.values()) + 2 * weights
+    raw = 4 * sum(lin.out_features**2 + lin.in_features**2 for lin in linears.values())
+    one_layer = max(4 * 2 * (lin.out_features**2 + lin.in_features**2) for lin in linears.values())
     widest = max(max(lin.out_features, lin.in_features) for lin in linears.values())
-    return 4 * 3 * squares + 5 * weights + 3 * 8 * widest**2
+    largest = max(lin.weight.numel() for lin in linears.values())
+    return raw + one_layer + 3 * 8 * widest**2 + 20 * largest + 2 * weights
 
 
 def activation_bytes(linears: dict[str, nn.Linear], blocks: int, tokens: int, dtype_bytes: int,

@@ -16,9 +16,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from llm_surgeon.errors import ConfigError
-from llm_surgeon.math.selection import select_nm, select_unstructured
+from llm_surgeon.math.costs import nm_group_costs
+from llm_surgeon.math.selection import force_removed, nm_layer_mask
+from llm_surgeon.math.streaming_threshold import streaming_select_cheapest
 from llm_surgeon.math.structured import select_structures
-from llm_surgeon.math.threshold import linear_schedule
+from llm_surgeon.math.threshold import linear_schedule, select_cheapest
 from llm_surgeon.models.adapters import ArchitectureAdapter
 from llm_surgeon.structures import (
     block_structures,
@@ -75,9 +77,38 @@ class UnitSelector(ABC):
         """What the final masks mean beyond a sparsity (structured: widths kept per block)."""
         return None
 
-    def _costs(self, method, factors: dict, label: str, progress: bool) -> dict[str, torch.Tensor]:
-        return {name: method.element_costs(lin.weight.detach(), factors.get(name))
-                for name, lin in tqdm(self.linears.items(), desc=f"{label}: costs", disable=not progress)}
+    def _cost_inputs(self, method, factors, label: str, progress: bool) -> dict:
+        """What each layer's element costs read (for LLM Surgeon two vectors, not the inverses), made layer
+        by layer so that no two layers' damped factors are alive at once."""
+        return {name: method.cost_inputs(factors.get(name))
+                for name in tqdm(self.linears, desc=f"{label}: invert curvature", disable=not progress)}
+
+    def _forced_costs(self, method, inputs: dict, removed: dict[str, torch.Tensor]):
+        """``name -> costs`` with removed weights at ``-inf``, computed afresh on every call (never all kept)."""
+        def costs(name: str) -> torch.Tensor:
+            return force_removed(method.element_costs(self.linears[name].weight.detach(), inputs[name]), removed[name])
+
+        return costs
+
+    def _cheapest(self, units_of, sizes: list[int], fraction: float, label: str, progress: bool
+                  ) -> dict[str, torch.Tensor]:
+        """Flat masks of the cheapest ``fraction`` of every layer's units (``units_of(name)``: 1-D costs of
+        ``sizes[i]`` units), by one global threshold or per layer; the global one streams the layers (three
+        passes over their costs) instead of holding every layer's costs at once."""
+        names = list(self.linears)
+        if self.scope == "layer":
+            return {name: select_cheapest([units_of(name)], round(fraction * size))[0]
+                    for name, size in zip(tqdm(names, desc=f"{label}: costs", disable=not progress), sizes,
+                                          strict=True)}
+        bar = tqdm(total=3 * len(names), desc=f"{label}: costs (3 passes)", disable=not progress)
+
+        def source(i: int) -> torch.Tensor:
+            bar.update()
+            return units_of(names[i])
+
+        masks = streaming_select_cheapest(source, sizes, round(fraction * sum(sizes)))
+        bar.close()
+        return dict(zip(names, masks, strict=True))
 
 
 class ElementSelector(UnitSelector):
@@ -91,7 +122,10 @@ class ElementSelector(UnitSelector):
         return linear_schedule(sparsity, shots)
 
     def select(self, method, factors, removed, fraction, label=""):
-        return select_unstructured(self._costs(method, factors, label, self.progress), removed, fraction, self.scope)
+        costs = self._forced_costs(method, self._cost_inputs(method, factors, label, self.progress), removed)
+        sizes = [lin.weight.numel() for lin in self.linears.values()]
+        chosen = self._cheapest(lambda name: costs(name).reshape(-1), sizes, fraction, label, self.progress)
+        return {name: chosen[name].reshape(lin.weight.shape) for name, lin in self.linears.items()}
 
 
 class NMSelector(UnitSelector):
@@ -112,8 +146,12 @@ class NMSelector(UnitSelector):
         return fraction * self.n / self.m
 
     def select(self, method, factors, removed, fraction, label=""):
-        costs = self._costs(method, factors, label, self.progress)
-        return select_nm(costs, removed, self.n, self.m, fraction, self.scope)
+        costs = self._forced_costs(method, self._cost_inputs(method, factors, label, self.progress), removed)
+        sizes = [lin.weight.numel() // self.m for lin in self.linears.values()]
+        chosen = self._cheapest(lambda name: nm_group_costs(costs(name), self.n, self.m).reshape(-1), sizes,
+                                fraction, label, self.progress)
+        return {name: nm_layer_mask(costs(name), chosen[name], removed[name], self.n, self.m)
+                for name in self.linears}
 
 
 class StructureSelector(UnitSelector):

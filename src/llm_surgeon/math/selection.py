@@ -12,8 +12,20 @@ from llm_surgeon.math.costs import nm_group_costs, nm_group_element_mask
 from llm_surgeon.math.threshold import select_cheapest
 
 
+def force_removed(costs: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """Costs with the already-removed entries at ``-inf``, so that they are selected first."""
+    return costs.masked_fill(removed, float("-inf"))
+
+
 def _force_removed(costs: dict[str, torch.Tensor], removed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {name: c.masked_fill(removed[name], float("-inf")) for name, c in costs.items()}
+    return {name: force_removed(c, removed[name]) for name, c in costs.items()}
+
+
+def nm_layer_mask(forced: torch.Tensor, chosen_groups: torch.Tensor, removed: torch.Tensor, n: int, m: int
+                  ) -> torch.Tensor:
+    """One layer's mask: the ``n`` cheapest elements of every chosen group, plus what was removed before."""
+    group_mask = chosen_groups.reshape(forced.shape[0], -1).repeat_interleave(m, dim=1)
+    return (nm_group_element_mask(forced, n, m) & group_mask) | removed
 
 
 def select_unstructured(
@@ -57,12 +69,7 @@ def select_nm(
         total = sum(g.numel() for g in group_costs.values())
         chosen = dict(zip(group_costs, select_cheapest(list(group_costs.values()), round(group_fraction * total)),
                           strict=True))
-    masks = {}
-    for name, c in forced.items():
-        element_mask = nm_group_element_mask(c, n, m)
-        group_mask = chosen[name].repeat_interleave(m, dim=1)
-        masks[name] = (element_mask & group_mask) | removed[name]
-    return masks
+    return {name: nm_layer_mask(c, chosen[name], removed[name], n, m) for name, c in forced.items()}
 
 
 def nm_violations(W: torch.Tensor, n: int, m: int) -> int:

@@ -67,7 +67,13 @@ class PruningMethod(MethodBase):
 
     @abstractmethod
     def element_costs(self, W: torch.Tensor, factors) -> torch.Tensor:
-        """Cost of removing each element of ``W`` (lower is removed first)."""
+        """Cost of removing each element of ``W`` (lower is removed first); ``factors`` as the layer's
+        factors or what :meth:`cost_inputs` made of them."""
+
+    def cost_inputs(self, factors):
+        """The part of a layer's factors that :meth:`element_costs` reads, kept for every layer through the
+        selection of a shot; override to keep less than the whole factors (e.g. their diagonals)."""
+        return factors
 
     def update(self, W: torch.Tensor, remove: torch.Tensor, factors) -> tuple[torch.Tensor, UpdateStats | None]:
         """New weights with exact zeros on ``remove``; by default no compensation."""

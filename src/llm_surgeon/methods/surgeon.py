@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from llm_surgeon.math import structured as rows_cols
@@ -9,6 +11,14 @@ from llm_surgeon.math.costs import element_costs
 from llm_surgeon.math.kfac import DampedFactors
 from llm_surgeon.math.obs import UpdateStats, kronecker_obs_update
 from llm_surgeon.methods.base import NM, STRUCTURED, UNSTRUCTURED, PruningMethod
+
+
+@dataclass(frozen=True)
+class InverseDiagonals:
+    """``diag(G⁻¹)`` and ``diag(A⁻¹)`` of one layer: all its element costs need."""
+
+    G_inv: torch.Tensor
+    A_inv: torch.Tensor
 
 
 class SurgeonPruning(PruningMethod):
@@ -21,7 +31,13 @@ class SurgeonPruning(PruningMethod):
         self.update_iterations = config.update_iterations if config else 20
         self.update_tolerance = config.update_tolerance if config else 1e-3
 
-    def element_costs(self, W: torch.Tensor, factors: DampedFactors) -> torch.Tensor:
+    def cost_inputs(self, factors: DampedFactors) -> InverseDiagonals:
+        """The costs read only the inverses' diagonals: two vectors per layer instead of four matrices."""
+        return InverseDiagonals(factors.G_inv.diagonal().clone(), factors.A_inv.diagonal().clone())
+
+    def element_costs(self, W: torch.Tensor, factors: DampedFactors | InverseDiagonals) -> torch.Tensor:
+        if isinstance(factors, InverseDiagonals):
+            return element_costs(W, factors.G_inv, factors.A_inv)
         return element_costs(W, factors.G_inv.diagonal(), factors.A_inv.diagonal())
 
     def update(self, W: torch.Tensor, remove: torch.Tensor, factors: DampedFactors

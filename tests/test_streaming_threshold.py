@@ -1,0 +1,52 @@
+"""The streamed global selection equals the all-at-once one, ties and removed entries included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llm_surgeon.math.streaming_threshold import sortable_keys, streaming_select_cheapest
+from llm_surgeon.math.threshold import select_cheapest
+
+
+def _layers(seed: int, with_ties: bool) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    layers = [torch.rand(n, generator=g) * 10 ** torch.randint(-3, 3, (1,), generator=g).item()
+              for n in (37, 5, 120, 64)]
+    if with_ties:
+        layers[1][:] = layers[0][3]  # a run of equal costs across layers
+        layers[2][::7] = layers[0][3]
+        layers[3][:10] = float("-inf")  # already removed
+        layers[0][0] = 0.0
+        layers[2][1] = -0.0
+    return layers
+
+
+def test_keys_order_like_the_floats():
+    values = torch.tensor([float("-inf"), -3.5, -1e-30, -0.0, 0.0, 1e-30, 2.0, 1e30, float("inf")])
+    keys = sortable_keys(values)
+    assert torch.all(keys[1:] >= keys[:-1]) and keys[3] == keys[4]  # -0.0 and 0.0 tie, as floats do
+
+
+@pytest.mark.parametrize("with_ties", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_streamed_selection_equals_select_cheapest_for_every_k(seed, with_ties):
+    layers = _layers(seed, with_ties)
+    sizes = [t.numel() for t in layers]
+    calls = []
+
+    def source(i):
+        calls.append(i)
+        return layers[i]
+
+    for k in range(0, sum(sizes) + 1, 7):
+        expected = select_cheapest(layers, k)
+        got = streaming_select_cheapest(source, sizes, k)
+        assert all(torch.equal(e, g) for e, g in zip(expected, got, strict=True)), k
+        assert sum(int(g.sum()) for g in got) == k
+    assert set(calls) == set(range(len(layers)))  # the costs were asked for layer by layer
+
+
+def test_impossible_counts_are_refused():
+    with pytest.raises(ValueError):
+        streaming_select_cheapest(lambda i: torch.zeros(3), [3], 4)
