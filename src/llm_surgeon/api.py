@@ -26,7 +26,7 @@ from llm_surgeon.models.loading import load_config, load_model_and_tokenizer
 from llm_surgeon.outputs import inspect_output, load_report, save_model_files
 from llm_surgeon.pruner import PruneResult, needs_calibration, prune_model, setup, sparsity_stats
 from llm_surgeon.report import build_report, peak_memory_mb
-from llm_surgeon.resources import available_bytes, shot_memory
+from llm_surgeon.resources import ShotMemory, available_bytes, shot_memory
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -89,12 +89,15 @@ def prune(model, calibration: torch.Tensor | None, config: PruneConfig, progress
     return prune_model(model, calibration, config, progress=progress, adapter=adapter)
 
 
-def check_memory(model, adapter: ArchitectureAdapter, linears, config: PruneConfig, method, device: str) -> None:
-    """Refuse, in one line, a shot that cannot fit: factors, activations of one batch and logits counted."""
+def check_memory(model, adapter: ArchitectureAdapter, linears, config: PruneConfig, method, device: str
+                 ) -> ShotMemory:
+    """Refuse, in one line, a shot that cannot fit: factors, activations of one batch and logits counted.
+    Returns the estimate, which the report shows beside the measured peak."""
     blocks = len(adapter.blocks(model))
     needed = shot_memory(model, linears, blocks, config.batch_size, config.calib_seqlen,
                          full_factors=method.holds_full_factors(),
-                         backward=method.curvature in ("kfac", "kfac_inverse") or config.corrects)
+                         backward=method.curvature in ("kfac", "kfac_inverse") or config.corrects,
+                         input_widths=adapter.distinct_input_widths(model))
     free = available_bytes(device)
     if free is not None and needed.total > free:
         raise LLMSurgeonError(
@@ -102,6 +105,7 @@ def check_memory(model, adapter: ArchitectureAdapter, linears, config: PruneConf
             f"batches of {config.batch_size} x {config.calib_seqlen} tokens), {free / 2**30:.1f} GiB available "
             f"on {device}; lower --batch-size or --calib-seqlen"
         )
+    return needed
 
 
 @dataclass
@@ -125,6 +129,16 @@ class PreparedRun:
     started: float
     dense_ppl: dict | None = None
     """The dense model's perplexity on the evaluation windows, measured before pruning (``eval_dense``)."""
+    memory_estimate: dict | None = None
+    """The up-front prediction of a shot's peak, for the report (beside the measured peak)."""
+
+
+def _estimate_dict(estimate: ShotMemory | None, loaded_mb: float) -> dict | None:
+    if estimate is None:
+        return None
+    mb = 2**20
+    return {"loaded_mb": loaded_mb, "factors_mb": estimate.factors / mb, "activations_mb": estimate.activations / mb,
+            "logits_mb": estimate.logits / mb, "predicted_peak_mb": loaded_mb + estimate.total / mb}
 
 
 def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state: str) -> PreparedRun:
@@ -136,9 +150,9 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
     model, tokenizer, _ = load_model_and_tokenizer(model_name, parse_dtype(options.dtype), options.device)
     adapter = get_adapter(model)
     method, linears, _ = setup(model, config, adapter)
-    calibration, spec = None, None
+    calibration, spec, estimate = None, None, None
     if needs_calibration(method, config):
-        check_memory(model, adapter, linears, config, method, options.device)
+        estimate = check_memory(model, adapter, linears, config, method, options.device)
         calibration, spec = calibration_windows(
             tokenizer, config.calib_samples, config.calib_seqlen, config.seed, data_dir
         )
@@ -154,8 +168,9 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
         (out / REPORT_NAME).unlink(missing_ok=True)
         remove_checkpoints(out)
     out.mkdir(parents=True, exist_ok=True)
+    loaded_mb = peak_memory_mb(options.device)
     return PreparedRun(model_name, config, options, out, data_dir, model, tokenizer, adapter, linears, calibration,
-                       spec, resumed, resumed_from_shot, started)
+                       spec, resumed, resumed_from_shot, started, memory_estimate=_estimate_dict(estimate, loaded_mb))
 
 
 def execute_run(run: PreparedRun) -> PruneResult:
@@ -200,7 +215,7 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
         calibration=run.calibration_spec.__dict__ if run.calibration_spec else None,
         achieved_sparsity=achieved, per_layer_sparsity=per_layer, ppl=ppl, seconds=seconds,
         peak_mb=peak_memory_mb(options.device), export=export.to_dict() if export else None,
-        resumed_from_shot=run.resumed_from_shot, footprint=footprint,
+        resumed_from_shot=run.resumed_from_shot, footprint=footprint, memory_estimate=run.memory_estimate,
     )
     atomic_write_json(run.out / REPORT_NAME, report)
     remove_checkpoints(run.out)

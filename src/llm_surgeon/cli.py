@@ -144,6 +144,20 @@ def _bench_parser(sub) -> None:
     _add_common_flags(bench)
 
 
+def _plan_parser(sub) -> None:
+    d = PruneConfig()
+    plan = sub.add_parser("plan", help="predict a shot's peak memory and time from the model's config alone")
+    plan.add_argument("model", help=_model_help() + "; or a config.json")
+    _add_method_flags(plan)
+    _add_calibration_flags(plan, d.calib_samples, d.calib_seqlen)
+    plan.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="weights' dtype while pruning")
+    plan.add_argument("--device-memory", type=float, default=None,
+                      help="GiB of the device to plan for (None: say nothing about fitting)")
+    plan.add_argument("--tflops", type=float, default=None,
+                      help="throughput to plan with (None: measure this machine's matmul for a second)")
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="llm-surgeon",
@@ -151,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _prune_parser(sub)
+    _plan_parser(sub)
     _bench_parser(sub)
     ev = sub.add_parser("eval", help="WikiText-2 test perplexity of a model or pruned folder")
     ev.add_argument("model", help=_model_help() + "; or a folder written by prune")
@@ -196,6 +211,15 @@ def _run_eval(args: argparse.Namespace) -> int:
     else:
         print(f"{args.dataset} perplexity {result['ppl']:.4f} ({result['windows']} windows of {result['seqlen']}, "
               f"{result['tokens']:,} tokens scored)")
+    return 0
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from llm_surgeon.planning import describe, plan_shot
+
+    device_bytes = int(args.device_memory * 2**30) if args.device_memory else None
+    plan = plan_shot(args.model, _config_from_args(args), args.dtype, device_bytes, args.tflops)
+    print(json.dumps(plan.to_dict()) if args.json else describe(plan))
     return 0
 
 
@@ -247,7 +271,7 @@ def _terminate_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-COMMANDS = {"prune": _run_prune, "eval": _run_eval, "bench": _run_bench}
+COMMANDS = {"prune": _run_prune, "plan": _run_plan, "eval": _run_eval, "bench": _run_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

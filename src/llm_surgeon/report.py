@@ -56,6 +56,7 @@ def build_report(
     export: dict | None = None,
     resumed_from_shot: int | None = None,
     footprint: dict | None = None,
+    memory_estimate: dict | None = None,
 ) -> dict:
     """Everything a reader needs to judge and reproduce the run, in one dict (written as report.json)."""
     report = {
@@ -72,6 +73,7 @@ def build_report(
         "ppl": ppl or {},
         "seconds": seconds,
         "peak_memory_mb": peak_mb,
+        "memory_estimate": memory_estimate,
         "seed": config.seed,
         "config": config.to_dict(),
         "versions": versions(),

@@ -42,18 +42,26 @@ class ShotMemory:
                 f"logits {self.logits / gib:.1f} GiB")
 
 
-def factor_bytes(linears: dict[str, nn.Linear], diagonal_only: bool = False) -> int:
+def raw_factor_bytes(linears: dict[str, nn.Linear], input_widths: list[int] | None = None) -> int:
+    """float32 bytes of every layer's raw ``G`` sum plus every distinct ``A`` sum (``input_widths``; by
+    default one per layer, an upper bound where layers share their input)."""
+    widths = input_widths if input_widths is not None else [lin.in_features for lin in linears.values()]
+    return 4 * (sum(lin.out_features**2 for lin in linears.values()) + sum(w**2 for w in widths))
+
+
+def factor_bytes(linears: dict[str, nn.Linear], diagonal_only: bool = False,
+                 input_widths: list[int] | None = None) -> int:
     """Bytes of a shot's curvature state at its peak.
 
-    Only the raw float32 sums of every layer persist (a shared ``A`` counted per layer, an upper
-    bound); the damped factors and inverses of one layer at a time, the float64 inversion work of
-    the widest factor, the cost temporaries of the largest layer (float32 costs and int64 sort keys)
-    and two boolean masks per weight (the shot's old and new masks) come on top.
+    Only the raw float32 sums of every layer persist (:func:`raw_factor_bytes`); the damped factors
+    and inverses of one layer at a time, the float64 inversion work of the widest factor, the cost
+    temporaries of the largest layer (float32 costs and int64 sort keys) and two boolean masks per
+    weight (the shot's old and new masks) come on top.
     """
     weights = sum(lin.weight.numel() for lin in linears.values())
     if diagonal_only:
         return 4 * 2 * sum(lin.out_features + lin.in_features for lin in linears.values()) + 2 * weights
-    raw = 4 * sum(lin.out_features**2 + lin.in_features**2 for lin in linears.values())
+    raw = raw_factor_bytes(linears, input_widths)
     one_layer = max(4 * 2 * (lin.out_features**2 + lin.in_features**2) for lin in linears.values())
     widest = max(max(lin.out_features, lin.in_features) for lin in linears.values())
     largest = max(lin.weight.numel() for lin in linears.values())
@@ -75,17 +83,19 @@ def activation_bytes(linears: dict[str, nn.Linear], blocks: int, tokens: int, dt
 
 
 def shot_memory(model: nn.Module, linears: dict[str, nn.Linear], blocks: int, batch_windows: int, seqlen: int,
-                full_factors: bool, backward: bool, chunk_tokens: int = 1024) -> ShotMemory:
+                full_factors: bool, backward: bool, chunk_tokens: int = 1024,
+                input_widths: list[int] | None = None, dtype_bytes: int | None = None) -> ShotMemory:
     """The estimate for one shot of ``model`` with micro-batches of ``batch_windows`` x ``seqlen`` tokens."""
     config = model.config
-    dtype_bytes = next(model.parameters()).element_size()
+    dtype_bytes = dtype_bytes or next(model.parameters()).element_size()
     eager = None
     if getattr(config, "_attn_implementation", None) == "eager":
         eager = (config.num_attention_heads, seqlen)
     activations = activation_bytes(linears, blocks, batch_windows * seqlen, dtype_bytes, eager) if backward else 0
     vocab = model.get_output_embeddings().weight.shape[0]
     logits = LOGIT_COPIES * 4 * min(chunk_tokens, batch_windows * seqlen) * vocab if backward else 0
-    return ShotMemory(factors=factor_bytes(linears) if full_factors else 0, activations=activations, logits=logits)
+    factors = factor_bytes(linears, input_widths=input_widths) if full_factors else 0
+    return ShotMemory(factors=factors, activations=activations, logits=logits)
 
 
 def available_bytes(device: str | torch.device) -> int | None:

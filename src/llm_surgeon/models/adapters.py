@@ -115,6 +115,9 @@ class ArchitectureAdapter:
     logits_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] = field(default=_plain_logits)
     """``(model, hidden) -> logits``: the LM head plus whatever the family does after it (soft-capping,
     a logit scale). It must match the model's own forward, or the curvature's gradients are wrong."""
+    input_groups: tuple[tuple[str, ...], ...] = ()
+    """Layers fed the same tensor (q/k/v, gate/up): they share one ``A``. Only plans read this; the
+    curvature pass finds the sharing itself from the tensors it sees."""
 
     def body(self, model: nn.Module) -> nn.Module:
         return model.get_submodule(self.body_path)
@@ -149,6 +152,16 @@ class ArchitectureAdapter:
                 out[self.module_name(index, rel)] = module
         return out
 
+    def distinct_input_widths(self, model: nn.Module) -> list[int]:
+        """Input width of every distinct ``A`` of the model: one per input group per block, one per other layer."""
+        widths = []
+        for index in range(len(self.blocks(model))):
+            grouped = {rel for group in self.input_groups for rel in group}
+            block_linears = {rel: self.blocks(model)[index].get_submodule(rel) for rel in self.linear_names}
+            widths += [block_linears[group[0]].in_features for group in self.input_groups]
+            widths += [lin.in_features for rel, lin in block_linears.items() if rel not in grouped]
+        return widths
+
     def set_head_counts(self, attention: nn.Module, heads: int, kv_heads: int) -> None:
         """Make an attention module agree with its compacted projections."""
         spec = self.structure
@@ -181,14 +194,17 @@ LLAMA_STRUCTURE = StructureSpec(
     o="self_attn.o_proj", ffn_in=("mlp.gate_proj", "mlp.up_proj"), ffn_out="mlp.down_proj",
 )
 
+LLAMA_INPUT_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                      ("mlp.gate_proj", "mlp.up_proj"))
+
 LLAMA = ArchitectureAdapter(family="llama", blocks_path="model.layers", linear_names=LLAMA_LINEARS,
-                            structure=LLAMA_STRUCTURE)
+                            structure=LLAMA_STRUCTURE, input_groups=LLAMA_INPUT_GROUPS)
 
 GEMMA2 = ArchitectureAdapter(family="gemma2", blocks_path="model.layers", linear_names=LLAMA_LINEARS,
-                             structure=LLAMA_STRUCTURE, logits_fn=softcapped_logits)
+                             structure=LLAMA_STRUCTURE, logits_fn=softcapped_logits, input_groups=LLAMA_INPUT_GROUPS)
 
 COHERE = ArchitectureAdapter(family="cohere", blocks_path="model.layers", linear_names=LLAMA_LINEARS,
-                             structure=LLAMA_STRUCTURE, logits_fn=scaled_logits)
+                             structure=LLAMA_STRUCTURE, logits_fn=scaled_logits, input_groups=LLAMA_INPUT_GROUPS)
 
 PHI3 = ArchitectureAdapter(
     family="phi3",
@@ -215,6 +231,7 @@ OPT = ArchitectureAdapter(
         attention="self_attn", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
         o="self_attn.out_proj", ffn_in=("fc1",), ffn_out="fc2", head_count_attrs=("num_heads",),
     ),
+    input_groups=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),),
 )
 
 _ADAPTERS: dict[str, ArchitectureAdapter] = {}
