@@ -139,8 +139,9 @@ def _raw_factors(job: PruneJob, method: PruningMethod, collector: CurvatureColle
                              seed=job.config.seed + shot, label=label)
 
 
-def _cost_factors(job: PruneJob, method: PruningMethod, raw: dict, label: str) -> dict:
-    """What the method's costs and update read: the raw factors, or damped ones with their inverses."""
+def _cost_factors(job: PruneJob, method: PruningMethod, raw: dict) -> dict | LazyDampedFactors:
+    """What the method's costs and update read: the raw factors, or damped ones with their inverses, made
+    one layer at a time when asked for (``.get(name)`` either way)."""
     if method.curvature != "kfac_inverse":
         return raw
     return LazyDampedFactors(raw, job.config.damp_g, job.config.damp_a)
@@ -152,7 +153,7 @@ def _one_shot(job: PruneJob, method: PruningMethod, selector: UnitSelector, coll
     t0 = time.perf_counter()
     raw = _raw_factors(job, method, collector, shot, label)
     t1 = time.perf_counter()
-    factors = _cost_factors(job, method, raw, label)  # damped layer by layer when asked for
+    factors = _cost_factors(job, method, raw)  # damped layer by layer when asked for
     masks = selector.select(method, factors, result.masks, fraction, label)
     t2 = time.perf_counter()
     totals = selector.apply(method, factors, masks, label, job.progress)
