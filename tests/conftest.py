@@ -149,3 +149,9 @@ def dense_obs_minimiser(W, remove, G, A):
     Finv = torch.linalg.inv(F)
     delta = -Finv @ E @ torch.linalg.solve(E.T @ Finv @ E, w[R])
     return (w + delta).reshape(W.shape), 0.5 * delta @ F @ delta
+
+
+@pytest.fixture(autouse=True)
+def _private_dense_cache(tmp_path_factory, monkeypatch):
+    """Dense perplexities that tests measure are remembered in a throw-away folder, not the user's cache."""
+    monkeypatch.setenv("LLM_SURGEON_CACHE", str(tmp_path_factory.mktemp("dense-cache")))
