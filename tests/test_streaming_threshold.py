@@ -50,3 +50,29 @@ def test_streamed_selection_equals_select_cheapest_for_every_k(seed, with_ties):
 def test_impossible_counts_are_refused():
     with pytest.raises(ValueError):
         streaming_select_cheapest(lambda i: torch.zeros(3), [3], 4)
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("granularity", ["unstructured", "2:4"])
+def test_the_shot_loop_selectors_equal_the_all_at_once_references(scope, granularity):
+    """The selectors stream the layers; select_unstructured / select_nm hold them all: same masks."""
+    from torch import nn
+
+    from llm_surgeon.math.selection import select_nm, select_unstructured
+    from llm_surgeon.methods import MagnitudePruning
+    from llm_surgeon.selectors import ElementSelector, NMSelector
+
+    torch.manual_seed(0)
+    linears = {f"layer{i}": nn.Linear(8 * (i + 1), 4 + i) for i in range(3)}
+    removed = {name: torch.rand_like(lin.weight) < 0.2 for name, lin in linears.items()}
+    with torch.no_grad():
+        linears["layer1"].weight[0, :4] = 0.5  # ties
+    method = MagnitudePruning()
+    costs = {name: method.element_costs(lin.weight.detach(), None) for name, lin in linears.items()}
+    if granularity == "unstructured":
+        selector, expected = ElementSelector(linears, scope), select_unstructured(costs, removed, 0.55, scope)
+    else:
+        selector, expected = NMSelector(linears, 2, 4, scope), select_nm(costs, removed, 2, 4, 0.6, scope)
+    got = selector.select(method, {}, removed, 0.55 if granularity == "unstructured" else 0.6)
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[name], expected[name]) for name in got)
