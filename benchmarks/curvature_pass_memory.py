@@ -23,7 +23,7 @@ from llm_surgeon.data import calibration_windows, resolve_data_dir
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.models.loading import load_model_and_tokenizer
 from llm_surgeon.report import peak_memory_mb
-from llm_surgeon.resources import shot_memory
+from llm_surgeon.resources import raw_factor_bytes, shot_memory
 
 
 def main() -> None:
@@ -35,8 +35,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--attn-implementation", default=None, choices=["eager", "sdpa"],
+                        help="attention kernel of the pass (None: the loader's choice)")
     args = parser.parse_args()
     model, tokenizer, _ = load_model_and_tokenizer(args.model, torch.float32, args.device)
+    if args.attn_implementation:
+        model.set_attn_implementation(args.attn_implementation)
     windows, _ = calibration_windows(tokenizer, args.samples, args.seqlen, 0, resolve_data_dir(args.data_dir))
     adapter = get_adapter(model)
     linears = adapter.prunable_linears(model)
@@ -48,11 +52,12 @@ def main() -> None:
     first = next(iter(factors.values()))
     estimate = shot_memory(model, linears, len(adapter.blocks(model)), args.batch_size, args.seqlen,
                            full_factors=False, backward=True)
-    raw_factors = 4 * sum(lin.out_features**2 + lin.in_features**2 for lin in linears.values())
+    raw_factors = raw_factor_bytes(linears, adapter.distinct_input_widths(model))
     predicted_mb = (raw_factors + estimate.activations + estimate.logits) / 2**20
     print(json.dumps({"label": args.label, "seconds": round(seconds, 1), "peak_mb_after_load": round(loaded_mb),
-                      "peak_mb": round(peak_memory_mb(args.device)), "G_trace_first_layer": float(first.G.trace()),
+                      "peak_mb": round(peak_memory_mb(args.device)), "G_trace_first_layer": float(first.unpacked().G.trace()),
                       "windows": f"{args.samples} x {args.seqlen}", "batch_size": args.batch_size,
+                      "attention": model.config._attn_implementation,
                       "measured_growth_mb": round(peak_memory_mb(args.device) - loaded_mb),
                       "predicted_growth_mb": round(predicted_mb)}))
 

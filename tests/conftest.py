@@ -113,14 +113,16 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def collect_factors(model, linears, windows, batch_size: int = 4, fisher: str = "empirical", seed: int = 0,
-                    with_gradients: bool = True, diagonal_only: bool = False):
-    """One single-process curvature pass, as the shot loop runs it."""
+                    with_gradients: bool = True, diagonal_only: bool = False, packed: bool = False):
+    """One single-process curvature pass, as the shot loop runs it; the factors as matrices unless ``packed``
+    (as the collector keeps them)."""
     from llm_surgeon.curvature import CurvatureRequest, LocalCollector
     from llm_surgeon.models.adapters import get_adapter
 
     collector = LocalCollector(batch_size=batch_size, fisher=fisher, progress=False)
     request = CurvatureRequest(with_gradients=with_gradients, diagonal_only=diagonal_only)
-    return collector.collect(model, get_adapter(model), linears, windows, request, seed=seed)
+    factors = collector.collect(model, get_adapter(model), linears, windows, request, seed=seed)
+    return factors if packed else {name: f.unpacked() for name, f in factors.items()}
 
 
 def damped_factors(G: torch.Tensor, A: torch.Tensor, damp_g: float, damp_a: float):

@@ -41,11 +41,11 @@ def _config(method: str, granularity: str) -> PruneConfig:
     return PruneConfig(method=method, granularity=granularity, sparsity=sparsity, shots=2, **extra)
 
 
-def _run_case(family: str, method: str, granularity: str) -> dict[str, torch.Tensor]:
+def _run_case(family: str, method: str, granularity: str, layout=None) -> dict[str, torch.Tensor]:
     model = tiny_llama(seed=3) if family == "llama" else tiny_opt(seed=3)
     calibration = torch.randint(0, 128, (8, 16), generator=torch.Generator().manual_seed(1))
     torch.manual_seed(0)
-    result = prune(model, calibration, _config(method, granularity), progress=False)
+    result = prune(model, calibration, _config(method, granularity), progress=False, layout=layout)
     out = {}
     for name, lin in get_adapter(model).prunable_linears(model).items():
         out[f"weight:{name}"] = lin.weight.detach().clone().contiguous()

@@ -16,7 +16,7 @@ def test_planned_factor_bytes_equal_the_collected_factors(make, calibration):
     model = make()
     adapter = get_adapter(model)
     linears = adapter.prunable_linears(model)
-    factors = collect_factors(model, linears, calibration)
+    factors = collect_factors(model, linears, calibration, packed=True)
     storages = {}
     for f in factors.values():
         for t in (f.A, f.G):

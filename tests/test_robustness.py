@@ -165,6 +165,10 @@ BAD_INPUTS = {
     "offline hub id not in the cache": (lambda t: ["no-such-org-xyz/no-such-model-xyz"], "not in the local cache"),
     "unsupported family with unreadable weights": (lambda t: [str(_gpt2_checkpoint(t / "gpt2", truncate=True))],
                                                    "not supported; supported model types"),
+    "a shot that cannot fit the memory budget": (lambda t: ["MODEL", "--max-memory", "1MB"],
+                                                 "not enough memory for one shot even in 2 block groups"),
+    "a memory budget that is not a size": (lambda t: ["MODEL", "--max-memory", "lots"], "not a memory size"),
+    "factor device that does not exist": (lambda t: ["MODEL", "--factor-device", "gpu"], "unknown device 'gpu'"),
 }
 if not torch.cuda.is_available():
     BAD_INPUTS["cuda on a machine without it"] = (lambda t: ["MODEL", "--device", "cuda"], "no CUDA GPU is usable")
@@ -219,7 +223,7 @@ def test_bad_input_gets_one_clear_line(case, tmp_path):
 def test_a_shot_that_cannot_fit_is_refused_up_front(monkeypatch, tmp_path):
     model = write_tiny_checkpoint(tmp_path / "model")
     monkeypatch.setattr(api, "available_bytes", lambda device: 1024)
-    with pytest.raises(LLMSurgeonError, match=r"not enough memory for one shot: about .* GiB needed \(factors .*"
+    with pytest.raises(LLMSurgeonError, match=r"not enough memory for one shot even in 2 block groups: about .* GiB needed \(factors .*"
                                               r"activations of one batch .*batches of 8 x 32 tokens"):
         api.run_prune(str(model), PruneConfig(shots=1, calib_samples=4, calib_seqlen=32),
                       api.RunOptions(out=str(tmp_path / "out"), data_dir=str(write_fake_wikitext(tmp_path / "d")),

@@ -26,7 +26,15 @@ from llm_surgeon.models.loading import load_config, load_model_and_tokenizer
 from llm_surgeon.outputs import inspect_output, load_report, save_model_files
 from llm_surgeon.pruner import PruneResult, needs_calibration, prune_model, setup, sparsity_stats
 from llm_surgeon.report import build_report, peak_memory_mb
-from llm_surgeon.resources import ShotMemory, available_bytes, shot_memory
+from llm_surgeon.resources import (
+    MemoryLayout,
+    ShotMemory,
+    available_bytes,
+    fewest_block_groups,
+    in_use_bytes,
+    parse_bytes,
+    shot_memory,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -50,15 +58,30 @@ class RunOptions:
     """Convert 2:4 weights to PyTorch's semi-structured format for evaluation (CUDA only)."""
     eval_dense: bool = False
     """Also evaluate the dense model on the same windows before pruning (and remember it)."""
+    factor_device: str | None = None
+    """Where the curvature sums accumulate (None: beside each layer; ``cpu``: host memory)."""
+    max_memory: str | None = None
+    """The run's memory budget (``"20GiB"``); block groups are chosen to fit it (None: the free memory)."""
 
     def validate(self) -> RunOptions:
         """Every option checked before anything is loaded."""
         check_device(self.device)
+        if self.factor_device is not None:
+            check_device(self.factor_device)
+        self.budget_bytes()
         parse_dtype(self.dtype)
         check_positive("--eval-seqlen", self.eval_seqlen, 2)
         check_positive("--eval-max-windows", self.eval_max_windows)
         resolve_data_dir(self.data_dir)
         return self
+
+    def budget_bytes(self) -> int | None:
+        if self.max_memory is None:
+            return None
+        try:
+            return parse_bytes(self.max_memory)
+        except ValueError as exc:
+            raise ConfigError(f"--max-memory: {exc}") from exc
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -84,28 +107,53 @@ def load_calibration(tokenizer, samples: int = 128, seqlen: int = 2048, seed: in
 
 
 def prune(model, calibration: torch.Tensor | None, config: PruneConfig, progress: bool = True,
-          adapter: ArchitectureAdapter | None = None) -> PruneResult:
-    """Prune a loaded model in place (the library entry point); see :func:`~llm_surgeon.pruner.prune_model`."""
-    return prune_model(model, calibration, config, progress=progress, adapter=adapter)
+          adapter: ArchitectureAdapter | None = None, layout: MemoryLayout | None = None) -> PruneResult:
+    """Prune a loaded model in place (the library entry point); see :func:`~llm_surgeon.pruner.prune_model`.
+
+    ``layout`` keeps the curvature sums elsewhere (``MemoryLayout(factor_device="cpu", block_groups=4)``)
+    when they do not fit beside the model; the result is the same."""
+    return prune_model(model, calibration, config, progress=progress, adapter=adapter, layout=layout)
 
 
-def check_memory(model, adapter: ArchitectureAdapter, linears, config: PruneConfig, method, device: str
-                 ) -> ShotMemory:
-    """Refuse, in one line, a shot that cannot fit: factors, activations of one batch and logits counted.
-    Returns the estimate, which the report shows beside the measured peak."""
-    blocks = len(adapter.blocks(model))
-    needed = shot_memory(model, linears, blocks, config.batch_size, config.calib_seqlen,
-                         full_factors=method.holds_full_factors(),
-                         backward=method.curvature in ("kfac", "kfac_inverse") or config.corrects,
-                         input_widths=adapter.distinct_input_widths(model))
+def _shot_needs(model, adapter: ArchitectureAdapter, linears, config: PruneConfig, method, groups: int
+                ) -> ShotMemory:
+    return shot_memory(model, linears, len(adapter.blocks(model)), config.batch_size, config.calib_seqlen,
+                       full_factors=method.holds_full_factors(),
+                       backward=method.curvature in ("kfac", "kfac_inverse") or config.corrects,
+                       input_widths=adapter.distinct_input_widths(model), block_groups=groups)
+
+
+def room_bytes(device: str, max_memory: int | None) -> int | None:
+    """What a shot may still take: the free memory, and within ``max_memory`` what this process does not hold."""
     free = available_bytes(device)
-    if free is not None and needed.total > free:
-        raise LLMSurgeonError(
-            f"not enough memory for one shot: about {needed.total / 2**30:.1f} GiB needed ({needed.describe()}, "
-            f"batches of {config.batch_size} x {config.calib_seqlen} tokens), {free / 2**30:.1f} GiB available "
-            f"on {device}; lower --batch-size or --calib-seqlen"
-        )
-    return needed
+    if max_memory is None:
+        return free
+    room = max_memory - in_use_bytes(device)
+    return room if free is None else min(room, free)
+
+
+def check_memory(model, adapter: ArchitectureAdapter, linears, config: PruneConfig, method, device: str,
+                 max_memory: int | None = None, factor_device: str | None = None
+                 ) -> tuple[ShotMemory, MemoryLayout]:
+    """Choose where a shot keeps its curvature so that it fits, or refuse in one line.
+
+    The fewest block groups whose shot fits the room (the budget, else the free memory) win; a shot
+    that does not fit even one block per group is refused with the estimate and what to lower.
+    Returns the estimate (for the report, beside the measured peak) and the layout."""
+    room = room_bytes(device, max_memory)
+    blocks = len(adapter.blocks(model))
+    most = blocks if method.holds_full_factors() else 1
+    chosen = fewest_block_groups(lambda g: _shot_needs(model, adapter, linears, config, method, g), room, most)
+    if chosen is not None:
+        return chosen[1], MemoryLayout(factor_device=factor_device, block_groups=chosen[0])
+    needed = _shot_needs(model, adapter, linears, config, method, most)
+    split = f" even in {blocks} block groups" if most > 1 else ""
+    budget = "within --max-memory" if max_memory is not None else "available"
+    raise LLMSurgeonError(
+        f"not enough memory for one shot{split}: about {needed.total / 2**30:.1f} GiB needed ({needed.describe()}, "
+        f"batches of {config.batch_size} x {config.calib_seqlen} tokens), {max(room, 0) / 2**30:.1f} GiB {budget} "
+        f"on {device}; lower --batch-size or --calib-seqlen"
+    )
 
 
 @dataclass
@@ -131,14 +179,18 @@ class PreparedRun:
     """The dense model's perplexity on the evaluation windows, measured before pruning (``eval_dense``)."""
     memory_estimate: dict | None = None
     """The up-front prediction of a shot's peak, for the report (beside the measured peak)."""
+    layout: MemoryLayout | None = None
+    """Where the shots keep their curvature (host memory, block groups), chosen to fit the memory."""
 
 
-def _estimate_dict(estimate: ShotMemory | None, loaded_mb: float) -> dict | None:
+def _estimate_dict(estimate: ShotMemory | None, loaded_mb: float, layout: MemoryLayout, max_memory: int | None
+                   ) -> dict | None:
     if estimate is None:
         return None
     mb = 2**20
     return {"loaded_mb": loaded_mb, "factors_mb": estimate.factors / mb, "activations_mb": estimate.activations / mb,
-            "logits_mb": estimate.logits / mb, "predicted_peak_mb": loaded_mb + estimate.total / mb}
+            "logits_mb": estimate.logits / mb, "predicted_peak_mb": loaded_mb + estimate.total / mb,
+            "max_memory_mb": None if max_memory is None else max_memory / mb, **layout.to_dict()}
 
 
 def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state: str) -> PreparedRun:
@@ -150,9 +202,10 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
     model, tokenizer, _ = load_model_and_tokenizer(model_name, parse_dtype(options.dtype), options.device)
     adapter = get_adapter(model)
     method, linears, _ = setup(model, config, adapter)
-    calibration, spec, estimate = None, None, None
+    calibration, spec, estimate, layout = None, None, None, MemoryLayout(factor_device=options.factor_device)
     if needs_calibration(method, config):
-        estimate = check_memory(model, adapter, linears, config, method, options.device)
+        estimate, layout = check_memory(model, adapter, linears, config, method, options.device,
+                                        options.budget_bytes(), options.factor_device)
         calibration, spec = calibration_windows(
             tokenizer, config.calib_samples, config.calib_seqlen, config.seed, data_dir
         )
@@ -169,15 +222,17 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
         remove_checkpoints(out)
     out.mkdir(parents=True, exist_ok=True)
     loaded_mb = peak_memory_mb(options.device)
+    layout = MemoryLayout(layout.factor_device, layout.block_groups, scratch_dir=str(out))
     return PreparedRun(model_name, config, options, out, data_dir, model, tokenizer, adapter, linears, calibration,
-                       spec, resumed, resumed_from_shot, started, memory_estimate=_estimate_dict(estimate, loaded_mb))
+                       spec, resumed, resumed_from_shot, started, layout=layout,
+                       memory_estimate=_estimate_dict(estimate, loaded_mb, layout, options.budget_bytes()))
 
 
 def execute_run(run: PreparedRun) -> PruneResult:
     """The shots, with a checkpoint after each."""
     return prune_model(
         run.model, run.calibration, run.config, progress=run.options.progress, start=run.resumed,
-        adapter=run.adapter,
+        adapter=run.adapter, layout=run.layout,
         on_shot_end=lambda shot, r: save_checkpoint(run.out, run.model_name, r, run.linears),
     )
 

@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 
+from llm_surgeon.allocator import release_freed_memory
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.methods import method_names, methods_help
@@ -126,7 +127,16 @@ def _prune_parser(sub) -> None:
     prune.add_argument("--semi-structured-export", action="store_true",
                        help="with 2:4 on a CUDA GPU and fp16/bf16: evaluate with torch semi-structured sparse weights")
     prune.add_argument("--json", action="store_true", help="print one JSON summary instead of the human one")
+    _add_memory_flags(prune)
     _add_common_flags(prune)
+
+
+def _add_memory_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-memory", default=None, metavar="SIZE",
+                        help="memory budget such as 20GiB: the blocks are split into groups whose curvature is "
+                             "collected in separate passes so that a shot fits (None: the device's free memory)")
+    parser.add_argument("--factor-device", default=None,
+                        help="where the curvature sums accumulate, e.g. cpu for host memory (None: beside each layer)")
 
 
 def _bench_parser(sub) -> None:
@@ -151,8 +161,12 @@ def _plan_parser(sub) -> None:
     _add_method_flags(plan)
     _add_calibration_flags(plan, d.calib_samples, d.calib_seqlen)
     plan.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="weights' dtype while pruning")
-    plan.add_argument("--device-memory", type=float, default=None,
-                      help="GiB of the device to plan for (None: say nothing about fitting)")
+    plan.add_argument("--max-memory", default=None, metavar="SIZE",
+                      help="memory of each device to plan for, such as 80GiB; the block groups (and if need be the "
+                           "batch size) are chosen to fit it, as prune --max-memory does (None: nothing about fitting)")
+    plan.add_argument("--device-memory", type=float, default=None, help="the same in GiB, as a number")
+    plan.add_argument("--devices", type=int, default=1,
+                      help="devices the blocks are split over evenly (as device_map='auto' does)")
     plan.add_argument("--tflops", type=float, default=None,
                       help="throughput to plan with (None: measure this machine's matmul for a second)")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
@@ -185,6 +199,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         eval_max_windows=args.eval_max_windows, device=args.device, dtype=args.dtype,
         overwrite=args.overwrite, progress=not args.no_progress, eval_dense=args.eval_dense,
         semi_structured_export=args.semi_structured_export, resume=args.resume,
+        max_memory=args.max_memory, factor_device=args.factor_device,
     )
     outcome = api.prune_job(args.model, _config_from_args(args), options)
     if outcome.already_finished:
@@ -216,9 +231,15 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _run_plan(args: argparse.Namespace) -> int:
     from llm_surgeon.planning import describe, plan_shot
+    from llm_surgeon.resources import parse_bytes
 
     device_bytes = int(args.device_memory * 2**30) if args.device_memory else None
-    plan = plan_shot(args.model, _config_from_args(args), args.dtype, device_bytes, args.tflops)
+    if args.max_memory is not None:
+        try:
+            device_bytes = parse_bytes(args.max_memory)
+        except ValueError as exc:
+            raise ConfigError(f"--max-memory: {exc}") from exc
+    plan = plan_shot(args.model, _config_from_args(args), args.dtype, device_bytes, args.tflops, args.devices)
     print(json.dumps(plan.to_dict()) if args.json else describe(plan))
     return 0
 
@@ -276,6 +297,7 @@ COMMANDS = {"prune": _run_prune, "plan": _run_plan, "eval": _run_eval, "bench": 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    release_freed_memory()
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         return COMMANDS[args.command](args)

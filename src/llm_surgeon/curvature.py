@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from llm_surgeon.errors import LLMSurgeonError
+from llm_surgeon.math.symmetric import pack_upper, unpack_upper
 from llm_surgeon.models.adapters import ArchitectureAdapter
 from llm_surgeon.nll import backward_next_token_nll
 
@@ -35,57 +36,86 @@ class KroneckerFactors:
     """``None`` when only input statistics were collected (forward passes only). Collected
     diagonal-only, ``A`` and ``G`` are vectors of the diagonals."""
     tokens: int
+    packed: bool = False
+    """``A`` and ``G`` hold only their upper triangles (:mod:`llm_surgeon.math.symmetric`): how a
+    collector keeps them; :meth:`unpacked` gives the matrices."""
+
+    def unpacked(self) -> KroneckerFactors:
+        """The factors as matrices (themselves when they are not packed)."""
+        if not self.packed:
+            return self
+        return KroneckerFactors(A=unpack_upper(self.A), G=None if self.G is None else unpack_upper(self.G),
+                                tokens=self.tokens)
 
 
 class _FactorAccumulator:
     """Forward and output-gradient hooks that sum ``aᵀa`` and ``gᵀg`` (or their diagonals) in float32."""
 
-    def __init__(self, linears: dict[str, nn.Linear], diagonal_only: bool = False):
+    def __init__(self, linears: dict[str, nn.Linear], diagonal_only: bool = False,
+                 factor_device: torch.device | str | None = None):
         self.linears = linears
         self.diagonal_only = diagonal_only
+        self.factor_device = None if factor_device is None else torch.device(factor_device)
+        """Where the sums live (None: where the layer computes): host memory when the device has no room."""
         self.A: dict[str, torch.Tensor] = {}
         self.G: dict[str, torch.Tensor] = {}
         self.tokens = 0
-        # Keyed by storage address; the input tensor is kept alive in the value so that
-        # its address cannot be reused by another tensor within the same batch.
-        self._shared_inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        # The statistic of the latest input only, keyed by storage address, shape and strides; the input
+        # is kept alive beside it so that its address cannot be reused while the key is in use. Layers
+        # fed one tensor (q/k/v, gate/up) run one after another, so one entry is enough to share it.
+        self._latest: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._latest_leader: tuple[tuple, str] | None = None
+        self._added: dict[int, tuple] = {}
+        """Per A accumulator (by id), the input key it last took this batch: a shared one adds once."""
         self._handles: list = []
-        self._leader_of: dict[tuple, str] = {}
 
     def new_batch(self) -> None:
-        self._shared_inputs.clear()
-        self._leader_of.clear()
+        self._latest = None
+        self._latest_leader = None
+        self._added.clear()
 
-    def _input_stat(self, x: torch.Tensor) -> torch.Tensor:
-        key = (x.data_ptr(), tuple(x.shape), x.stride())
-        if key not in self._shared_inputs:
-            self._shared_inputs[key] = (x, self._second_moment(x))
-        return self._shared_inputs[key][1]
+    def _input_stat(self, x: torch.Tensor, key: tuple) -> torch.Tensor:
+        if self._latest is None or self._latest[0] != key:
+            self._latest = None  # free the previous statistic before computing the next
+            self._latest = (key, x, self._second_moment(x))
+        return self._latest[2]
+
+    def _leader(self, key: tuple, name: str) -> str:
+        """First batch: the layer whose A accumulator ``name`` shares (itself unless the input repeats)."""
+        if self._latest_leader is None or self._latest_leader[0] != key:
+            self._latest_leader = (key, name)
+        return self._latest_leader[1]
 
     def _forward_hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             x = inputs[0]
             key = (x.data_ptr(), tuple(x.shape), x.stride())
-            fresh = key not in self._shared_inputs
-            stat = self._input_stat(x)
+            stat = self._input_stat(x, key)
             if name not in self.A:
-                # Layers fed the same tensor (q/k/v, gate/up) share one A accumulator.
-                leader = self._leader_of.setdefault(key, name)
-                self.A[name] = self.A[leader] if leader != name else stat.clone()
-            elif fresh:
-                self.A[name] += stat
+                leader = self._leader(key, name)
+                self.A[name] = self.A[leader] if leader != name else self._stored(stat, copy=True)
+            elif self._added.get(id(self.A[name])) != key:
+                self.A[name] += self._stored(stat)
+            self._added[id(self.A[name])] = key
             if output.requires_grad:
                 output.register_hook(self._grad_hook(name))
 
         return hook
 
+    def _stored(self, stat: torch.Tensor, copy: bool = False) -> torch.Tensor:
+        """A batch statistic on the device the sums live on."""
+        if self.factor_device is None:
+            return stat.clone() if copy else stat
+        return stat.to(self.factor_device, copy=copy)
+
     def _second_moment(self, x: torch.Tensor) -> torch.Tensor:
+        """``xᵀx`` over the tokens in float32: its diagonal, or its upper triangle (the sums stay packed)."""
         flat = x.detach().reshape(-1, x.shape[-1]).float()
-        return flat.pow(2).sum(0) if self.diagonal_only else flat.T @ flat
+        return flat.pow(2).sum(0) if self.diagonal_only else pack_upper(flat.T @ flat)
 
     def _grad_hook(self, name: str):
         def hook(grad: torch.Tensor) -> None:
-            stat = self._second_moment(grad)
+            stat = self._stored(self._second_moment(grad))
             if name in self.G:
                 self.G[name] += stat
             else:
@@ -103,7 +133,7 @@ class _FactorAccumulator:
             for handle in self._handles:
                 handle.remove()
             self._handles.clear()
-            self._shared_inputs.clear()
+            self.new_batch()
 
 
 @contextmanager
@@ -119,16 +149,28 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def _leaf_input(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook: a block's hidden states become a leaf that requires grad (the backward stops here)."""
+    if args:
+        return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": kwargs["hidden_states"].detach().requires_grad_(True)}
+
+
 @contextmanager
-def _activation_gradients_only(model: nn.Module) -> Iterator[None]:
+def _activation_gradients_only(model: nn.Module, adapter: ArchitectureAdapter, from_block: int = 0
+                               ) -> Iterator[None]:
     """Backward through activations without computing any weight gradient.
 
-    Parameters are frozen; the embedding output is made a leaf that requires grad, so the
-    backward pass reaches every block while allocating no parameter gradients.
+    Parameters are frozen; the input of block ``from_block`` (the embedding output for block 0) is
+    made a leaf that requires grad, so the backward reaches every block from there on while
+    allocating no parameter gradients, and the blocks before it keep no activations at all.
     """
-    handle = model.get_input_embeddings().register_forward_hook(
-        lambda module, inputs, output: output.detach().requires_grad_(True)
-    )
+    if from_block == 0:
+        handle = model.get_input_embeddings().register_forward_hook(
+            lambda module, inputs, output: output.detach().requires_grad_(True)
+        )
+    else:
+        handle = adapter.blocks(model)[from_block].register_forward_pre_hook(_leaf_input, with_kwargs=True)
     try:
         with frozen_parameters(model):
             yield
@@ -142,6 +184,8 @@ class CurvatureRequest:
 
     with_gradients: bool = True
     diagonal_only: bool = False
+    from_block: int = 0
+    """The first block whose layers are collected: the backward pass stops at its input."""
 
 
 def input_device(model: nn.Module) -> torch.device:
@@ -171,20 +215,23 @@ class LocalCollector(CurvatureCollector):
     are summed (not averaged) so each backward gives per-token gradients.
     """
 
-    def __init__(self, batch_size: int = 8, fisher: str = "empirical", progress: bool = True):
+    def __init__(self, batch_size: int = 8, fisher: str = "empirical", progress: bool = True,
+                 factor_device: torch.device | str | None = None):
         if fisher not in ("empirical", "true"):
             raise ValueError(f"fisher must be 'empirical' or 'true', got {fisher!r}")
         self.batch_size = batch_size
         self.fisher = fisher
         self.progress = progress
+        self.factor_device = factor_device
+        """Where the sums accumulate (None: beside each layer)."""
 
     def collect(self, model, adapter, linears, windows, request, seed, label=""):
-        accumulator = _FactorAccumulator(linears, request.diagonal_only)
-        self.accumulate(model, adapter, accumulator, windows, request.with_gradients, seed, label)
+        accumulator = _FactorAccumulator(linears, request.diagonal_only, self.factor_device)
+        self.accumulate(model, adapter, accumulator, windows, request, seed, label)
         return _normalised(accumulator, linears, request.with_gradients)
 
     def accumulate(self, model: nn.Module, adapter: ArchitectureAdapter, accumulator: _FactorAccumulator,
-                   windows: torch.Tensor, with_gradients: bool, seed: int, label: str) -> None:
+                   windows: torch.Tensor, request: CurvatureRequest, seed: int, label: str) -> None:
         """Add the statistics of ``windows`` to ``accumulator`` (raw sums, not yet normalised)."""
         device = input_device(model)
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -193,7 +240,7 @@ class LocalCollector(CurvatureCollector):
         model.eval()
         prefix = f"{label}: " if label else ""
         try:
-            if not with_gradients:
+            if not request.with_gradients:
                 with torch.no_grad(), accumulator.attached():
                     for batch in tqdm(windows.split(self.batch_size), desc=f"{prefix}input statistics (forward)",
                                       disable=not self.progress):
@@ -201,7 +248,7 @@ class LocalCollector(CurvatureCollector):
                         model(input_ids=batch.to(device), use_cache=False)
                         accumulator.tokens += batch.numel()
                 return
-            with _activation_gradients_only(model), accumulator.attached():
+            with _activation_gradients_only(model, adapter, request.from_block), accumulator.attached():
                 for batch in tqdm(windows.split(self.batch_size), desc=f"{prefix}curvature (forward+backward)",
                                   disable=not self.progress):
                     accumulator.new_batch()
@@ -214,17 +261,20 @@ class LocalCollector(CurvatureCollector):
 
 def _normalised(accumulator: _FactorAccumulator, linears: dict[str, nn.Linear], with_gradients: bool
                 ) -> dict[str, KroneckerFactors]:
-    """Sums divided by the token count; A factors shared between layers stay shared."""
+    """Sums divided by the token count, in place (no second copy of every sum); A factors shared between
+    layers stay shared. Full factors stay packed upper triangles."""
     factors: dict[str, KroneckerFactors] = {}
-    normalised: dict[int, torch.Tensor] = {}
+    divided: set[int] = set()
+    packed = not accumulator.diagonal_only
     for name in linears:
         if with_gradients and name not in accumulator.G:
             raise NonFiniteActivationError(f"no gradient reached layer {name}")
-        raw_A = accumulator.A[name]
-        if id(raw_A) not in normalised:
-            normalised[id(raw_A)] = raw_A / accumulator.tokens
-        G = accumulator.G[name] / accumulator.tokens if with_gradients else None
-        factors[name] = KroneckerFactors(A=normalised[id(raw_A)], G=G, tokens=accumulator.tokens)
+        A = accumulator.A[name]
+        if id(A) not in divided:
+            A.div_(accumulator.tokens)
+            divided.add(id(A))
+        G = accumulator.G[name].div_(accumulator.tokens) if with_gradients else None
+        factors[name] = KroneckerFactors(A=A, G=G, tokens=accumulator.tokens, packed=packed)
     _raise_on_non_finite(factors)
     return factors
 

@@ -17,30 +17,40 @@ import torch
 from torch import nn
 
 from llm_surgeon.config import PruneConfig
-from llm_surgeon.errors import ModelLoadError
+from llm_surgeon.errors import ConfigError, ModelLoadError
+from llm_surgeon.factor_groups import block_ranges
 from llm_surgeon.methods import get_method
 from llm_surgeon.models.adapters import ArchitectureAdapter, adapter_for_model_type
-from llm_surgeon.resources import shot_memory
+from llm_surgeon.resources import ShotMemory, fewest_block_groups, shot_memory
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+RUNTIME_BYTES = 300 * 2**20
+"""The process before any model: Python, torch and transformers imported (256 MB RSS measured on CPU)."""
 
 
 @dataclass
 class ShotPlan:
-    """What one shot is predicted to need on one device."""
+    """What one shot is predicted to need on each of ``devices`` devices, and the settings that make it fit."""
 
     model_type: str
     parameters: int
+    devices: int
     weights_bytes: int
+    """The device's share of the weights, plus the runtime (:data:`RUNTIME_BYTES`)."""
     factors_bytes: int
     activations_bytes: int
     logits_bytes: int
     peak_bytes: int
+    """The largest predicted peak of any device (each holds its share of the blocks)."""
     flops: dict[str, float]
     tflops: float
     seconds_per_shot: float
     device_bytes: int | None
     fits: bool | None
+    block_groups: int = 1
+    """Block groups collected in separate passes so that a shot fits ``device_bytes`` (1: one pass)."""
+    batch_size: int = 8
+    """The micro-batch the plan assumes: the requested one, or the largest that fits when that one does not."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,38 +119,78 @@ def shot_flops(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str
             "update": float(update)}
 
 
+def _pass_share(blocks: int, groups: int) -> float:
+    """Forward-backward work of a shot in ``groups`` group passes over that of one pass: every pass runs the
+    whole forward (a third of the work) and the backward down to its group's first block."""
+    return sum(1 / 3 + 2 / 3 * (blocks - r.start) / blocks for r in block_ranges(blocks, groups))
+
+
+def _device_needs(model, linears, blocks: int, widths: list[int], config: PruneConfig, method, dtype: str,
+                  devices: int, groups: int, batch: int) -> ShotMemory:
+    """One device's share when the blocks are split evenly over ``devices`` (as ``device_map`` does): its
+    blocks' factor sums (in ``groups`` groups), its blocks' activations, and the logits (the last device)."""
+    whole = shot_memory(model, linears, blocks, batch, config.calib_seqlen,
+                        full_factors=method.holds_full_factors(), backward=True, input_widths=widths,
+                        dtype_bytes=DTYPE_BYTES[dtype], block_groups=min(blocks, devices * groups))
+    return ShotMemory(factors=whole.factors, activations=whole.activations // devices, logits=whole.logits)
+
+
+def _fitting_settings(needs, weights: int, room: int | None, blocks: int, batch: int
+                      ) -> tuple[int, int, ShotMemory, bool]:
+    """(block groups, batch size, estimate, fits): the fewest groups at the requested batch, else the largest
+    batch (halving) that fits in one block per group; the requested settings when nothing fits."""
+    free = None if room is None else room - weights
+    while True:
+        chosen = fewest_block_groups(lambda g, b=batch: needs(g, b), free, blocks)
+        if chosen is not None:
+            return chosen[0], batch, chosen[1], True
+        if batch == 1:
+            return 1, batch, needs(1, batch), False
+        batch = max(1, batch // 2)
+
+
 def plan_shot(model_or_config: str, config: PruneConfig, dtype: str = "float32", device_bytes: int | None = None,
-              tflops: float | None = None) -> ShotPlan:
-    """The plan of one shot of ``config`` for a model, from its config alone."""
+              tflops: float | None = None, devices: int = 1) -> ShotPlan:
+    """The plan of one shot of ``config`` for a model on ``devices`` devices of ``device_bytes``, from its config
+    alone, with the block groups (and, if needed, the micro-batch) that make it fit."""
     config.validate()
+    if devices < 1:
+        raise ConfigError(f"--devices must be at least 1, got {devices}")
     model_config = read_config(model_or_config)
     adapter = adapter_for_model_type(model_config.model_type)
     model = meta_model(model_config)
     linears = adapter.prunable_linears(model)
     widths = adapter.distinct_input_widths(model)
     method = get_method(config.method, config)
-    memory = shot_memory(model, linears, len(adapter.blocks(model)), config.batch_size, config.calib_seqlen,
-                         full_factors=method.holds_full_factors(), backward=True, input_widths=widths,
-                         dtype_bytes=DTYPE_BYTES[dtype])
+    blocks = len(adapter.blocks(model))
     parameters = sum(p.numel() for p in model.parameters())
-    weights = parameters * DTYPE_BYTES[dtype]
-    peak = weights + memory.total
+    weights = parameters * DTYPE_BYTES[dtype] // devices + RUNTIME_BYTES
+    needs = lambda groups, batch: _device_needs(  # noqa: E731
+        model, linears, blocks, widths, config, method, dtype, devices, groups, batch)
+    most = max(1, blocks // devices) if method.holds_full_factors() else 1
+    groups, batch, memory, fits = _fitting_settings(needs, weights, device_bytes, most, config.batch_size)
     flops = shot_flops(model, adapter, linears, config, widths)
-    rate = tflops or measured_tflops()
-    return ShotPlan(model_config.model_type, parameters, weights, memory.factors, memory.activations, memory.logits,
-                    peak, flops, rate, sum(flops.values()) / (rate * 1e12), device_bytes,
-                    None if device_bytes is None else peak <= device_bytes)
+    flops["pass"] *= _pass_share(blocks, min(blocks, groups))
+    rate = (tflops or measured_tflops()) * devices
+    return ShotPlan(model_config.model_type, parameters, devices, weights, memory.factors, memory.activations,
+                    memory.logits, weights + memory.total, flops, rate, sum(flops.values()) / (rate * 1e12),
+                    device_bytes, None if device_bytes is None else fits, groups, batch)
 
 
 def describe(plan: ShotPlan) -> str:
     gib = 2**30
     fits = "" if plan.fits is None else (" — fits" if plan.fits else " — does NOT fit")
     device = f" of {plan.device_bytes / gib:.0f} GiB{fits}" if plan.device_bytes else ""
+    each = f" per device (x{plan.devices}, blocks split evenly)" if plan.devices > 1 else ""
     parts = ", ".join(f"{k} {v / 1e12:.1f}" for k, v in plan.flops.items())
+    settings = f"--batch-size {plan.batch_size}, {plan.block_groups} block group(s)"
+    if plan.device_bytes:
+        settings += f" (chosen by --max-memory {plan.device_bytes / gib:.0f}GiB)"
     return "\n".join([
         f"llm-surgeon plan: {plan.model_type}, {plan.parameters / 1e9:.2f} B parameters",
-        f"  peak memory   {plan.peak_bytes / gib:.1f} GiB{device}: weights {plan.weights_bytes / gib:.1f}, "
+        f"  peak memory   {plan.peak_bytes / gib:.1f} GiB{each}{device}: weights {plan.weights_bytes / gib:.1f}, "
         f"factors {plan.factors_bytes / gib:.1f}, activations of one batch {plan.activations_bytes / gib:.1f}, "
         f"logits {plan.logits_bytes / gib:.1f}",
+        f"  settings      {settings}",
         f"  time per shot {plan.seconds_per_shot:.0f} s at {plan.tflops:.2f} TFLOP/s ({parts} TFLOP)",
     ])

@@ -9,9 +9,12 @@ block-by-block engine but finish their single shot the same way.
 
 from __future__ import annotations
 
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,11 +23,13 @@ from llm_surgeon.config import PruneConfig
 from llm_surgeon.correction import correct_with_lora
 from llm_surgeon.curvature import CurvatureCollector, CurvatureRequest, LocalCollector
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
-from llm_surgeon.factors import LazyDampedFactors
+from llm_surgeon.factor_groups import block_ranges, collect_in_groups
+from llm_surgeon.factors import LazyDampedFactors, RawFactorsOnDevice
 from llm_surgeon.layerwise import prune_layerwise
 from llm_surgeon.math.selection import nm_violations
 from llm_surgeon.methods import LayerwiseMethod, MethodBase, PruningMethod, get_method
 from llm_surgeon.models.adapters import ArchitectureAdapter, get_adapter
+from llm_surgeon.resources import MemoryLayout
 from llm_surgeon.selectors import UnitSelector, make_selector
 
 
@@ -77,6 +82,11 @@ class PruneJob:
     config: PruneConfig
     progress: bool = True
     on_shot_end: ShotCallback | None = None
+    layout: MemoryLayout = field(default_factory=MemoryLayout)
+
+    def device_of(self, name: str) -> torch.device:
+        """Where layer ``name`` computes (its factors are brought there, wherever they accumulate)."""
+        return self.linears[name].weight.device
 
 
 def sparsity_stats(linears: dict[str, nn.Linear]) -> tuple[float, dict[str, float]]:
@@ -130,28 +140,51 @@ def _layerwise_shot(job: PruneJob, method: LayerwiseMethod, result: PruneResult)
     end_shot(job, result)
 
 
-def _raw_factors(job: PruneJob, method: PruningMethod, collector: CurvatureCollector, shot: int, label: str) -> dict:
-    """The curvature pass of a shot: nothing, inputs only, or full/diagonal Kronecker factors."""
+def _raw_factors(job: PruneJob, method: PruningMethod, collector: CurvatureCollector, shot: int, label: str,
+                 scratch: Path | None) -> Mapping:
+    """The curvature pass of a shot: nothing, inputs only, or full/diagonal Kronecker factors; with block
+    groups one pass per group, the sums waiting in ``scratch``."""
     if method.curvature == "none":
         return {}
     request = CurvatureRequest(with_gradients=method.curvature != "inputs", diagonal_only=method.diagonal_only)
-    return collector.collect(job.model, job.adapter, job.linears, job.calibration, request,
-                             seed=job.config.seed + shot, label=label)
+    seed = job.config.seed + shot
+    if scratch is None:
+        return collector.collect(job.model, job.adapter, job.linears, job.calibration, request, seed, label)
+    ranges = block_ranges(len(job.adapter.blocks(job.model)), job.layout.block_groups)
+    return collect_in_groups(collector, job.model, job.adapter, job.linears, job.calibration, request, seed,
+                             ranges, scratch, label)
 
 
-def _cost_factors(job: PruneJob, method: PruningMethod, raw: dict) -> dict | LazyDampedFactors:
+def _cost_factors(job: PruneJob, method: PruningMethod, raw: Mapping) -> RawFactorsOnDevice | LazyDampedFactors:
     """What the method's costs and update read: the raw factors, or damped ones with their inverses, made
-    one layer at a time when asked for (``.get(name)`` either way)."""
+    one layer at a time beside the layer when asked for (``.get(name)`` either way)."""
     if method.curvature != "kfac_inverse":
-        return raw
-    return LazyDampedFactors(raw, job.config.damp_g, job.config.damp_a)
+        return RawFactorsOnDevice(raw, job.device_of)
+    return LazyDampedFactors(raw, job.config.damp_g, job.config.damp_a, job.device_of)
+
+
+@contextmanager
+def _scratch(job: PruneJob, method: PruningMethod) -> Iterator[Path | None]:
+    """A folder for one shot's grouped factor sums (None without groups), removed when the shot ends."""
+    if job.layout.block_groups == 1 or method.curvature == "none":
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix=".llm-surgeon-factors-", dir=job.layout.scratch_dir) as folder:
+        yield Path(folder)
 
 
 def _one_shot(job: PruneJob, method: PruningMethod, selector: UnitSelector, collector: CurvatureCollector,
               result: PruneResult, shot: int, fraction: float) -> None:
+    with _scratch(job, method) as scratch:
+        _shot_with_scratch(job, method, selector, collector, result, shot, fraction, scratch)
+    end_shot(job, result)
+
+
+def _shot_with_scratch(job: PruneJob, method: PruningMethod, selector: UnitSelector, collector: CurvatureCollector,
+                       result: PruneResult, shot: int, fraction: float, scratch: Path | None) -> None:
     label = f"shot {shot + 1}/{job.config.shots}"
     t0 = time.perf_counter()
-    raw = _raw_factors(job, method, collector, shot, label)
+    raw = _raw_factors(job, method, collector, shot, label, scratch)
     t1 = time.perf_counter()
     factors = _cost_factors(job, method, raw)  # damped layer by layer when asked for
     masks = selector.select(method, factors, result.masks, fraction, label)
@@ -168,7 +201,6 @@ def _one_shot(job: PruneJob, method: PruningMethod, selector: UnitSelector, coll
         update_iterations_mean=sum(iterations) / len(iterations) if iterations else 0.0,
         update_loss_reduction=1 - totals.loss_after / before if before > 0 else 0.0,
     ))
-    end_shot(job, result)
 
 
 def setup(model: nn.Module, config: PruneConfig, adapter: ArchitectureAdapter, progress: bool = False
@@ -192,19 +224,22 @@ def prune_model(
     start: PruneResult | None = None,
     adapter: ArchitectureAdapter | None = None,
     collector: CurvatureCollector | None = None,
+    layout: MemoryLayout | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place over ``config.shots`` shots and return masks and timings.
 
     ``calibration`` is a (samples, seqlen) tensor of token ids; it may be ``None`` only for
     methods that need no data. ``start`` resumes from the masks and records of a checkpoint.
     ``adapter`` defaults to the registered one for the model's family, ``collector`` to a
-    single-process :class:`~llm_surgeon.curvature.LocalCollector`.
+    single-process :class:`~llm_surgeon.curvature.LocalCollector`. ``layout`` says where the curvature
+    sums live (host memory, block groups on disk); it changes memory and time, never the result.
     """
     adapter = adapter or get_adapter(model)
     method, linears, selector = setup(model, config, adapter, progress)
     if needs_calibration(method, config) and calibration is None:
         raise ConfigError(f"method {config.method} needs calibration data")
-    job = PruneJob(model, adapter, linears, calibration, config, progress, on_shot_end)
+    layout = layout or MemoryLayout()
+    job = PruneJob(model, adapter, linears, calibration, config, progress, on_shot_end, layout)
     result = start or PruneResult(
         config=config,
         masks={name: torch.zeros_like(lin.weight, dtype=torch.bool) for name, lin in linears.items()},
@@ -213,7 +248,7 @@ def prune_model(
         if not result.shots:
             _layerwise_shot(job, method, result)
     else:
-        collector = collector or LocalCollector(config.batch_size, config.fisher, progress)
+        collector = collector or LocalCollector(config.batch_size, config.fisher, progress, layout.factor_device)
         schedule = selector.schedule(config.sparsity, config.shots)
         for shot in range(len(result.shots), config.shots):
             _one_shot(job, method, selector, collector, result, shot, schedule[shot])

@@ -12,6 +12,8 @@ shared by several layers (q/k/v) are counted once per layer, an upper bound, as 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,21 @@ ACTIVATION_FACTOR = 1.0
 """Peak RSS per token per block over (Σ Linear input + output widths) × dtype bytes (0.92 measured)."""
 LOGIT_COPIES = 3
 """Logits, their softmax and their gradient are alive at once for one chunk."""
+
+
+@dataclass(frozen=True)
+class MemoryLayout:
+    """Where a shot keeps its curvature; never changes the result, only where and when sums are held."""
+
+    factor_device: str | None = None
+    """Where the raw sums accumulate (None: beside each layer). ``cpu`` puts them in host memory."""
+    block_groups: int = 1
+    """Groups of consecutive blocks collected in separate passes, their sums waiting on disk in between."""
+    scratch_dir: str | None = None
+    """Where grouped sums wait (None: the system's temporary folder)."""
+
+    def to_dict(self) -> dict:
+        return {"factor_device": self.factor_device, "block_groups": self.block_groups}
 
 
 @dataclass(frozen=True)
@@ -44,16 +61,25 @@ class ShotMemory:
 
 def raw_factor_bytes(linears: dict[str, nn.Linear], input_widths: list[int] | None = None) -> int:
     """float32 bytes of every layer's raw ``G`` sum plus every distinct ``A`` sum (``input_widths``; by
-    default one per layer, an upper bound where layers share their input)."""
+    default one per layer, an upper bound where layers share their input), each kept as its packed upper
+    triangle of ``n(n+1)/2`` numbers."""
     widths = input_widths if input_widths is not None else [lin.in_features for lin in linears.values()]
-    return 4 * (sum(lin.out_features**2 for lin in linears.values()) + sum(w**2 for w in widths))
+    triangle = lambda n: n * (n + 1) // 2  # noqa: E731
+    return 4 * (sum(triangle(lin.out_features) for lin in linears.values()) + sum(triangle(w) for w in widths))
+
+
+def largest_group_share(blocks: int, groups: int) -> float:
+    """The largest group's share of the blocks when ``blocks`` are split into ``groups`` (see
+    :func:`llm_surgeon.factor_groups.block_ranges`: groups of ``ceil(blocks / groups)``)."""
+    return -(-blocks // groups) / blocks
 
 
 def factor_bytes(linears: dict[str, nn.Linear], diagonal_only: bool = False,
-                 input_widths: list[int] | None = None) -> int:
+                 input_widths: list[int] | None = None, group_share: float = 1.0) -> int:
     """Bytes of a shot's curvature state at its peak.
 
-    Only the raw float32 sums of every layer persist (:func:`raw_factor_bytes`); the damped factors
+    Only the raw float32 sums persist (:func:`raw_factor_bytes`): of every layer, or with block groups
+    of the largest group (``group_share`` of them; blocks of one family are alike); the damped factors
     and inverses of one layer at a time, the float64 inversion work of the widest factor, the cost
     temporaries of the largest layer (float32 costs and int64 sort keys) and two boolean masks per
     weight (the shot's old and new masks) come on top.
@@ -61,7 +87,7 @@ def factor_bytes(linears: dict[str, nn.Linear], diagonal_only: bool = False,
     weights = sum(lin.weight.numel() for lin in linears.values())
     if diagonal_only:
         return 4 * 2 * sum(lin.out_features + lin.in_features for lin in linears.values()) + 2 * weights
-    raw = raw_factor_bytes(linears, input_widths)
+    raw = int(raw_factor_bytes(linears, input_widths) * group_share)
     one_layer = max(4 * 2 * (lin.out_features**2 + lin.in_features**2) for lin in linears.values())
     widest = max(max(lin.out_features, lin.in_features) for lin in linears.values())
     largest = max(lin.weight.numel() for lin in linears.values())
@@ -84,8 +110,12 @@ def activation_bytes(linears: dict[str, nn.Linear], blocks: int, tokens: int, dt
 
 def shot_memory(model: nn.Module, linears: dict[str, nn.Linear], blocks: int, batch_windows: int, seqlen: int,
                 full_factors: bool, backward: bool, chunk_tokens: int = 1024,
-                input_widths: list[int] | None = None, dtype_bytes: int | None = None) -> ShotMemory:
-    """The estimate for one shot of ``model`` with micro-batches of ``batch_windows`` x ``seqlen`` tokens."""
+                input_widths: list[int] | None = None, dtype_bytes: int | None = None,
+                block_groups: int = 1) -> ShotMemory:
+    """The estimate for one shot of ``model`` with micro-batches of ``batch_windows`` x ``seqlen`` tokens.
+
+    With ``block_groups`` the factor sums of the largest group are held at once; the activations are
+    those of the first group's pass, which runs through every block."""
     config = model.config
     dtype_bytes = dtype_bytes or next(model.parameters()).element_size()
     eager = None
@@ -94,8 +124,20 @@ def shot_memory(model: nn.Module, linears: dict[str, nn.Linear], blocks: int, ba
     activations = activation_bytes(linears, blocks, batch_windows * seqlen, dtype_bytes, eager) if backward else 0
     vocab = model.get_output_embeddings().weight.shape[0]
     logits = LOGIT_COPIES * 4 * min(chunk_tokens, batch_windows * seqlen) * vocab if backward else 0
-    factors = factor_bytes(linears, input_widths=input_widths) if full_factors else 0
+    share = largest_group_share(blocks, block_groups)
+    factors = factor_bytes(linears, input_widths=input_widths, group_share=share) if full_factors else 0
     return ShotMemory(factors=factors, activations=activations, logits=logits)
+
+
+def fewest_block_groups(needs: Callable[[int], ShotMemory], room: int | None, max_groups: int
+                        ) -> tuple[int, ShotMemory] | None:
+    """The fewest block groups (1..``max_groups``) whose shot fits ``room`` bytes, with its estimate; None if
+    none does. Fewer groups mean fewer passes, so the first that fits is the fastest."""
+    for groups in range(1, max_groups + 1):
+        needed = needs(groups)
+        if room is None or needed.total <= room:
+            return groups, needed
+    return None
 
 
 def available_bytes(device: str | torch.device) -> int | None:
@@ -110,3 +152,33 @@ def available_bytes(device: str | torch.device) -> int | None:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     return None
+
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 10**3, "KIB": 2**10, "M": 2**20, "MB": 10**6, "MIB": 2**20,
+          "G": 2**30, "GB": 10**9, "GIB": 2**30, "T": 2**40, "TB": 10**12, "TIB": 2**40}
+
+_SIZE = re.compile(r"^(\d+(?:\.\d*)?(?:E[+-]?\d+)?)([KMGT]?I?B?)$")
+
+
+def parse_bytes(text: str) -> int:
+    """``"20GiB"``, ``"20GB"``, ``"20G"`` (binary), ``"1.5e10"`` -> bytes; ``ValueError`` on anything else."""
+    match = _SIZE.match(text.strip().upper().replace(" ", ""))
+    if match is None or match.group(2) not in _UNITS:
+        raise ValueError(f"not a memory size: {text!r} (examples: 20GiB, 500MB, 8G)")
+    value = float(match.group(1)) * _UNITS[match.group(2)]
+    if not value > 0:
+        raise ValueError(f"a memory size must be positive, got {text!r}")
+    return int(value)
+
+
+def in_use_bytes(device: str | torch.device) -> int:
+    """What this process holds now: CUDA's allocated memory, else the resident set (Linux)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
