@@ -46,7 +46,8 @@ def build_random_model(config_path: str, dtype: str, folder: Path) -> Path:
 
 def shared_flags(args: argparse.Namespace, max_memory: str) -> list[str]:
     flags = ["--shots", "1", "--sparsity", "0.5", "--calib-samples", str(args.samples), "--calib-seqlen",
-             str(args.seqlen), "--batch-size", str(args.batch_size), "--dtype", args.dtype]
+             str(args.seqlen), "--batch-size", str(args.batch_size), "--dtype", args.dtype,
+             "--update-iterations", str(args.update_iterations)]
     return flags + ([] if max_memory == "none" else ["--max-memory", max_memory])
 
 
@@ -55,8 +56,9 @@ def measure(model: str, args: argparse.Namespace, max_memory: str, work: Path) -
     plan = json.loads(subprocess.run([*CLI, "plan", model, "--json", *flags], check=True, capture_output=True,
                                      text=True).stdout)
     out = work / "run"
+    evaluation = ["--eval", "--eval-max-windows", str(args.eval_windows)] if args.eval_windows else []
     code, wall, peak_mb = run_child([*CLI, "prune", model, "--out", str(out), "--overwrite", "--no-progress",
-                                     "--data-dir", args.data_dir, *flags], work / "log.txt")
+                                     "--data-dir", args.data_dir, *flags, *evaluation], work / "log.txt")
     report = json.loads((out / "report.json").read_text()) if code == 0 else {}
     estimate = report.get("memory_estimate") or {}
     shutil.rmtree(out, ignore_errors=True)
@@ -66,6 +68,7 @@ def measure(model: str, args: argparse.Namespace, max_memory: str, work: Path) -
             "plan_seconds": round(plan["seconds_per_shot"]),
             "prune_predicted_peak_mb": round(estimate["predicted_peak_mb"]) if estimate else None,
             "prune_block_groups": estimate.get("block_groups"), "measured_peak_mb": round(peak_mb),
+            "ppl": (report.get("ppl") or {}).get("wikitext2"), "update_iterations": args.update_iterations,
             "seconds": {k: round(v, 1) for k, v in report.get("seconds", {}).items()}, "wall_s": round(wall, 1),
             "log_tail": [] if code == 0 else (work / "log.txt").read_text().splitlines()[-3:]}
 
@@ -80,6 +83,8 @@ def main() -> int:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--max-memory", default="none", help="comma-separated budgets, or none")
+    parser.add_argument("--update-iterations", type=int, default=20, help="PCG iterations (memory does not depend on it)")
+    parser.add_argument("--eval-windows", type=int, default=0, help="also evaluate on the first K test windows")
     parser.add_argument("--data-dir", required=True)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="plan-vs-measured-"))

@@ -12,6 +12,7 @@ import torch
 from llm_surgeon import PruneConfig
 from llm_surgeon.curvature import CurvatureRequest, LocalCollector
 from llm_surgeon.factor_groups import block_ranges, collect_in_groups
+from llm_surgeon.methods import get_method
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.pruner import prune_model
 from llm_surgeon.resources import MemoryLayout, parse_bytes, shot_memory
@@ -140,3 +141,36 @@ def test_bfloat16_weights_prune_with_float32_statistics(make, calibration):
         assert agreement > 0.8, (name, float(agreement))
     sparsity = sum(int(m.sum()) for m in result.masks.values()) / sum(m.numel() for m in result.masks.values())
     assert sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+def test_max_memory_picks_block_groups_records_them_and_changes_nothing(tmp_path, monkeypatch):
+    import json
+
+    from llm_surgeon import api
+    from tests.conftest import write_fake_wikitext, write_tiny_checkpoint
+
+    model = write_tiny_checkpoint(tmp_path / "model")
+    data = str(write_fake_wikitext(tmp_path / "data"))
+    config = PruneConfig(shots=2, calib_samples=4, calib_seqlen=32)
+    monkeypatch.setattr(api, "in_use_bytes", lambda device: 0)
+    monkeypatch.setattr(api, "available_bytes", lambda device: None)
+    loaded = tiny_llama()
+    adapter = get_adapter(loaded)
+    linears = adapter.prunable_linears(loaded)
+    needs = [api._shot_needs(loaded, adapter, linears, config, get_method("surgeon"), g).total for g in (1, 2)]
+    assert needs[1] < needs[0]
+    reports = {}
+    for label, budget in (("one pass", None), ("two groups", f"{needs[0] - 1}B")):
+        out = tmp_path / label.replace(" ", "-")
+        api.run_prune(str(model), config, api.RunOptions(out=str(out), data_dir=data, progress=False,
+                                                         max_memory=budget))
+        reports[label] = json.loads((out / "report.json").read_text())
+        assert not [p for p in out.iterdir() if p.name.startswith(".llm-surgeon-factors-")]
+    assert reports["one pass"]["memory_estimate"]["block_groups"] == 1
+    assert reports["two groups"]["memory_estimate"]["block_groups"] == 2
+    assert reports["two groups"]["memory_estimate"]["max_memory_mb"] == pytest.approx((needs[0] - 1) / 2**20)
+    from safetensors.torch import load_file
+
+    one, two = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one-pass", "two-groups"))
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=1e-5, atol=1e-6, msg=key)

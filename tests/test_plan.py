@@ -50,3 +50,34 @@ def test_plan_says_when_it_does_not_fit_and_refuses_bad_input(tmp_path):
     assert "does NOT fit" in text and "time per shot" in text
     missing = run_cli("plan", str(tmp_path / "nope.json"), check=False)
     assert missing.returncode == 2 and "config file not found" in missing.stderr
+
+
+def test_plan_chooses_the_fewest_block_groups_and_then_a_smaller_batch(tmp_path):
+    path = _config_file(tmp_path, num_hidden_layers=4, hidden_size=64, intermediate_size=256)
+    base = ["plan", str(path), "--json", "--tflops", "1", "--calib-samples", "4", "--calib-seqlen", "32"]
+    unbounded = json.loads(run_cli(*base).stdout)
+    assert unbounded["block_groups"] == 1 and unbounded["batch_size"] == 8
+    # A budget just under the one-pass peak needs groups, and the predicted peak then fits under it.
+    budget = unbounded["peak_bytes"] - 1
+    split = json.loads(run_cli(*base, "--max-memory", str(budget)).stdout)
+    assert split["fits"] and split["block_groups"] > 1 and split["peak_bytes"] <= budget
+    assert split["factors_bytes"] < unbounded["factors_bytes"]
+    assert split["seconds_per_shot"] > unbounded["seconds_per_shot"]  # more passes
+    # Under what four groups can save, the batch shrinks instead.
+    lean = json.loads(run_cli(*base, "--max-memory", str(split["peak_bytes"] - unbounded["activations_bytes"] // 2)
+                              ).stdout)
+    assert lean["fits"] and lean["batch_size"] < 8
+    hopeless = json.loads(run_cli(*base, "--max-memory", "1MB").stdout)
+    assert hopeless["fits"] is False and hopeless["block_groups"] == 4 and hopeless["batch_size"] == 1
+
+
+def test_plan_for_several_devices_divides_what_each_holds(tmp_path):
+    path = _config_file(tmp_path, num_hidden_layers=4)
+    base = ["plan", str(path), "--json", "--tflops", "1", "--calib-samples", "4", "--calib-seqlen", "32"]
+    one = json.loads(run_cli(*base).stdout)
+    four = json.loads(run_cli(*base, "--devices", "4").stdout)
+    assert four["devices"] == 4 and four["peak_bytes"] < one["peak_bytes"]
+    assert four["activations_bytes"] == pytest.approx(one["activations_bytes"] / 4, rel=1e-6)
+    assert four["logits_bytes"] == one["logits_bytes"]
+    refused = run_cli(*base, "--devices", "0", check=False)
+    assert refused.returncode == 2 and "--devices must be at least 1" in refused.stderr

@@ -183,14 +183,15 @@ class PreparedRun:
     """Where the shots keep their curvature (host memory, block groups), chosen to fit the memory."""
 
 
-def _estimate_dict(estimate: ShotMemory | None, loaded_mb: float, layout: MemoryLayout, max_memory: int | None
-                   ) -> dict | None:
+def _estimate_dict(estimate: ShotMemory | None, loaded_mb: float, layout: MemoryLayout, max_memory: int | None,
+                   attention: str | None) -> dict | None:
     if estimate is None:
         return None
     mb = 2**20
     return {"loaded_mb": loaded_mb, "factors_mb": estimate.factors / mb, "activations_mb": estimate.activations / mb,
             "logits_mb": estimate.logits / mb, "predicted_peak_mb": loaded_mb + estimate.total / mb,
-            "max_memory_mb": None if max_memory is None else max_memory / mb, **layout.to_dict()}
+            "max_memory_mb": None if max_memory is None else max_memory / mb, "attention": attention,
+            **layout.to_dict()}
 
 
 def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state: str) -> PreparedRun:
@@ -225,7 +226,8 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
     layout = MemoryLayout(layout.factor_device, layout.block_groups, scratch_dir=str(out))
     return PreparedRun(model_name, config, options, out, data_dir, model, tokenizer, adapter, linears, calibration,
                        spec, resumed, resumed_from_shot, started, layout=layout,
-                       memory_estimate=_estimate_dict(estimate, loaded_mb, layout, options.budget_bytes()))
+                       memory_estimate=_estimate_dict(estimate, loaded_mb, layout, options.budget_bytes(),
+                                                      getattr(model.config, "_attn_implementation", None)))
 
 
 def execute_run(run: PreparedRun) -> PruneResult:

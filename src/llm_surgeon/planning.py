@@ -44,6 +44,9 @@ class ShotPlan:
     """The largest predicted peak of any device (each holds its share of the blocks)."""
     flops: dict[str, float]
     tflops: float
+    """Throughput of the float32 work (statistics, inversions, update)."""
+    pass_tflops: float
+    """Throughput of the forward/backward passes, in the model's dtype (bf16 is slow on many CPUs)."""
     seconds_per_shot: float
     device_bytes: int | None
     fits: bool | None
@@ -127,25 +130,23 @@ def _pass_share(blocks: int, groups: int) -> float:
 
 def _device_needs(model, linears, blocks: int, widths: list[int], config: PruneConfig, method, dtype: str,
                   devices: int, groups: int, batch: int) -> ShotMemory:
-    """One device's share when the blocks are split evenly over ``devices`` (as ``device_map`` does): its
-    blocks' factor sums (in ``groups`` groups), its blocks' activations, and the logits (the last device)."""
-    whole = shot_memory(model, linears, blocks, batch, config.calib_seqlen,
-                        full_factors=method.holds_full_factors(), backward=True, input_widths=widths,
-                        dtype_bytes=DTYPE_BYTES[dtype], block_groups=min(blocks, devices * groups))
-    return ShotMemory(factors=whole.factors, activations=whole.activations // devices, logits=whole.logits)
+    """The busiest device's share when the blocks are split evenly over ``devices`` (as ``device_map`` does)."""
+    return shot_memory(model, linears, blocks, batch, config.calib_seqlen, full_factors=method.holds_full_factors(),
+                       backward=True, input_widths=widths, dtype_bytes=DTYPE_BYTES[dtype], block_groups=groups,
+                       devices=devices)
 
 
-def _fitting_settings(needs, weights: int, room: int | None, blocks: int, batch: int
+def _fitting_settings(needs, weights: int, room: int | None, most: int, batch: int
                       ) -> tuple[int, int, ShotMemory, bool]:
     """(block groups, batch size, estimate, fits): the fewest groups at the requested batch, else the largest
-    batch (halving) that fits in one block per group; the requested settings when nothing fits."""
+    batch (halving) that fits with up to ``most`` groups; when nothing fits, the leanest settings tried."""
     free = None if room is None else room - weights
     while True:
-        chosen = fewest_block_groups(lambda g, b=batch: needs(g, b), free, blocks)
+        chosen = fewest_block_groups(lambda g, b=batch: needs(g, b), free, most)
         if chosen is not None:
             return chosen[0], batch, chosen[1], True
         if batch == 1:
-            return 1, batch, needs(1, batch), False
+            return most, batch, needs(most, batch), False
         batch = max(1, batch // 2)
 
 
@@ -171,9 +172,12 @@ def plan_shot(model_or_config: str, config: PruneConfig, dtype: str = "float32",
     groups, batch, memory, fits = _fitting_settings(needs, weights, device_bytes, most, config.batch_size)
     flops = shot_flops(model, adapter, linears, config, widths)
     flops["pass"] *= _pass_share(blocks, min(blocks, groups))
-    rate = (tflops or measured_tflops()) * devices
+    # Blocks split over devices run one after another: no speed-up from more devices.
+    rate = tflops or measured_tflops()
+    pass_rate = tflops or (rate if dtype == "float32" else measured_tflops(getattr(torch, dtype)))
+    seconds = flops["pass"] / (pass_rate * 1e12) + (sum(flops.values()) - flops["pass"]) / (rate * 1e12)
     return ShotPlan(model_config.model_type, parameters, devices, weights, memory.factors, memory.activations,
-                    memory.logits, weights + memory.total, flops, rate, sum(flops.values()) / (rate * 1e12),
+                    memory.logits, weights + memory.total, flops, rate, pass_rate, seconds,
                     device_bytes, None if device_bytes is None else fits, groups, batch)
 
 
@@ -192,5 +196,6 @@ def describe(plan: ShotPlan) -> str:
         f"factors {plan.factors_bytes / gib:.1f}, activations of one batch {plan.activations_bytes / gib:.1f}, "
         f"logits {plan.logits_bytes / gib:.1f}",
         f"  settings      {settings}",
-        f"  time per shot {plan.seconds_per_shot:.0f} s at {plan.tflops:.2f} TFLOP/s ({parts} TFLOP)",
+        f"  time per shot {plan.seconds_per_shot:.0f} s at {plan.tflops:.2f} TFLOP/s (passes at "
+        f"{plan.pass_tflops:.2f}; {parts} TFLOP)",
     ])

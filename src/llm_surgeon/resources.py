@@ -75,16 +75,16 @@ def largest_group_share(blocks: int, groups: int) -> float:
 
 
 def factor_bytes(linears: dict[str, nn.Linear], diagonal_only: bool = False,
-                 input_widths: list[int] | None = None, group_share: float = 1.0) -> int:
+                 input_widths: list[int] | None = None, group_share: float = 1.0, layer_share: float = 1.0) -> int:
     """Bytes of a shot's curvature state at its peak.
 
     Only the raw float32 sums persist (:func:`raw_factor_bytes`): of every layer, or with block groups
     of the largest group (``group_share`` of them; blocks of one family are alike); the damped factors
     and inverses of one layer at a time, the float64 inversion work of the widest factor, the cost
     temporaries of the largest layer (float32 costs and int64 sort keys) and two boolean masks per
-    weight (the shot's old and new masks) come on top.
+    weight (the shot's old and new masks) of the device's ``layer_share`` of the layers come on top.
     """
-    weights = sum(lin.weight.numel() for lin in linears.values())
+    weights = int(sum(lin.weight.numel() for lin in linears.values()) * layer_share)
     if diagonal_only:
         return 4 * 2 * sum(lin.out_features + lin.in_features for lin in linears.values()) + 2 * weights
     raw = int(raw_factor_bytes(linears, input_widths) * group_share)
@@ -111,21 +111,26 @@ def activation_bytes(linears: dict[str, nn.Linear], blocks: int, tokens: int, dt
 def shot_memory(model: nn.Module, linears: dict[str, nn.Linear], blocks: int, batch_windows: int, seqlen: int,
                 full_factors: bool, backward: bool, chunk_tokens: int = 1024,
                 input_widths: list[int] | None = None, dtype_bytes: int | None = None,
-                block_groups: int = 1) -> ShotMemory:
+                block_groups: int = 1, devices: int = 1) -> ShotMemory:
     """The estimate for one shot of ``model`` with micro-batches of ``batch_windows`` x ``seqlen`` tokens.
 
     With ``block_groups`` the factor sums of the largest group are held at once; the activations are
-    those of the first group's pass, which runs through every block."""
+    those of the first group's pass, which runs through every block. With ``devices`` the blocks are
+    split evenly over that many devices (as ``device_map`` does) and the estimate is the busiest one's:
+    its blocks' sums, masks and activations, and the logits."""
     config = model.config
     dtype_bytes = dtype_bytes or next(model.parameters()).element_size()
     eager = None
     if getattr(config, "_attn_implementation", None) == "eager":
         eager = (config.num_attention_heads, seqlen)
+    on_device = largest_group_share(blocks, devices)
     activations = activation_bytes(linears, blocks, batch_windows * seqlen, dtype_bytes, eager) if backward else 0
+    activations = int(activations * on_device)
     vocab = model.get_output_embeddings().weight.shape[0]
     logits = LOGIT_COPIES * 4 * min(chunk_tokens, batch_windows * seqlen) * vocab if backward else 0
-    share = largest_group_share(blocks, block_groups)
-    factors = factor_bytes(linears, input_widths=input_widths, group_share=share) if full_factors else 0
+    share = largest_group_share(blocks, min(blocks, devices * block_groups))
+    factors = factor_bytes(linears, input_widths=input_widths, group_share=share,
+                           layer_share=on_device) if full_factors else 0
     return ShotMemory(factors=factors, activations=activations, logits=logits)
 
 

@@ -15,6 +15,21 @@ def _ppl_line(ppl: dict) -> list[str]:
     return [f"  perplexity   {ppl['wikitext2']:.2f} on WikiText-2 test ({windows}, {scored}); {versus}"]
 
 
+def _memory_line(report: dict) -> str:
+    """The measured peak, with the prediction and where the curvature was kept when those are known."""
+    line = f"  peak memory  {report['peak_memory_mb'] / 1024:.2f} GiB"
+    estimate = report.get("memory_estimate") or {}
+    if estimate.get("predicted_peak_mb"):
+        line += f" (predicted {estimate['predicted_peak_mb'] / 1024:.2f} GiB"
+        groups = estimate.get("block_groups") or 1
+        if groups > 1:
+            line += f"; factors collected in {groups} block groups"
+        if estimate.get("factor_device"):
+            line += f"; factor sums on {estimate['factor_device']}"
+        line += ")"
+    return line
+
+
 def human_summary(report: dict, out: str) -> str:
     """Model, method, sparsity reached, perplexity beside the dense one, time, peak memory, where it was saved."""
     s = report["seconds"]
@@ -28,7 +43,7 @@ def human_summary(report: dict, out: str) -> str:
     parts = ", ".join(f"{k} {s[k]:.1f}" for k in ("curvature", "costs", "update", "correction") if s.get(k))
     lines.append(f"  time         {s['total']:.1f} s pruning ({parts or 'no curvature'}); "
                  f"{s.get('wall', s['total']):.1f} s in all")
-    lines.append(f"  peak memory  {report['peak_memory_mb'] / 1024:.2f} GiB")
+    lines.append(_memory_line(report))
     structure = report.get("structure")
     if structure:
         lines.append(f"  parameters   {structure['prunable_params_after']:,} of {structure['prunable_params_before']:,}"
