@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from llm_surgeon.compaction import compact
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.data import CalibrationSpec, calibration_windows, evaluation_tokens, resolve_data_dir
 from llm_surgeon.devices import check_device, check_positive
+from llm_surgeon.distributed import DataParallelCollector, Ranks, joined_ranks
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.evaluation import PerplexityResult, perplexity
 from llm_surgeon.export import densify, to_semi_structured
@@ -181,6 +182,8 @@ class PreparedRun:
     """The up-front prediction of a shot's peak, for the report (beside the measured peak)."""
     layout: MemoryLayout | None = None
     """Where the shots keep their curvature (host memory, block groups), chosen to fit the memory."""
+    ranks: Ranks = field(default_factory=Ranks)
+    """This process among the ranks of a ``torchrun`` job; rank 0 alone writes."""
 
 
 def _estimate_dict(estimate: ShotMemory | None, loaded_mb: float, layout: MemoryLayout, max_memory: int | None,
@@ -194,8 +197,10 @@ def _estimate_dict(estimate: ShotMemory | None, loaded_mb: float, layout: Memory
             **layout.to_dict()}
 
 
-def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state: str) -> PreparedRun:
+def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state: str,
+                ranks: Ranks | None = None) -> PreparedRun:
     """Load and check everything a prune needs before any pruning work; resume from a checkpoint."""
+    ranks = ranks or Ranks()
     out = Path(options.out)
     data_dir = resolve_data_dir(options.data_dir)
     started = time.perf_counter()
@@ -218,24 +223,34 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
         resumed_from_shot = len(resumed.shots)
         print(f"llm-surgeon: resuming from {checkpoint.path} (shot {checkpoint.shot} of {config.shots})",
               file=sys.stderr)
-    if state == "replace":
+    if state == "replace" and ranks.writes:
         (out / REPORT_NAME).unlink(missing_ok=True)
         remove_checkpoints(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if ranks.writes:
+        out.mkdir(parents=True, exist_ok=True)
+    ranks.barrier()
     loaded_mb = peak_memory_mb(options.device)
     layout = MemoryLayout(layout.factor_device, layout.block_groups, scratch_dir=str(out))
     return PreparedRun(model_name, config, options, out, data_dir, model, tokenizer, adapter, linears, calibration,
-                       spec, resumed, resumed_from_shot, started, layout=layout,
+                       spec, resumed, resumed_from_shot, started, layout=layout, ranks=ranks,
                        memory_estimate=_estimate_dict(estimate, loaded_mb, layout, options.budget_bytes(),
                                                       getattr(model.config, "_attn_implementation", None)))
 
 
 def execute_run(run: PreparedRun) -> PruneResult:
-    """The shots, with a checkpoint after each."""
+    """The shots, with a checkpoint after each (written by rank 0; the others wait for it)."""
+    def checkpoint(shot: int, result: PruneResult) -> None:
+        if run.ranks.writes:
+            save_checkpoint(run.out, run.model_name, result, run.linears)
+        run.ranks.barrier()
+
+    collector = None
+    if run.ranks.world > 1:
+        collector = DataParallelCollector(run.config.batch_size, run.config.fisher, run.options.progress,
+                                          run.layout.factor_device if run.layout else None)
     return prune_model(
-        run.model, run.calibration, run.config, progress=run.options.progress, start=run.resumed,
-        adapter=run.adapter, layout=run.layout,
-        on_shot_end=lambda shot, r: save_checkpoint(run.out, run.model_name, r, run.linears),
+        run.model, run.calibration, run.config, progress=run.options.progress and run.ranks.writes,
+        start=run.resumed, adapter=run.adapter, layout=run.layout, collector=collector, on_shot_end=checkpoint,
     )
 
 
@@ -273,6 +288,7 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
         achieved_sparsity=achieved, per_layer_sparsity=per_layer, ppl=ppl, seconds=seconds,
         peak_mb=peak_memory_mb(options.device), export=export.to_dict() if export else None,
         resumed_from_shot=run.resumed_from_shot, footprint=footprint, memory_estimate=run.memory_estimate,
+        distributed=run.ranks.to_dict(),
     )
     atomic_write_json(run.out / REPORT_NAME, report)
     remove_checkpoints(run.out)
@@ -301,7 +317,11 @@ class PruneOutcome:
 
 def prune_job(model_name: str, config: PruneConfig, options: RunOptions) -> PruneOutcome:
     """The whole ``llm-surgeon prune`` job: check, load, calibrate, prune (checkpointing every shot),
-    optionally evaluate, save. Re-running on the same ``out`` continues from the last complete checkpoint."""
+    optionally evaluate, save. Re-running on the same ``out`` continues from the last complete checkpoint.
+
+    Started by ``torchrun`` with several processes, the calibration windows are shared among the ranks
+    (:class:`~llm_surgeon.distributed.DataParallelCollector`) and rank 0 alone writes; the other ranks
+    return an empty report."""
     config.validate()
     options.validate()
     out = Path(options.out)
@@ -310,12 +330,15 @@ def prune_job(model_name: str, config: PruneConfig, options: RunOptions) -> Prun
         return PruneOutcome(load_report(out), already_finished=True)
     if options.resume and state != "resume":
         raise ConfigError(f"nothing to resume in {out}: no complete checkpoint")
-    run = prepare_run(model_name, config, options, state)
-    if options.eval and options.eval_dense and run.resumed is None:
-        run.dense_ppl = _evaluate_dense(run)
-    dense_footprint = forward_footprint(run.model) if config.granularity == "structured" else None
-    result = execute_run(run)
-    return PruneOutcome(finish_run(run, result, dense_footprint))
+    with joined_ranks(options.device) as ranks:
+        run = prepare_run(model_name, config, options, state, ranks)
+        if options.eval and options.eval_dense and run.resumed is None and ranks.writes:
+            run.dense_ppl = _evaluate_dense(run)
+        dense_footprint = forward_footprint(run.model) if config.granularity == "structured" else None
+        result = execute_run(run)
+        if not ranks.writes:
+            return PruneOutcome({})
+        return PruneOutcome(finish_run(run, result, dense_footprint))
 
 
 def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict:

@@ -206,6 +206,8 @@ def _run_prune(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 0
     report = outcome.report
+    if not report:  # a rank other than 0 of a torchrun job: rank 0 reports
+        return 0
     if args.json:
         keys = ("model", "method", "granularity", "target_sparsity", "achieved_sparsity", "seconds", "ppl",
                 "peak_memory_mb")

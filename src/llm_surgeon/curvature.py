@@ -48,7 +48,7 @@ class KroneckerFactors:
                                 tokens=self.tokens)
 
 
-class _FactorAccumulator:
+class FactorAccumulator:
     """Forward and output-gradient hooks that sum ``aᵀa`` and ``gᵀg`` (or their diagonals) in float32."""
 
     def __init__(self, linears: dict[str, nn.Linear], diagonal_only: bool = False,
@@ -124,7 +124,7 @@ class _FactorAccumulator:
         return hook
 
     @contextmanager
-    def attached(self) -> Iterator[_FactorAccumulator]:
+    def attached(self) -> Iterator[FactorAccumulator]:
         try:
             for name, module in self.linears.items():
                 self._handles.append(module.register_forward_hook(self._forward_hook(name)))
@@ -226,11 +226,23 @@ class LocalCollector(CurvatureCollector):
         """Where the sums accumulate (None: beside each layer)."""
 
     def collect(self, model, adapter, linears, windows, request, seed, label=""):
-        accumulator = _FactorAccumulator(linears, request.diagonal_only, self.factor_device)
-        self.accumulate(model, adapter, accumulator, windows, request, seed, label)
+        accumulator = FactorAccumulator(linears, request.diagonal_only, self.factor_device)
+        self.accumulate(model, adapter, accumulator, self.windows_of(windows), request, self.seed_of(seed), label)
+        self.reduce(accumulator)
         return _normalised(accumulator, linears, request.with_gradients)
 
-    def accumulate(self, model: nn.Module, adapter: ArchitectureAdapter, accumulator: _FactorAccumulator,
+    def windows_of(self, windows: torch.Tensor) -> torch.Tensor:
+        """The windows this process passes (all of them; a data-parallel collector takes its shard)."""
+        return windows
+
+    def seed_of(self, seed: int) -> int:
+        """The label-sampling seed of this process."""
+        return seed
+
+    def reduce(self, accumulator: FactorAccumulator) -> None:
+        """Combine this process's raw sums with other processes' (nothing to do alone)."""
+
+    def accumulate(self, model: nn.Module, adapter: ArchitectureAdapter, accumulator: FactorAccumulator,
                    windows: torch.Tensor, request: CurvatureRequest, seed: int, label: str) -> None:
         """Add the statistics of ``windows`` to ``accumulator`` (raw sums, not yet normalised)."""
         device = input_device(model)
@@ -259,7 +271,7 @@ class LocalCollector(CurvatureCollector):
             model.train(was_training)
 
 
-def _normalised(accumulator: _FactorAccumulator, linears: dict[str, nn.Linear], with_gradients: bool
+def _normalised(accumulator: FactorAccumulator, linears: dict[str, nn.Linear], with_gradients: bool
                 ) -> dict[str, KroneckerFactors]:
     """Sums divided by the token count, in place (no second copy of every sum); A factors shared between
     layers stay shared. Full factors stay packed upper triangles."""

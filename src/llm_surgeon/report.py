@@ -57,6 +57,7 @@ def build_report(
     resumed_from_shot: int | None = None,
     footprint: dict | None = None,
     memory_estimate: dict | None = None,
+    distributed: dict | None = None,
 ) -> dict:
     """Everything a reader needs to judge and reproduce the run, in one dict (written as report.json)."""
     report = {
@@ -80,6 +81,7 @@ def build_report(
         "machine": machine(),
         "semi_structured_export": export,
         "resumed_from_shot": resumed_from_shot,
+        "distributed": distributed or {"world_size": 1, "backend": None},
     }
     if result.structure is not None:
         report["structure"] = result.structure
