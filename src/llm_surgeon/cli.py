@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 
+from llm_surgeon.allocator import release_freed_memory
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.methods import method_names, methods_help
@@ -298,6 +299,7 @@ COMMANDS = {"prune": _run_prune, "plan": _run_plan, "eval": _run_eval, "bench": 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    release_freed_memory()
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         return COMMANDS[args.command](args)
