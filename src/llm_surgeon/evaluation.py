@@ -7,13 +7,18 @@ remainder is dropped); ``ppl = exp(mean token NLL)`` over every predicted token.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from llm_surgeon.errors import DataError
+from llm_surgeon.errors import DataError, UnsupportedArchitectureError
+from llm_surgeon.models.adapters import get_adapter
+
+CHUNK_TOKENS = 512
+"""Positions whose logits exist at once while scoring a window."""
 
 
 @dataclass
@@ -50,16 +55,38 @@ def perplexity(
     if windows < 1:
         raise DataError(f"evaluation text has {tokens.numel()} tokens, fewer than one window of {seqlen}")
     device = next(model.parameters()).device
+    window_nll = _window_nll(model)
     total_nll = 0.0
     predicted = 0
     for w in tqdm(range(windows), desc=f"perplexity (seqlen {seqlen})", disable=not progress):
         ids = tokens[w * seqlen : (w + 1) * seqlen].unsqueeze(0).to(device)
-        logits = model(input_ids=ids, use_cache=False).logits.float()
-        nll = F.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum")
-        total_nll += float(nll)
+        total_nll += window_nll(ids)
         predicted += seqlen - 1
     mean_nll = total_nll / predicted
     return PerplexityResult(
         ppl=math.exp(mean_nll), nll=mean_nll, windows=windows, seqlen=seqlen,
         tokens=predicted, text_tokens=int(tokens.numel()), dataset=dataset,
     )
+
+
+def _window_nll(model: torch.nn.Module, chunk_tokens: int = CHUNK_TOKENS) -> Callable[[torch.Tensor], float]:
+    """``ids (1, seqlen) -> summed next-token NLL``. For a supported family the LM head and the loss run
+    over ``chunk_tokens`` positions at a time (the adapter's logits, soft-capping included), so a window's
+    full logits and their log-softmax (800 MB for 2048 positions of a 49k vocabulary) never exist at once;
+    any other causal LM is scored from its whole logits."""
+    try:
+        adapter = get_adapter(model)
+    except UnsupportedArchitectureError:
+        return lambda ids: float(F.cross_entropy(model(input_ids=ids, use_cache=False).logits.float()[0, :-1],
+                                                 ids[0, 1:], reduction="sum"))
+
+    def chunked(ids: torch.Tensor) -> float:
+        hidden = adapter.body(model)(input_ids=ids, use_cache=False).last_hidden_state[0, :-1]
+        labels = ids[0, 1:]
+        total = 0.0
+        for start in range(0, labels.numel(), chunk_tokens):
+            logits = adapter.logits(model, hidden[start:start + chunk_tokens]).float()
+            total += float(F.cross_entropy(logits, labels[start:start + chunk_tokens], reduction="sum"))
+        return total
+
+    return chunked
