@@ -49,13 +49,13 @@ def main() -> None:
     collector = LocalCollector(batch_size=args.batch_size, progress=False)
     factors = collector.collect(model, adapter, linears, windows, CurvatureRequest(), seed=0)
     seconds = time.perf_counter() - start
-    first = next(iter(factors.values()))
+    first = next(iter(factors.values())).unpacked()
     estimate = shot_memory(model, linears, len(adapter.blocks(model)), args.batch_size, args.seqlen,
                            full_factors=False, backward=True)
     raw_factors = raw_factor_bytes(linears, adapter.distinct_input_widths(model))
     predicted_mb = (raw_factors + estimate.activations + estimate.logits) / 2**20
     print(json.dumps({"label": args.label, "seconds": round(seconds, 1), "peak_mb_after_load": round(loaded_mb),
-                      "peak_mb": round(peak_memory_mb(args.device)), "G_trace_first_layer": float(first.unpacked().G.trace()),
+                      "peak_mb": round(peak_memory_mb(args.device)), "G_trace_first_layer": float(first.G.trace()),
                       "windows": f"{args.samples} x {args.seqlen}", "batch_size": args.batch_size,
                       "attention": model.config._attn_implementation,
                       "measured_growth_mb": round(peak_memory_mb(args.device) - loaded_mb),

@@ -83,7 +83,8 @@ def main() -> int:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--max-memory", default="none", help="comma-separated budgets, or none")
-    parser.add_argument("--update-iterations", type=int, default=20, help="PCG iterations (memory does not depend on it)")
+    parser.add_argument("--update-iterations", type=int, default=20,
+                        help="PCG iterations (the memory does not depend on them)")
     parser.add_argument("--eval-windows", type=int, default=0, help="also evaluate on the first K test windows")
     parser.add_argument("--data-dir", required=True)
     args = parser.parse_args()
