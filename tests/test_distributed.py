@@ -1,4 +1,5 @@
-"""Data-parallel curvature over 2 gloo ranks equals one process; owners cover every layer once."""
+"""Data-parallel curvature over 2 gloo ranks equals one process, with layer owners or replicated;
+owners cover every layer once."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import torch.multiprocessing as mp
 
 from llm_surgeon import PruneConfig
 from llm_surgeon.curvature import CurvatureRequest, LocalCollector
-from llm_surgeon.distributed import DataParallelCollector, assign_owners, shard
+from llm_surgeon.distributed import DataParallelCollector, OwnerCollector, assign_owners, shard
 from llm_surgeon.errors import LLMSurgeonError
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.pruner import prune_model
+from llm_surgeon.resources import MemoryLayout
 from tests.conftest import tiny_llama, tiny_opt
 
 GRANULARITIES = ("unstructured", "2:4", "structured")
@@ -51,7 +53,7 @@ def _windows() -> torch.Tensor:
     return torch.randint(0, 128, (8, 16), generator=torch.Generator().manual_seed(1))
 
 
-def _rank_main(rank: int, world: int, rendezvous: str, family: str, out: str) -> None:
+def _rank_main(rank: int, world: int, rendezvous: str, family: str, out: str, scratch: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
@@ -59,13 +61,20 @@ def _rank_main(rank: int, world: int, rendezvous: str, family: str, out: str) ->
         adapter = get_adapter(model)
         collector = DataParallelCollector(batch_size=3, progress=False)
         factors = collector.collect(model, adapter, adapter.prunable_linears(model), _windows(), CurvatureRequest(), 0)
-        saved = {"factors": {n: (f.A, f.G, f.tokens) for n, f in factors.items()}, "masks": {}, "weights": {}}
+        owner_collector = OwnerCollector(batch_size=3, progress=False)
+        owned = owner_collector.collect(model, adapter, adapter.prunable_linears(model), _windows(),
+                                        CurvatureRequest(), 0)
+        saved = {"factors": {n: (f.A, f.G, f.tokens) for n, f in factors.items()}, "masks": {}, "weights": {},
+                 "owned": {n: (f.A, f.G) for n, f in owned.items()}, "owners": owner_collector.owners}
         for granularity in GRANULARITIES:
             model = _make(family)
             config = PruneConfig(granularity=granularity, sparsity=0.3 if granularity == "structured" else 0.5,
                                  shots=2, batch_size=3)
-            result = prune_model(model, _windows(), config, progress=False,
-                                 collector=DataParallelCollector(batch_size=3, progress=False))
+            kind = DataParallelCollector if granularity == "structured" else OwnerCollector
+            # Owners with block groups on disk: the composition a large model runs.
+            layout = MemoryLayout(block_groups=2, scratch_dir=scratch) if granularity == "2:4" else None
+            result = prune_model(model, _windows(), config, progress=False, layout=layout,
+                                 collector=kind(batch_size=3, progress=False))
             saved["masks"][granularity] = result.masks
             saved["weights"][granularity] = {n: p.detach().clone() for n, p in model.named_parameters()}
         torch.save(saved, f"{out}.{rank}")
@@ -76,7 +85,7 @@ def _rank_main(rank: int, world: int, rendezvous: str, family: str, out: str) ->
 @pytest.mark.parametrize("family", ["llama", "opt"])
 def test_two_gloo_ranks_give_the_factors_masks_and_weights_of_one_process(family, tmp_path):
     out = str(tmp_path / "rank")
-    mp.spawn(_rank_main, args=(2, str(tmp_path / "rendezvous"), family, out), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, str(tmp_path / "rendezvous"), family, out, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(f"{out}.{r}", weights_only=False) for r in range(2)]
     model = _make(family)
     adapter = get_adapter(model)
@@ -87,6 +96,18 @@ def test_two_gloo_ranks_give_the_factors_masks_and_weights_of_one_process(family
         assert tokens == f.tokens
         torch.testing.assert_close(A, f.A, rtol=1e-5, atol=1e-7, msg=name)
         torch.testing.assert_close(G, f.G, rtol=1e-5, atol=1e-7, msg=name)
+    owners = [set(rank["owned"]) for rank in ranks]
+    assert owners[0] | owners[1] == set(alone) and not owners[0] & owners[1] and all(owners)
+    assert ranks[0]["owners"] == ranks[1]["owners"]
+    for name, owner in ranks[0]["owners"].items():  # layers fed one input (q/k/v, gate/up) have one owner
+        for sibling in ("k_proj", "v_proj", "up_proj"):
+            first = {"k_proj": "q_proj", "v_proj": "q_proj", "up_proj": "gate_proj"}[sibling]
+            if name.endswith(sibling):
+                assert ranks[0]["owners"][name.replace(sibling, first)] == owner, name
+    for rank in ranks:  # an owner's reduced sums are the all-reduced ones
+        for name, (A, G) in rank["owned"].items():
+            torch.testing.assert_close(A, ranks[0]["factors"][name][0], rtol=1e-6, atol=1e-8, msg=name)
+            torch.testing.assert_close(G, ranks[0]["factors"][name][1], rtol=1e-6, atol=1e-8, msg=name)
     for granularity in GRANULARITIES:
         model = _make(family)
         config = PruneConfig(granularity=granularity, sparsity=0.3 if granularity == "structured" else 0.5,

@@ -45,7 +45,11 @@ def test_two_ranks_prune_like_one_process_and_rank_0_alone_writes(medium, tmp_pa
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("llm-surgeon: pruned") == 1  # one summary, from rank 0
     report = json.loads((tmp_path / "two" / "report.json").read_text())
-    assert report["distributed"] == {"world_size": 2, "backend": "gloo"}
+    distributed = report["distributed"]
+    assert {k: distributed[k] for k in ("world_size", "backend", "scheme")} == {
+        "world_size": 2, "backend": "gloo", "scheme": "layer owners"}
+    assert [r["rank"] for r in distributed["ranks"]] == [0, 1]
+    assert all(r["peak_mb"] > 0 and r["communication_s"] > 0 for r in distributed["ranks"])
     assert report["calibration"] == json.loads((tmp_path / "one" / "report.json").read_text())["calibration"]
     _assert_same_result(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"))
     assert sorted(p.name for p in (tmp_path / "two").iterdir() if p.name.startswith(".")) == []

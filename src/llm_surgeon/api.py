@@ -16,7 +16,7 @@ from llm_surgeon.compaction import compact
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.data import CalibrationSpec, calibration_windows, evaluation_tokens, resolve_data_dir
 from llm_surgeon.devices import check_device, check_positive
-from llm_surgeon.distributed import DataParallelCollector, Ranks, joined_ranks
+from llm_surgeon.distributed import DataParallelCollector, OwnerCollector, Ranks, joined_ranks
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.evaluation import PerplexityResult, perplexity
 from llm_surgeon.export import densify, to_semi_structured
@@ -184,6 +184,10 @@ class PreparedRun:
     """Where the shots keep their curvature (host memory, block groups), chosen to fit the memory."""
     ranks: Ranks = field(default_factory=Ranks)
     """This process among the ranks of a ``torchrun`` job; rank 0 alone writes."""
+    every_layer_on_every_rank: bool = False
+    """The selection reads every layer's whole factors (structured): ranks replicate instead of owning layers."""
+    rank_stats: list[dict] | None = None
+    """Per rank after the shots: its peak memory and the seconds it spent in collectives."""
 
 
 def _estimate_dict(estimate: ShotMemory | None, loaded_mb: float, layout: MemoryLayout, max_memory: int | None,
@@ -207,7 +211,7 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
     adapter_for_model_type(load_config(model_name).model_type)  # refuse a family before loading its weights
     model, tokenizer, _ = load_model_and_tokenizer(model_name, parse_dtype(options.dtype), options.device)
     adapter = get_adapter(model)
-    method, linears, _ = setup(model, config, adapter)
+    method, linears, selector = setup(model, config, adapter)
     calibration, spec, estimate, layout = None, None, None, MemoryLayout(factor_device=options.factor_device)
     if needs_calibration(method, config):
         estimate, layout = check_memory(model, adapter, linears, config, method, options.device,
@@ -233,6 +237,7 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
     layout = MemoryLayout(layout.factor_device, layout.block_groups, scratch_dir=str(out))
     return PreparedRun(model_name, config, options, out, data_dir, model, tokenizer, adapter, linears, calibration,
                        spec, resumed, resumed_from_shot, started, layout=layout, ranks=ranks,
+                       every_layer_on_every_rank=selector.needs_every_layer,
                        memory_estimate=_estimate_dict(estimate, loaded_mb, layout, options.budget_bytes(),
                                                       getattr(model.config, "_attn_implementation", None)))
 
@@ -244,14 +249,31 @@ def execute_run(run: PreparedRun) -> PruneResult:
             save_checkpoint(run.out, run.model_name, result, run.linears)
         run.ranks.barrier()
 
-    collector = None
-    if run.ranks.world > 1:
-        collector = DataParallelCollector(run.config.batch_size, run.config.fisher, run.options.progress,
-                                          run.layout.factor_device if run.layout else None)
-    return prune_model(
+    collector = _collector(run)
+    result = prune_model(
         run.model, run.calibration, run.config, progress=run.options.progress and run.ranks.writes,
         start=run.resumed, adapter=run.adapter, layout=run.layout, collector=collector, on_shot_end=checkpoint,
     )
+    run.rank_stats = run.ranks.gather({"rank": run.ranks.rank, "peak_mb": peak_memory_mb(run.options.device),
+                                       "communication_s": collector.clock.seconds if collector else 0.0})
+    return result
+
+
+def _collector(run: PreparedRun) -> DataParallelCollector | None:
+    """Alone: the default. Over ranks: layer owners, or every rank computing everything when the
+    selection reads every layer's factors (structured)."""
+    if run.ranks.world == 1:
+        return None
+    kind = DataParallelCollector if run.every_layer_on_every_rank else OwnerCollector
+    return kind(run.config.batch_size, run.config.fisher, run.options.progress,
+                run.layout.factor_device if run.layout else None)
+
+
+def _distributed_dict(run: PreparedRun) -> dict:
+    scheme = None
+    if run.ranks.world > 1:
+        scheme = "replicated" if run.every_layer_on_every_rank else "layer owners"
+    return {**run.ranks.to_dict(), "scheme": scheme, "ranks": run.rank_stats}
 
 
 def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | None) -> dict:
@@ -288,7 +310,7 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
         achieved_sparsity=achieved, per_layer_sparsity=per_layer, ppl=ppl, seconds=seconds,
         peak_mb=peak_memory_mb(options.device), export=export.to_dict() if export else None,
         resumed_from_shot=run.resumed_from_shot, footprint=footprint, memory_estimate=run.memory_estimate,
-        distributed=run.ranks.to_dict(),
+        distributed=_distributed_dict(run),
     )
     atomic_write_json(run.out / REPORT_NAME, report)
     remove_checkpoints(run.out)

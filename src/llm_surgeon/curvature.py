@@ -21,6 +21,7 @@ from llm_surgeon.errors import LLMSurgeonError
 from llm_surgeon.math.symmetric import pack_upper, unpack_upper
 from llm_surgeon.models.adapters import ArchitectureAdapter
 from llm_surgeon.nll import backward_next_token_nll
+from llm_surgeon.placement import EVERY_LAYER_HERE, LayerPlacement
 
 
 class NonFiniteActivationError(LLMSurgeonError):
@@ -204,7 +205,12 @@ class CurvatureCollector(ABC):
     def collect(self, model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str, nn.Linear],
                 windows: torch.Tensor, request: CurvatureRequest, seed: int, label: str = ""
                 ) -> dict[str, KroneckerFactors]:
-        """Factors of every layer in ``linears``, normalised per token; ``seed`` drives label sampling."""
+        """Factors of every layer in ``linears`` placed here (:meth:`placement`), normalised per token;
+        ``seed`` drives label sampling."""
+
+    def placement(self) -> LayerPlacement:
+        """Which layers' factors :meth:`collect` returned here (all of them unless layers have owners)."""
+        return EVERY_LAYER_HERE
 
 
 class LocalCollector(CurvatureCollector):
@@ -229,7 +235,7 @@ class LocalCollector(CurvatureCollector):
         accumulator = FactorAccumulator(linears, request.diagonal_only, self.factor_device)
         self.accumulate(model, adapter, accumulator, self.windows_of(windows), request, self.seed_of(seed), label)
         self.reduce(accumulator)
-        return _normalised(accumulator, linears, request.with_gradients)
+        return _normalised(accumulator, self.kept(linears), request.with_gradients)
 
     def windows_of(self, windows: torch.Tensor) -> torch.Tensor:
         """The windows this process passes (all of them; a data-parallel collector takes its shard)."""
@@ -241,6 +247,10 @@ class LocalCollector(CurvatureCollector):
 
     def reduce(self, accumulator: FactorAccumulator) -> None:
         """Combine this process's raw sums with other processes' (nothing to do alone)."""
+
+    def kept(self, linears: dict[str, nn.Linear]) -> dict[str, nn.Linear]:
+        """The layers whose reduced factors this process keeps (all of them alone)."""
+        return linears
 
     def accumulate(self, model: nn.Module, adapter: ArchitectureAdapter, accumulator: FactorAccumulator,
                    windows: torch.Tensor, request: CurvatureRequest, seed: int, label: str) -> None:

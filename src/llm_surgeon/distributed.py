@@ -1,19 +1,24 @@
 """Curvature over several processes with ``torch.distributed`` (gloo on CPU, NCCL on GPUs).
 
 The calibration windows are sharded over the ranks of the default process group; each rank runs the
-same forward/backward passes with the same hooks on its shard, and the raw factor sums and token counts
-are summed across ranks before they are normalised. Every rank then holds the factors one process would
-have computed from all windows (up to the order of floating-point additions), so the rest of the shot —
-costs, the global threshold, the update — gives the same masks on every rank without further agreement.
+same forward/backward passes with the same hooks on its shard, and the raw factor sums are summed across
+ranks before they are normalised. Two ways to use them:
 
-:func:`assign_owners` balances layers over ranks by their factor size, for the owner-computes scheme
-(sums reduced to an owner, owners cost and update, weights broadcast) that keeps each rank's share small.
+* :class:`DataParallelCollector` all-reduces every sum: every rank holds the factors one process would
+  have computed from all windows (up to the order of floating-point additions) and computes the whole
+  shot itself. Structured selection, whose costs read several layers' whole factors, uses this.
+* :class:`OwnerCollector` gives each layer an owner rank (:func:`assign_owners`, balanced by factor
+  size, layers that share an input kept together), reduces each sum to its owner only and drops the
+  others; owners damp, invert, cost and update their layers (:class:`OwnedLayers`): the cost inputs are
+  gathered on every rank, so every rank makes the same exact global selection, and each owner broadcasts
+  its layers' new weights.
 """
 
 from __future__ import annotations
 
 import heapq
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,9 +26,11 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from llm_surgeon.curvature import FactorAccumulator, LocalCollector
 from llm_surgeon.errors import LLMSurgeonError
+from llm_surgeon.placement import DeviceOf, LayerPlacement, UpdateTotals, moved
 
 
 def assign_owners(sizes: dict[str, int], world: int) -> dict[str, int]:
@@ -47,6 +54,27 @@ def shard(windows: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return windows[rank::world]
 
 
+class CommClock:
+    """Seconds this rank spent in collectives (waiting for the slowest rank included), for the report."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+        self.seconds = 0.0
+
+    @contextmanager
+    def collective(self, what: str) -> Iterator[None]:
+        """Time the block; a collective that fails because another rank stopped ends the run in one line."""
+        start = time.perf_counter()
+        try:
+            yield
+        except RuntimeError as exc:  # DistBackendError and gloo's connection errors alike
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise LLMSurgeonError(f"rank {self.rank}: another rank stopped while {what} ({first}); the last "
+                                  "complete checkpoint is intact") from exc
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
 class DataParallelCollector(LocalCollector):
     """:class:`~llm_surgeon.curvature.LocalCollector`'s passes on this rank's shard, the sums reduced across ranks.
 
@@ -55,13 +83,13 @@ class DataParallelCollector(LocalCollector):
     """
 
     def __init__(self, batch_size: int = 8, fisher: str = "empirical", progress: bool = True,
-                 factor_device: torch.device | str | None = None, group: dist.ProcessGroup | None = None):
+                 factor_device: torch.device | str | None = None):
         if not dist.is_available() or not dist.is_initialized():
             raise LLMSurgeonError("data-parallel curvature needs an initialised torch.distributed process group "
                                   "(start with torchrun)")
-        super().__init__(batch_size, fisher, progress and dist.get_rank(group) == 0, factor_device)
-        self.group = group
-        self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
+        super().__init__(batch_size, fisher, progress and dist.get_rank() == 0, factor_device)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.clock = CommClock(self.rank)
 
     def windows_of(self, windows: torch.Tensor) -> torch.Tensor:
         return shard(windows, self.rank, self.world)
@@ -71,20 +99,103 @@ class DataParallelCollector(LocalCollector):
 
     def reduce(self, accumulator: FactorAccumulator) -> None:
         """Sum every distinct sum tensor (a shared ``A`` once) and the token count over the ranks, in place."""
-        seen: set[int] = set()
-        try:
-            for sums in (accumulator.A, accumulator.G):
-                for tensor in sums.values():
-                    if id(tensor) not in seen:
-                        seen.add(id(tensor))
-                        dist.all_reduce(tensor, group=self.group)
-            tokens = torch.tensor([accumulator.tokens], dtype=torch.float64)
-            dist.all_reduce(tokens, group=self.group)
-        except (RuntimeError, dist.DistBackendError) as exc:
-            raise LLMSurgeonError(f"rank {self.rank}: another rank stopped while the curvature sums were being "
-                                  f"reduced ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                                  "the last complete checkpoint is intact") from exc
-        accumulator.tokens = int(tokens.item())
+        with self.clock.collective("the curvature sums were being reduced"):
+            for tensor in _distinct(list(accumulator.A.values()) + list(accumulator.G.values())):
+                dist.all_reduce(tensor)
+            _sum_tokens(accumulator)
+
+
+def _distinct(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor once (an ``A`` shared by several layers appears under each of their names)."""
+    seen: dict[int, torch.Tensor] = {}
+    for tensor in tensors:
+        seen.setdefault(id(tensor), tensor)
+    return list(seen.values())
+
+
+def _sum_tokens(accumulator: FactorAccumulator) -> None:
+    tokens = torch.tensor([accumulator.tokens], dtype=torch.float64)
+    dist.all_reduce(tokens)
+    accumulator.tokens = int(tokens.item())
+
+
+def input_units(accumulator: FactorAccumulator) -> list[list[str]]:
+    """The layers grouped by the ``A`` sum they share (q/k/v, gate/up), in the model's order."""
+    units: dict[int, list[str]] = {}
+    for name in accumulator.linears:
+        if name in accumulator.A:
+            units.setdefault(id(accumulator.A[name]), []).append(name)
+    return list(units.values())
+
+
+class OwnerCollector(DataParallelCollector):
+    """Each layer's sums reduced to its owner rank alone; the other ranks drop them (owner-computes).
+
+    Owners are chosen per pass from the sums' sizes (a unit of layers sharing one ``A`` goes to one
+    rank, so the shared input is reduced once); every rank chooses the same, since the layers' shapes
+    and sharing do not depend on the data. :meth:`placement` tells the shot who computes what.
+    """
+
+    def __init__(self, batch_size: int = 8, fisher: str = "empirical", progress: bool = True,
+                 factor_device: torch.device | str | None = None):
+        super().__init__(batch_size, fisher, progress, factor_device)
+        self.owners: dict[str, int] = {}
+
+    def reduce(self, accumulator: FactorAccumulator) -> None:
+        units = input_units(accumulator)
+        sizes = {unit[0]: accumulator.A[unit[0]].numel() + sum(accumulator.G[n].numel() for n in unit
+                                                                 if n in accumulator.G) for unit in units}
+        unit_owner = assign_owners(sizes, self.world)
+        with self.clock.collective("the curvature sums were being reduced to their owners"):
+            for unit in units:
+                owner = unit_owner[unit[0]]
+                for tensor in [accumulator.A[unit[0]]] + [accumulator.G[n] for n in unit if n in accumulator.G]:
+                    dist.reduce(tensor, owner)
+            _sum_tokens(accumulator)
+        for unit in units:
+            self.owners.update(dict.fromkeys(unit, unit_owner[unit[0]]))
+            if unit_owner[unit[0]] != self.rank:  # what another rank owns is dropped here
+                for name in unit:
+                    accumulator.A.pop(name)
+                    accumulator.G.pop(name, None)
+
+    def kept(self, linears: dict[str, nn.Linear]) -> dict[str, nn.Linear]:
+        return {name: lin for name, lin in linears.items() if self.owners[name] == self.rank}
+
+    def placement(self) -> OwnedLayers:
+        return OwnedLayers(dict(self.owners), self.rank, self.world, self.clock)
+
+
+class OwnedLayers(LayerPlacement):
+    """Each layer computed by its owner rank; cost inputs gathered everywhere, new weights broadcast."""
+
+    every_layer_here = False
+
+    def __init__(self, owners: dict[str, int], rank: int, world: int, clock: CommClock):
+        self.owners, self.rank, self.world, self.clock = owners, rank, world, clock
+
+    def here(self, name: str) -> bool:
+        return self.owners[name] == self.rank
+
+    def share_cost_inputs(self, inputs: dict, device_of: DeviceOf) -> dict:
+        parts: list[dict | None] = [None] * self.world
+        with self.clock.collective("the cost inputs were being gathered"):
+            dist.all_gather_object(parts, {name: moved(value, "cpu") for name, value in inputs.items()})
+        merged = {name: value for part in parts for name, value in (part or {}).items()}
+        return {name: moved(merged[name], device_of(name)) for name in self.owners}
+
+    def share_weights(self, linears: dict[str, nn.Linear]) -> None:
+        with self.clock.collective("the updated weights were being broadcast"):
+            for name, lin in linears.items():
+                dist.broadcast(lin.weight.data, self.owners[name])
+
+    def share_totals(self, totals: UpdateTotals) -> UpdateTotals:
+        parts: list[UpdateTotals | None] = [None] * self.world
+        with self.clock.collective("the update totals were being gathered"):
+            dist.all_gather_object(parts, totals)
+        return UpdateTotals(iterations=[i for part in parts for i in part.iterations],
+                            loss_no_update=sum(part.loss_no_update for part in parts),
+                            loss_after=sum(part.loss_after for part in parts))
 
 
 @dataclass(frozen=True)
@@ -103,6 +214,14 @@ class Ranks:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+    def gather(self, value: object) -> list:
+        """``value`` of every rank, in rank order, on every rank."""
+        if self.world == 1:
+            return [value]
+        parts: list = [None] * self.world
+        dist.all_gather_object(parts, value)
+        return parts
 
     def to_dict(self) -> dict:
         return {"world_size": self.world, "backend": self.backend}

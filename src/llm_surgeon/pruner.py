@@ -29,6 +29,7 @@ from llm_surgeon.layerwise import prune_layerwise
 from llm_surgeon.math.selection import nm_violations
 from llm_surgeon.methods import LayerwiseMethod, MethodBase, PruningMethod, get_method
 from llm_surgeon.models.adapters import ArchitectureAdapter, get_adapter
+from llm_surgeon.placement import EVERY_LAYER_HERE
 from llm_surgeon.resources import MemoryLayout
 from llm_surgeon.selectors import UnitSelector, make_selector
 
@@ -187,9 +188,10 @@ def _shot_with_scratch(job: PruneJob, method: PruningMethod, selector: UnitSelec
     raw = _raw_factors(job, method, collector, shot, label, scratch)
     t1 = time.perf_counter()
     factors = _cost_factors(job, method, raw)  # damped layer by layer when asked for
-    masks = selector.select(method, factors, result.masks, fraction, label)
+    placement = collector.placement() if method.curvature != "none" else EVERY_LAYER_HERE
+    masks = selector.select(method, factors, result.masks, fraction, label, placement)
     t2 = time.perf_counter()
-    totals = selector.apply(method, factors, masks, label, job.progress)
+    totals = selector.apply(method, factors, masks, label, job.progress, placement)
     t3 = time.perf_counter()
     del factors, raw
     result.masks = masks

@@ -9,7 +9,6 @@ granularities lives here.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -22,6 +21,7 @@ from llm_surgeon.math.streaming_threshold import streaming_select_cheapest
 from llm_surgeon.math.structured import select_structures
 from llm_surgeon.math.threshold import linear_schedule, select_cheapest
 from llm_surgeon.models.adapters import ArchitectureAdapter
+from llm_surgeon.placement import EVERY_LAYER_HERE, LayerPlacement, UpdateTotals
 from llm_surgeon.structures import (
     block_structures,
     masks_from_state,
@@ -31,17 +31,15 @@ from llm_surgeon.structures import (
 )
 
 
-@dataclass
-class UpdateTotals:
-    """What the compensation of one shot achieved, summed over layers."""
-
-    iterations: list[int]
-    loss_no_update: float = 0.0
-    loss_after: float = 0.0
-
-
 class UnitSelector(ABC):
-    """Chooses and removes the units of one shot for a given method."""
+    """Chooses and removes the units of one shot for a given method.
+
+    ``placement`` says which layers this process computes; the others' cost inputs and weights arrive
+    through it, so every process makes the same selection (one process: every layer is here).
+    """
+
+    needs_every_layer: bool = False
+    """Whether the selection reads every layer's whole factors (then every rank must hold them all)."""
 
     def __init__(self, linears: dict[str, nn.Linear]):
         self.linears = linears
@@ -55,15 +53,17 @@ class UnitSelector(ABC):
         return fraction
 
     @abstractmethod
-    def select(self, method, factors: dict, removed: dict[str, torch.Tensor], fraction: float, label: str = ""
-               ) -> dict[str, torch.Tensor]:
+    def select(self, method, factors: dict, removed: dict[str, torch.Tensor], fraction: float, label: str = "",
+               placement: LayerPlacement = EVERY_LAYER_HERE) -> dict[str, torch.Tensor]:
         """New removal masks (supersets of ``removed``) reaching ``fraction``."""
 
-    def apply(self, method, factors: dict, masks: dict[str, torch.Tensor], label: str, progress: bool
-              ) -> UpdateTotals:
-        """Zero the removed weights and compensate the rest, layer by layer."""
+    def apply(self, method, factors: dict, masks: dict[str, torch.Tensor], label: str, progress: bool,
+              placement: LayerPlacement = EVERY_LAYER_HERE) -> UpdateTotals:
+        """Zero the removed weights and compensate the rest, layer by layer (the layers placed here; the
+        others' new weights arrive from their owners)."""
         totals = UpdateTotals(iterations=[])
-        for name, lin in tqdm(self.linears.items(), desc=f"{label}: update", disable=not progress):
+        mine = {name: lin for name, lin in self.linears.items() if placement.here(name)}
+        for name, lin in tqdm(mine.items(), desc=f"{label}: update", disable=not progress):
             with torch.no_grad():
                 new_weight, stats = method.update(lin.weight.detach(), masks[name], factors.get(name))
                 lin.weight.copy_(new_weight)
@@ -71,17 +71,21 @@ class UnitSelector(ABC):
                 totals.iterations.append(stats.iterations)
                 totals.loss_no_update += stats.loss_no_update
                 totals.loss_after += stats.loss_after
-        return totals
+        placement.share_weights(self.linears)
+        return placement.share_totals(totals)
 
     def summary(self, masks: dict[str, torch.Tensor]) -> dict | None:
         """What the final masks mean beyond a sparsity (structured: widths kept per block)."""
         return None
 
-    def _cost_inputs(self, method, factors, label: str, progress: bool) -> dict:
+    def _cost_inputs(self, method, factors, label: str, progress: bool, placement: LayerPlacement) -> dict:
         """What each layer's element costs read (for LLM Surgeon two vectors, not the inverses), made layer
-        by layer so that no two layers' damped factors are alive at once."""
-        return {name: method.cost_inputs(factors.get(name))
-                for name in tqdm(self.linears, desc=f"{label}: invert curvature", disable=not progress)}
+        by layer so that no two layers' damped factors are alive at once — here for the layers placed
+        here, the others' received from their owners."""
+        mine = [name for name in self.linears if placement.here(name)]
+        local = {name: method.cost_inputs(factors.get(name))
+                 for name in tqdm(mine, desc=f"{label}: invert curvature", disable=not progress)}
+        return placement.share_cost_inputs(local, lambda name: self.linears[name].weight.device)
 
     def _forced_costs(self, method, inputs: dict, removed: dict[str, torch.Tensor]):
         """``name -> costs`` with removed weights at ``-inf``, computed afresh on every call (never all kept)."""
@@ -121,8 +125,9 @@ class ElementSelector(UnitSelector):
     def schedule(self, sparsity, shots):
         return linear_schedule(sparsity, shots)
 
-    def select(self, method, factors, removed, fraction, label=""):
-        costs = self._forced_costs(method, self._cost_inputs(method, factors, label, self.progress), removed)
+    def select(self, method, factors, removed, fraction, label="", placement=EVERY_LAYER_HERE):
+        inputs = self._cost_inputs(method, factors, label, self.progress, placement)
+        costs = self._forced_costs(method, inputs, removed)
         sizes = [lin.weight.numel() for lin in self.linears.values()]
         chosen = self._cheapest(lambda name: costs(name).reshape(-1), sizes, fraction, label, self.progress)
         return {name: chosen[name].reshape(lin.weight.shape) for name, lin in self.linears.items()}
@@ -145,8 +150,9 @@ class NMSelector(UnitSelector):
     def target_sparsity(self, fraction):
         return fraction * self.n / self.m
 
-    def select(self, method, factors, removed, fraction, label=""):
-        costs = self._forced_costs(method, self._cost_inputs(method, factors, label, self.progress), removed)
+    def select(self, method, factors, removed, fraction, label="", placement=EVERY_LAYER_HERE):
+        inputs = self._cost_inputs(method, factors, label, self.progress, placement)
+        costs = self._forced_costs(method, inputs, removed)
         sizes = [lin.weight.numel() // self.m for lin in self.linears.values()]
         chosen = self._cheapest(lambda name: nm_group_costs(costs(name), self.n, self.m).reshape(-1), sizes,
                                 fraction, label, self.progress)
@@ -155,7 +161,13 @@ class NMSelector(UnitSelector):
 
 
 class StructureSelector(UnitSelector):
-    """Whole FFN neurons and key/value head groups, cheapest per parameter, until a parameter budget."""
+    """Whole FFN neurons and key/value head groups, cheapest per parameter, until a parameter budget.
+
+    A structure spans several layers of a block and its costs read their whole factors, so every
+    process holds every layer's factors and computes every structure (``needs_every_layer``).
+    """
+
+    needs_every_layer = True
 
     def __init__(self, model: nn.Module, adapter: ArchitectureAdapter, linears, progress: bool = False):
         super().__init__(linears)
@@ -174,7 +186,8 @@ class StructureSelector(UnitSelector):
 
         return lookup
 
-    def select(self, method, factors, removed, fraction, label=""):
+    def select(self, method, factors, removed, fraction, label="", placement=EVERY_LAYER_HERE):
+        _every_layer_here(placement)
         neurons, groups = state_from_masks(self.units, self.name_of, removed)
         costs, params, already = [], [], []
         for b, u in enumerate(tqdm(self.units, desc=f"{label}: costs", disable=not self.progress)):
@@ -186,7 +199,8 @@ class StructureSelector(UnitSelector):
         chosen = select_structures(costs, params, already, round(fraction * self.total))
         return {**removed, **masks_from_state(self.units, self.name_of, chosen[0::2], chosen[1::2])}
 
-    def apply(self, method, factors, masks, label, progress):
+    def apply(self, method, factors, masks, label, progress, placement=EVERY_LAYER_HERE):
+        _every_layer_here(placement)
         neurons, groups = state_from_masks(self.units, self.name_of, masks)
         for b, u in enumerate(tqdm(self.units, desc=f"{label}: update", disable=not progress)):
             lookup = self._factors_of(factors, b, None)
@@ -202,6 +216,12 @@ class StructureSelector(UnitSelector):
 
     def summary(self, masks):
         return structure_summary(self.units, *state_from_masks(self.units, self.name_of, masks))
+
+
+def _every_layer_here(placement: LayerPlacement) -> None:
+    if not placement.every_layer_here:
+        raise ValueError("structured selection needs every layer's factors on every rank (use a replicating "
+                         "collector, not layer owners)")
 
 
 def make_selector(granularity: str, nm: tuple[int, int] | None, scope: str, model: nn.Module,
