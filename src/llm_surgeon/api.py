@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -23,7 +24,7 @@ from llm_surgeon.export import densify, to_semi_structured
 from llm_surgeon.footprint import forward_footprint
 from llm_surgeon.io import REPORT_NAME, atomic_write_json
 from llm_surgeon.models.adapters import ArchitectureAdapter, adapter_for_model_type, get_adapter
-from llm_surgeon.models.loading import load_config, load_model_and_tokenizer
+from llm_surgeon.models.loading import DEVICE_MAPS, load_config, load_model_and_tokenizer
 from llm_surgeon.outputs import inspect_output, load_report, save_model_files
 from llm_surgeon.pruner import PruneResult, needs_calibration, prune_model, setup, sparsity_stats
 from llm_surgeon.report import build_report, peak_memory_mb
@@ -63,10 +64,19 @@ class RunOptions:
     """Where the curvature sums accumulate (None: beside each layer; ``cpu``: host memory)."""
     max_memory: str | None = None
     """The run's memory budget (``"20GiB"``); block groups are chosen to fit it (None: the free memory)."""
+    device_map: str | None = None
+    """``auto``: accelerate spreads the blocks over the visible GPUs (one process); each layer's factors
+    and update stay on its device. None: the whole model on ``device``."""
 
     def validate(self) -> RunOptions:
         """Every option checked before anything is loaded."""
         check_device(self.device)
+        if self.device_map is not None:
+            if self.device_map not in DEVICE_MAPS:
+                raise ConfigError(f"--device-map {self.device_map!r}: choose one of {', '.join(DEVICE_MAPS)}")
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise ConfigError("--device-map spreads one process's model over every visible GPU; under "
+                                  "torchrun each rank holds a whole model on its own GPU: drop --device-map")
         if self.factor_device is not None:
             check_device(self.factor_device)
         self.budget_bytes()
@@ -116,12 +126,21 @@ def prune(model, calibration: torch.Tensor | None, config: PruneConfig, progress
     return prune_model(model, calibration, config, progress=progress, adapter=adapter, layout=layout)
 
 
-def _shot_needs(model, adapter: ArchitectureAdapter, linears, config: PruneConfig, method, groups: int
-                ) -> ShotMemory:
+def _shot_needs(model, adapter: ArchitectureAdapter, linears, config: PruneConfig, method, groups: int,
+                devices: int = 1) -> ShotMemory:
     return shot_memory(model, linears, len(adapter.blocks(model)), config.batch_size, config.calib_seqlen,
                        full_factors=method.holds_full_factors(),
                        backward=method.curvature in ("kfac", "kfac_inverse") or config.corrects,
-                       input_widths=adapter.distinct_input_widths(model), block_groups=groups)
+                       input_widths=adapter.distinct_input_widths(model), block_groups=groups, devices=devices)
+
+
+def block_devices(model, adapter: ArchitectureAdapter) -> dict[str, int]:
+    """How many decoder blocks sit on each device (one entry unless a device map spread them)."""
+    counts: dict[str, int] = {}
+    for block in adapter.blocks(model):
+        device = str(next(block.parameters()).device)
+        counts[device] = counts.get(device, 0) + 1
+    return counts
 
 
 def room_bytes(device: str, max_memory: int | None) -> int | None:
@@ -141,13 +160,19 @@ def check_memory(model, adapter: ArchitectureAdapter, linears, config: PruneConf
     The fewest block groups whose shot fits the room (the budget, else the free memory) win; a shot
     that does not fit even one block per group is refused with the estimate and what to lower.
     Returns the estimate (for the report, beside the measured peak) and the layout."""
-    room = room_bytes(device, max_memory)
+    spread = block_devices(model, adapter)
+    rooms = [room_bytes(d, max_memory) for d in spread] if len(spread) > 1 else [room_bytes(device, max_memory)]
+    room = None if None in rooms else min(rooms)  # the busiest device is planned for the smallest room
     blocks = len(adapter.blocks(model))
     most = blocks if method.holds_full_factors() else 1
-    chosen = fewest_block_groups(lambda g: _shot_needs(model, adapter, linears, config, method, g), room, most)
+
+    def needs(groups: int) -> ShotMemory:
+        return _shot_needs(model, adapter, linears, config, method, groups, len(spread))
+
+    chosen = fewest_block_groups(needs, room, most)
     if chosen is not None:
         return chosen[1], MemoryLayout(factor_device=factor_device, block_groups=chosen[0])
-    needed = _shot_needs(model, adapter, linears, config, method, most)
+    needed = needs(most)
     split = f" even in {blocks} block groups" if most > 1 else ""
     budget = "within --max-memory" if max_memory is not None else "available"
     raise LLMSurgeonError(
@@ -180,6 +205,8 @@ class PreparedRun:
     """The dense model's perplexity on the evaluation windows, measured before pruning (``eval_dense``)."""
     memory_estimate: dict | None = None
     """The up-front prediction of a shot's peak, for the report (beside the measured peak)."""
+    block_devices: dict[str, int] | None = None
+    """Decoder blocks per device (several with ``--device-map``)."""
     layout: MemoryLayout | None = None
     """Where the shots keep their curvature (host memory, block groups), chosen to fit the memory."""
     ranks: Ranks = field(default_factory=Ranks)
@@ -209,7 +236,8 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
     data_dir = resolve_data_dir(options.data_dir)
     started = time.perf_counter()
     adapter_for_model_type(load_config(model_name).model_type)  # refuse a family before loading its weights
-    model, tokenizer, _ = load_model_and_tokenizer(model_name, parse_dtype(options.dtype), options.device)
+    model, tokenizer, _ = load_model_and_tokenizer(model_name, parse_dtype(options.dtype), options.device,
+                                                   options.device_map)
     adapter = get_adapter(model)
     method, linears, selector = setup(model, config, adapter)
     calibration, spec, estimate, layout = None, None, None, MemoryLayout(factor_device=options.factor_device)
@@ -238,6 +266,7 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
     return PreparedRun(model_name, config, options, out, data_dir, model, tokenizer, adapter, linears, calibration,
                        spec, resumed, resumed_from_shot, started, layout=layout, ranks=ranks,
                        every_layer_on_every_rank=selector.needs_every_layer,
+                       block_devices=block_devices(model, adapter),
                        memory_estimate=_estimate_dict(estimate, loaded_mb, layout, options.budget_bytes(),
                                                       getattr(model.config, "_attn_implementation", None)))
 
@@ -273,7 +302,8 @@ def _distributed_dict(run: PreparedRun) -> dict:
     scheme = None
     if run.ranks.world > 1:
         scheme = "replicated" if run.every_layer_on_every_rank else "layer owners"
-    return {**run.ranks.to_dict(), "scheme": scheme, "ranks": run.rank_stats}
+    return {**run.ranks.to_dict(), "scheme": scheme, "ranks": run.rank_stats, "device_map": run.options.device_map,
+            "blocks_per_device": run.block_devices}
 
 
 def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | None) -> dict:

@@ -137,6 +137,9 @@ def _add_memory_flags(parser: argparse.ArgumentParser) -> None:
                              "collected in separate passes so that a shot fits (None: the device's free memory)")
     parser.add_argument("--factor-device", default=None,
                         help="where the curvature sums accumulate, e.g. cpu for host memory (None: beside each layer)")
+    parser.add_argument("--device-map", default=None, choices=["auto", "balanced", "sequential"],
+                        help="spread the blocks over the visible GPUs with accelerate (one process); each layer's "
+                             "factors and update stay on its GPU. Not with torchrun (each rank holds a whole model)")
 
 
 def _bench_parser(sub) -> None:
@@ -199,7 +202,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         eval_max_windows=args.eval_max_windows, device=args.device, dtype=args.dtype,
         overwrite=args.overwrite, progress=not args.no_progress, eval_dense=args.eval_dense,
         semi_structured_export=args.semi_structured_export, resume=args.resume,
-        max_memory=args.max_memory, factor_device=args.factor_device,
+        max_memory=args.max_memory, factor_device=args.factor_device, device_map=args.device_map,
     )
     outcome = api.prune_job(args.model, _config_from_args(args), options)
     if outcome.already_finished:

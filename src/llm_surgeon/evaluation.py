@@ -54,7 +54,7 @@ def perplexity(
         windows = min(windows, max_windows)
     if windows < 1:
         raise DataError(f"evaluation text has {tokens.numel()} tokens, fewer than one window of {seqlen}")
-    device = next(model.parameters()).device
+    device = model.get_input_embeddings().weight.device  # blocks may be spread over devices after it
     window_nll = _window_nll(model)
     total_nll = 0.0
     predicted = 0
@@ -77,8 +77,11 @@ def _window_nll(model: torch.nn.Module, chunk_tokens: int = CHUNK_TOKENS) -> Cal
     try:
         adapter = get_adapter(model)
     except UnsupportedArchitectureError:
-        return lambda ids: float(F.cross_entropy(model(input_ids=ids, use_cache=False).logits.float()[0, :-1],
-                                                 ids[0, 1:], reduction="sum"))
+        def whole(ids: torch.Tensor) -> float:
+            logits = model(input_ids=ids, use_cache=False).logits.float()[0, :-1]
+            return float(F.cross_entropy(logits, ids[0, 1:].to(logits.device), reduction="sum"))
+
+        return whole
 
     def chunked(ids: torch.Tensor) -> float:
         hidden = adapter.body(model)(input_ids=ids, use_cache=False).last_hidden_state[0, :-1]
@@ -86,7 +89,8 @@ def _window_nll(model: torch.nn.Module, chunk_tokens: int = CHUNK_TOKENS) -> Cal
         total = 0.0
         for start in range(0, labels.numel(), chunk_tokens):
             logits = adapter.logits(model, hidden[start:start + chunk_tokens]).float()
-            total += float(F.cross_entropy(logits, labels[start:start + chunk_tokens], reduction="sum"))
+            target = labels[start:start + chunk_tokens].to(logits.device)  # the head may sit elsewhere
+            total += float(F.cross_entropy(logits, target, reduction="sum"))
         return total
 
     return chunked

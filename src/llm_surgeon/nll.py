@@ -44,7 +44,7 @@ def backward_next_token_nll(
     total = 0.0
     for start in range(0, labels.numel(), chunk_tokens):
         logits = adapter.logits(model, leaf[start:start + chunk_tokens]).float()
-        target = labels[start:start + chunk_tokens]
+        target = labels[start:start + chunk_tokens].to(logits.device)  # the head may sit on another device
         if sample_labels is not None:
             with torch.no_grad():
                 target = torch.multinomial(logits.softmax(-1), 1, generator=sample_labels).squeeze(-1)

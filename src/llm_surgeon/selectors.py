@@ -192,10 +192,10 @@ class StructureSelector(UnitSelector):
         costs, params, already = [], [], []
         for b, u in enumerate(tqdm(self.units, desc=f"{label}: costs", disable=not self.progress)):
             n_cost, g_cost = structure_costs(u, method, self._factors_of(factors, b, torch.float64))
-            costs += [n_cost, g_cost]
+            costs += [n_cost.cpu(), g_cost.cpu()]  # blocks may sit on several devices: chosen on the host
             params += [torch.full((u.layout.ffn_width,), float(u.neuron_params())),
                        torch.full((u.layout.kv_heads,), float(u.group_params()))]
-            already += [neurons[b], groups[b]]
+            already += [neurons[b].cpu(), groups[b].cpu()]
         chosen = select_structures(costs, params, already, round(fraction * self.total))
         return {**removed, **masks_from_state(self.units, self.name_of, chosen[0::2], chosen[1::2])}
 

@@ -40,16 +40,16 @@ def streaming_select_cheapest(source: CostSource, sizes: Sequence[int], k: int) 
         raise ValueError(f"cannot select {k} of {total} entries")
     if k in (0, total):
         return [torch.full((n,), k == total, dtype=torch.bool) for n in sizes]
-    counts = torch.zeros(65536, dtype=torch.int64)
+    counts = torch.zeros(65536, dtype=torch.int64)  # counts and candidates on the host: layers may be anywhere
     for i in range(len(sizes)):
-        counts += torch.bincount(_high(sortable_keys(source(i)).reshape(-1)), minlength=65536)
+        counts += torch.bincount(_high(sortable_keys(source(i)).reshape(-1)), minlength=65536).cpu()
     cumulative = counts.cumsum(0)
     bin_index = int(torch.searchsorted(cumulative, torch.tensor(k)))
     below_bin = int(cumulative[bin_index - 1]) if bin_index > 0 else 0
-    in_bin = [keys[_high(keys) == bin_index] for keys in
+    in_bin = [keys[_high(keys) == bin_index].cpu() for keys in
               (sortable_keys(source(i)).reshape(-1) for i in range(len(sizes)))]
     candidates = torch.cat(in_bin).sort().values
-    threshold = candidates[k - below_bin - 1]
+    threshold = int(candidates[k - below_bin - 1])
     strictly_below = below_bin + int((candidates < threshold).sum())
     ties_left = k - strictly_below
     masks = []

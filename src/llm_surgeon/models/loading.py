@@ -131,24 +131,56 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+DEVICE_MAPS = ("auto", "balanced", "sequential")
+"""``--device-map`` values: accelerate's placements of the blocks over the visible GPUs."""
+
+
 def load_model_and_tokenizer(
-    model: str, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    model: str, dtype: torch.dtype = torch.float32, device: str = "cpu", device_map: str | None = None
 ) -> tuple[torch.nn.Module, object, ModelSource]:
-    """Load a causal LM in ``dtype`` on ``device`` with its tokenizer; one clear error on failure."""
+    """Load a causal LM in ``dtype`` on ``device`` with its tokenizer; one clear error on failure.
+
+    With ``device_map`` (one of :data:`DEVICE_MAPS`) accelerate spreads the blocks over the visible
+    devices instead (on a machine without GPUs, everything stays in host memory); a placement that would
+    offload weights to disk or keep them off their execution device is refused, since pruning rewrites
+    every weight in place."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model_source(model)
     kwargs = _load_kwargs(source)
+    pruned = (Path(source.path_or_id) / ARCHITECTURE_FILE).is_file()
     try:
-        if (Path(source.path_or_id) / ARCHITECTURE_FILE).is_file():
+        if pruned:
             lm = load_pruned(source.path_or_id, dtype)
         else:
-            lm = AutoModelForCausalLM.from_pretrained(source.path_or_id, dtype=dtype, **kwargs)
+            placement = {"device_map": device_map} if device_map else {}
+            lm = AutoModelForCausalLM.from_pretrained(source.path_or_id, dtype=dtype, **kwargs, **placement)
         tokenizer = AutoTokenizer.from_pretrained(source.path_or_id, **kwargs)
     except Exception as exc:  # transformers, hub and safetensors each raise their own types
         raise ModelLoadError(f"cannot load model {source.describe()}: {_first_line(exc)}") from exc
     if source.gguf_file:
         _strip_gguf_quantization(lm)
-    lm.to(device)
+    if device_map is None:
+        lm.to(device)
+    elif pruned:
+        lm = _dispatched(lm)
+    _refuse_offloaded(lm, device_map)
     lm.eval()
     return lm, tokenizer, source
+
+
+def _dispatched(lm: torch.nn.Module) -> torch.nn.Module:
+    """A model built in host memory, its blocks spread over the visible devices by accelerate."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    no_split = list(getattr(lm, "_no_split_modules", None) or [])
+    return dispatch_model(lm, infer_auto_device_map(lm, no_split_module_classes=no_split))
+
+
+def _refuse_offloaded(lm: torch.nn.Module, device_map: str | None) -> None:
+    """Every weight must live where it computes: accelerate's CPU/disk offload keeps some on ``meta``."""
+    offloaded = [name for name, p in lm.named_parameters() if p.device.type == "meta"]
+    if offloaded:
+        raise ModelLoadError(f"--device-map {device_map} offloads {len(offloaded)} weights (first: {offloaded[0]}) "
+                             "to host memory or disk because the visible GPUs are too small; pruning rewrites "
+                             "every weight in place, so use more GPUs, a smaller --dtype, or --device cpu")
