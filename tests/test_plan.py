@@ -81,3 +81,34 @@ def test_plan_for_several_devices_divides_what_each_holds(tmp_path):
     assert four["logits_bytes"] == one["logits_bytes"]
     refused = run_cli(*base, "--devices", "0", check=False)
     assert refused.returncode == 2 and "--devices must be at least 1" in refused.stderr
+
+
+def test_communication_per_rank_counts_boundaries_sums_and_weights():
+    from llm_surgeon import PruneConfig
+    from llm_surgeon.planning import communication_bytes
+
+    model = tiny_llama()
+    adapter = get_adapter(model)
+    linears = adapter.prunable_linears(model)
+    widths = adapter.distinct_input_widths(model)
+    config = PruneConfig(calib_samples=8, calib_seqlen=16)
+    alone = communication_bytes(model, linears, widths, config, "float32", devices=1, ranks=1, passes=1)
+    assert alone == {"device_boundaries": 0, "factor_reduce": 0, "weight_broadcast": 0, "cost_inputs": 0}
+    split = communication_bytes(model, linears, widths, config, "bfloat16", devices=3, ranks=1, passes=2)
+    # hidden states forward and their gradients backward, over 2 boundaries, twice, 2 bytes each
+    assert split["device_boundaries"] == 2 * (8 * 16) * 32 * 2 * 2 * 2
+    ranks = communication_bytes(model, linears, widths, config, "float32", devices=1, ranks=4, passes=1)
+    weights = sum(lin.weight.numel() for lin in linears.values())
+    assert ranks["factor_reduce"] == int(raw_factor_bytes(linears, widths) * 3 / 4)
+    assert ranks["weight_broadcast"] == int(4 * weights * 3 / 4)
+    assert ranks["cost_inputs"] == int(8 * sum(lin.out_features + lin.in_features for lin in linears.values()) * 3 / 4)
+
+
+def test_plan_over_ranks_shares_the_time_and_says_what_moves(tmp_path):
+    path = _config_file(tmp_path)
+    flags = ("plan", str(path), "--json", "--tflops", "1", "--calib-samples", "4", "--calib-seqlen", "32")
+    one = json.loads(run_cli(*flags).stdout)
+    four = json.loads(run_cli(*flags, "--ranks", "4").stdout)
+    assert four["ranks"] == 4 and four["peak_bytes"] == one["peak_bytes"]
+    assert four["seconds_per_shot"] == pytest.approx(one["seconds_per_shot"] / 4)
+    assert four["communication_bytes"]["factor_reduce"] > 0 == one["communication_bytes"]["factor_reduce"]

@@ -170,6 +170,8 @@ def _plan_parser(sub) -> None:
     plan.add_argument("--device-memory", type=float, default=None, help="the same in GiB, as a number")
     plan.add_argument("--devices", type=int, default=1,
                       help="devices the blocks are split over evenly (as device_map='auto' does)")
+    plan.add_argument("--ranks", type=int, default=1,
+                      help="torchrun processes sharing the windows, each holding the model on --devices devices")
     plan.add_argument("--tflops", type=float, default=None,
                       help="throughput to plan with (None: measure this machine's matmul for a second)")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
@@ -244,7 +246,8 @@ def _run_plan(args: argparse.Namespace) -> int:
             device_bytes = parse_bytes(args.max_memory)
         except ValueError as exc:
             raise ConfigError(f"--max-memory: {exc}") from exc
-    plan = plan_shot(args.model, _config_from_args(args), args.dtype, device_bytes, args.tflops, args.devices)
+    plan = plan_shot(args.model, _config_from_args(args), args.dtype, device_bytes, args.tflops, args.devices,
+                     args.ranks)
     print(json.dumps(plan.to_dict()) if args.json else describe(plan))
     return 0
 

@@ -21,7 +21,7 @@ from llm_surgeon.errors import ConfigError, ModelLoadError
 from llm_surgeon.factor_groups import block_ranges
 from llm_surgeon.methods import get_method
 from llm_surgeon.models.adapters import ArchitectureAdapter, adapter_for_model_type
-from llm_surgeon.resources import ShotMemory, fewest_block_groups, shot_memory
+from llm_surgeon.resources import ShotMemory, fewest_block_groups, raw_factor_bytes, shot_memory
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 RUNTIME_BYTES = 300 * 2**20
@@ -54,6 +54,10 @@ class ShotPlan:
     """Block groups collected in separate passes so that a shot fits ``device_bytes`` (1: one pass)."""
     batch_size: int = 8
     """The micro-batch the plan assumes: the requested one, or the largest that fits when that one does not."""
+    ranks: int = 1
+    """``torchrun`` processes sharing the calibration windows (each holds the model on its ``devices``)."""
+    communication_bytes: dict[str, int] | None = None
+    """Bytes each rank sends or receives in one shot, by kind (see :func:`communication_bytes`)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,6 +126,25 @@ def shot_flops(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str
             "update": float(update)}
 
 
+def communication_bytes(model: nn.Module, linears: dict[str, nn.Linear], widths: list[int], config: PruneConfig,
+                        dtype: str, devices: int, ranks: int, passes: float) -> dict[str, int]:
+    """What one rank moves in one shot, by kind.
+
+    ``device_boundaries``: with blocks split over ``devices``, the hidden states crossing each boundary
+    forward and their gradients backward, for the rank's share of the tokens, over ``passes`` passes.
+    ``factor_reduce``: over ``ranks``, every raw sum (packed float32) reduced to its owner; a ring reduce
+    moves ``(ranks - 1) / ranks`` of it through each rank. ``weight_broadcast``: the updated weights each
+    rank receives from the owners. ``cost_inputs``: two float64 vectors per layer gathered on every rank.
+    """
+    tokens = config.calib_samples * config.calib_seqlen / ranks
+    boundary = 2 * tokens * model.config.hidden_size * DTYPE_BYTES[dtype] * (devices - 1) * passes
+    share = (ranks - 1) / ranks
+    weights = sum(lin.weight.numel() for lin in linears.values()) * DTYPE_BYTES[dtype]
+    vectors = 8 * sum(lin.out_features + lin.in_features for lin in linears.values())
+    return {"device_boundaries": int(boundary), "factor_reduce": int(raw_factor_bytes(linears, widths) * share),
+            "weight_broadcast": int(weights * share), "cost_inputs": int(vectors * share)}
+
+
 def _pass_share(blocks: int, groups: int) -> float:
     """Forward-backward work of a shot in ``groups`` group passes over that of one pass: every pass runs the
     whole forward (a third of the work) and the backward down to its group's first block."""
@@ -151,12 +174,15 @@ def _fitting_settings(needs, weights: int, room: int | None, most: int, batch: i
 
 
 def plan_shot(model_or_config: str, config: PruneConfig, dtype: str = "float32", device_bytes: int | None = None,
-              tflops: float | None = None, devices: int = 1) -> ShotPlan:
+              tflops: float | None = None, devices: int = 1, ranks: int = 1) -> ShotPlan:
     """The plan of one shot of ``config`` for a model on ``devices`` devices of ``device_bytes``, from its config
-    alone, with the block groups (and, if needed, the micro-batch) that make it fit."""
+    alone, with the block groups (and, if needed, the micro-batch) that make it fit. With ``ranks`` data-parallel
+    processes each rank holds the same (its partial sums are full-size), and the work is shared: the passes by
+    the windows, the inversions and the update by the layer owners."""
     config.validate()
-    if devices < 1:
-        raise ConfigError(f"--devices must be at least 1, got {devices}")
+    for flag, value in (("--devices", devices), ("--ranks", ranks)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
     model_config = read_config(model_or_config)
     adapter = adapter_for_model_type(model_config.model_type)
     model = meta_model(model_config)
@@ -176,9 +202,11 @@ def plan_shot(model_or_config: str, config: PruneConfig, dtype: str = "float32",
     rate = tflops or measured_tflops()
     pass_rate = tflops or (rate if dtype == "float32" else measured_tflops(getattr(torch, dtype)))
     seconds = flops["pass"] / (pass_rate * 1e12) + (sum(flops.values()) - flops["pass"]) / (rate * 1e12)
+    communication = communication_bytes(model, linears, widths, config, dtype, devices, ranks,
+                                         _pass_share(blocks, min(blocks, groups)))
     return ShotPlan(model_config.model_type, parameters, devices, weights, memory.factors, memory.activations,
-                    memory.logits, weights + memory.total, flops, rate, pass_rate, seconds,
-                    device_bytes, None if device_bytes is None else fits, groups, batch)
+                    memory.logits, weights + memory.total, flops, rate, pass_rate, seconds / ranks,
+                    device_bytes, None if device_bytes is None else fits, groups, batch, ranks, communication)
 
 
 def describe(plan: ShotPlan) -> str:
@@ -190,6 +218,10 @@ def describe(plan: ShotPlan) -> str:
     settings = f"--batch-size {plan.batch_size}, {plan.block_groups} block group(s)"
     if plan.device_bytes:
         settings += f" (chosen by --max-memory {plan.device_bytes / gib:.0f}GiB)"
+    if plan.ranks > 1:
+        settings += f", {plan.ranks} ranks (each as above)"
+    moved = ", ".join(f"{k.replace('_', ' ')} {v / gib:.1f}" for k, v in (plan.communication_bytes or {}).items()
+                      if v)
     return "\n".join([
         f"llm-surgeon plan: {plan.model_type}, {plan.parameters / 1e9:.2f} B parameters",
         f"  peak memory   {plan.peak_bytes / gib:.1f} GiB{each}{device}: weights {plan.weights_bytes / gib:.1f}, "
@@ -198,4 +230,5 @@ def describe(plan: ShotPlan) -> str:
         f"  settings      {settings}",
         f"  time per shot {plan.seconds_per_shot:.0f} s at {plan.tflops:.2f} TFLOP/s (passes at "
         f"{plan.pass_tflops:.2f}; {parts} TFLOP)",
+        *([f"  moved / rank  {moved} GiB per shot"] if moved else []),
     ])
