@@ -1,10 +1,13 @@
-"""The plan for large models on 1 and 8 devices of given sizes, as a markdown table (predictions only).
+"""The plan for large models on several GPU layouts, as a markdown table (predictions only).
 
-Builds nothing but meta-device models from the shapes in ``benchmarks/configs`` (public config.json
-shapes, no weights), so it runs offline in seconds:
+A layout ``RxD`` is R ``torchrun`` ranks, each holding the model on D devices (``--device-map``): ``1x8`` is
+one process over 8 GPUs, ``8x1`` eight ranks of one GPU, ``2x4`` two ranks of 4. Builds nothing but
+meta-device models from the shapes in ``benchmarks/configs`` (public config.json shapes, no weights), so
+it runs offline in seconds; the last columns are what each rank moves per shot (GiB): hidden states across
+device boundaries, factor sums reduced to their owners, updated weights broadcast.
 
     python benchmarks/plan_table.py --configs benchmarks/configs/llama-3-8b.json,benchmarks/configs/llama-3-70b.json \\
-        --devices 1,8 --memory 80GiB,141GiB --tflops 400 --dtype bfloat16
+        --layouts 1x1,1x8,8x1 --memory 80GiB,141GiB --tflops 400 --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -20,17 +23,20 @@ from llm_surgeon.resources import parse_bytes
 GIB = 2**30
 
 
-def row(name: str, devices: int, memory: str, plan) -> str:
+def row(name: str, layout: str, memory: str, plan) -> str:
     fits = "yes" if plan.fits else "no"
-    return (f"| {name} | {devices} x {memory} | {plan.weights_bytes / GIB:.1f} | {plan.factors_bytes / GIB:.1f} | "
+    moved = plan.communication_bytes
+    return (f"| {name} | {layout} x {memory} | {plan.weights_bytes / GIB:.1f} | {plan.factors_bytes / GIB:.1f} | "
             f"{plan.activations_bytes / GIB:.1f} | {plan.logits_bytes / GIB:.1f} | {plan.peak_bytes / GIB:.1f} | "
-            f"{fits} | {plan.block_groups} | {plan.batch_size} | {plan.seconds_per_shot:.0f} |")
+            f"{fits} | {plan.block_groups} | {plan.batch_size} | {plan.seconds_per_shot:.0f} | "
+            f"{moved['device_boundaries'] / GIB:.1f} | {moved['factor_reduce'] / GIB:.1f} | "
+            f"{moved['weight_broadcast'] / GIB:.1f} |")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", required=True, help="comma-separated config.json paths")
-    parser.add_argument("--devices", default="1,8")
+    parser.add_argument("--layouts", default="1x1,1x8,8x1", help="RxD: R ranks of D devices each")
     parser.add_argument("--memory", default="80GiB,141GiB")
     parser.add_argument("--tflops", type=float, default=400.0, help="per device")
     parser.add_argument("--dtype", default="bfloat16")
@@ -40,14 +46,16 @@ def main() -> int:
     args = parser.parse_args()
     config = PruneConfig(calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, batch_size=args.batch_size,
                          shots=1)
-    print("| model | devices | weights GiB | factor sums + working set GiB | activations GiB | logits GiB | "
-          "peak per device GiB | fits | block groups | batch | s per shot |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | ranks x devices | weights GiB | factor sums + working set GiB | activations GiB | logits GiB | "
+          "peak per device GiB | fits | block groups | batch | s per shot | boundaries GiB | factor reduce GiB | "
+          "weight broadcast GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for path in args.configs.split(","):
-        for devices in (int(d) for d in args.devices.split(",")):
+        for layout in args.layouts.split(","):
+            ranks, devices = (int(n) for n in layout.split("x"))
             for memory in args.memory.split(","):
-                plan = plan_shot(path, config, args.dtype, parse_bytes(memory), args.tflops, devices)
-                print(row(Path(path).stem, devices, memory, plan), flush=True)
+                plan = plan_shot(path, config, args.dtype, parse_bytes(memory), args.tflops, devices, ranks)
+                print(row(Path(path).stem, layout, memory, plan), flush=True)
     return 0
 
 
