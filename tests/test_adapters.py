@@ -35,12 +35,12 @@ def _renamed_neox():
 
 def test_an_adapter_registered_from_outside_prunes_its_model(registry, calibration):
     model = _renamed_neox()
-    with pytest.raises(Exception, match="not supported"):
-        get_adapter(model)
+    assert get_adapter(model).family == "generic:renamed-neox-test"  # until a family adapter is registered
     register_adapter("renamed-neox-test", ArchitectureAdapter(
         family="renamed-neox-test", blocks_path="gpt_neox.layers", body_path="gpt_neox",
         linear_names=("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
     ))
+    assert get_adapter(model).family == "renamed-neox-test"
     with pytest.raises(ValueError, match="already registered"):
         register_adapter("renamed-neox-test", LLAMA)
     result = prune(model, calibration, PruneConfig(sparsity=0.5, shots=2), progress=False)

@@ -143,7 +143,8 @@ def _gpt2_checkpoint(folder: Path, truncate: bool = False) -> Path:
 
 BAD_INPUTS = {
     "missing model path": (lambda t: ["./no/such/model"], "model path does not exist"),
-    "unsupported architecture": (lambda t: [str(_gpt2_checkpoint(t / "gpt2"))], "not supported; supported model types"),
+    "unsupported architecture": (lambda t: [str(_gpt2_checkpoint(t / "gpt2"))],
+                                 "'gpt2' is not supported: its decoder blocks hold no nn.Linear layers"),
     "sparsity above range": (lambda t: ["MODEL", "--sparsity", "1.5"], "sparsity must be in [0, 1)"),
     "negative sparsity": (lambda t: ["MODEL", "--sparsity", "-0.1"], "sparsity must be in [0, 1)"),
     "impossible N:M": (lambda t: ["MODEL", "--granularity", "4:4"], "impossible"),
@@ -164,7 +165,7 @@ BAD_INPUTS = {
     "empty text file as the model": (lambda t: [str(_empty_text(t))], "is a file, not a model folder"),
     "offline hub id not in the cache": (lambda t: ["no-such-org-xyz/no-such-model-xyz"], "not in the local cache"),
     "unsupported family with unreadable weights": (lambda t: [str(_gpt2_checkpoint(t / "gpt2", truncate=True))],
-                                                   "not supported; supported model types"),
+                                                   "'gpt2' is not supported: its decoder blocks hold no nn.Linear"),
     "a shot that cannot fit the memory budget": (lambda t: ["MODEL", "--max-memory", "1MB"],
                                                  "not enough memory for one shot even in 2 block groups"),
     "a memory budget that is not a size": (lambda t: ["MODEL", "--max-memory", "lots"], "not a memory size"),

@@ -23,7 +23,7 @@ from llm_surgeon.evaluation import PerplexityResult, perplexity
 from llm_surgeon.export import densify, to_semi_structured
 from llm_surgeon.footprint import forward_footprint
 from llm_surgeon.io import REPORT_NAME, atomic_write_json
-from llm_surgeon.models.adapters import ArchitectureAdapter, adapter_for_model_type, get_adapter
+from llm_surgeon.models.adapters import ArchitectureAdapter, check_family, get_adapter
 from llm_surgeon.models.loading import DEVICE_MAPS, load_config, load_model_and_tokenizer
 from llm_surgeon.outputs import inspect_output, load_report, save_model_files
 from llm_surgeon.pruner import PruneResult, needs_calibration, prune_model, setup, sparsity_stats
@@ -235,7 +235,7 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
     out = Path(options.out)
     data_dir = resolve_data_dir(options.data_dir)
     started = time.perf_counter()
-    adapter_for_model_type(load_config(model_name).model_type)  # refuse a family before loading its weights
+    check_family(load_config(model_name))  # refuse a family before loading its weights
     model, tokenizer, _ = load_model_and_tokenizer(model_name, parse_dtype(options.dtype), options.device,
                                                    options.device_map)
     adapter = get_adapter(model)

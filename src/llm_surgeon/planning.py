@@ -20,7 +20,8 @@ from llm_surgeon.config import PruneConfig
 from llm_surgeon.errors import ConfigError, ModelLoadError
 from llm_surgeon.factor_groups import block_ranges
 from llm_surgeon.methods import get_method
-from llm_surgeon.models.adapters import ArchitectureAdapter, adapter_for_model_type
+from llm_surgeon.models.adapters import ArchitectureAdapter, check_family, get_adapter
+from llm_surgeon.models.discovery import meta_model
 from llm_surgeon.resources import ShotMemory, fewest_block_groups, raw_factor_bytes, shot_memory
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -78,14 +79,6 @@ def read_config(model_or_config: str):
     from llm_surgeon.models.loading import load_config
 
     return load_config(model_or_config)
-
-
-def meta_model(config) -> nn.Module:
-    """The model with its real shapes and no storage."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
 
 
 def measured_tflops(dtype: torch.dtype = torch.float32, seconds: float = 1.0, size: int = 1024) -> float:
@@ -184,8 +177,9 @@ def plan_shot(model_or_config: str, config: PruneConfig, dtype: str = "float32",
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     model_config = read_config(model_or_config)
-    adapter = adapter_for_model_type(model_config.model_type)
+    check_family(model_config)
     model = meta_model(model_config)
+    adapter = get_adapter(model)
     linears = adapter.prunable_linears(model)
     widths = adapter.distinct_input_widths(model)
     method = get_method(config.method, config)

@@ -1,0 +1,174 @@
+"""What llm-surgeon needs to know about an architecture: the adapter object and its structure description.
+
+An adapter says where the decoder blocks are, which Linear layers inside a block are prunable, how the
+final hidden states become logits, and (for structured pruning) which rows and columns — possibly slices
+of fused matrices — form one removable structure. The families' adapters and their registry live in
+:mod:`llm_surgeon.models.adapters`; the generic one in :mod:`llm_surgeon.models.discovery`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from llm_surgeon.errors import UnsupportedArchitectureError
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """The widths a block's structures are counted in: heads, key/value heads, head dim, FFN width."""
+
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn_width: int
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head (grouped-query attention)."""
+        return self.heads // self.kv_heads
+
+
+def _at_zero(layout: BlockLayout) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class Member:
+    """Rows (or columns) of one Linear inside a block that belong to a structure.
+
+    ``offset`` gives where the member starts inside the matrix, from the block's layout: 0 for a
+    plain projection, e.g. ``heads * head_dim`` for the key rows of a fused ``qkv_proj``.
+    """
+
+    module: str
+    offset: Callable[[BlockLayout], int] = _at_zero
+
+
+def _member(value: str | Member) -> Member:
+    return value if isinstance(value, Member) else Member(value)
+
+
+@dataclass(frozen=True)
+class StructureSpec:
+    """Which matrices share a removable dimension inside a block (structured pruning).
+
+    An FFN neuron is a row of every ``ffn_in`` member (and its bias) plus a column of
+    ``ffn_out``; an attention unit is one key/value head with all the query heads that
+    share it: rows of ``q``, ``k``, ``v`` and the matching columns of ``o``. Members may be
+    plain module paths or :class:`Member` slices of fused matrices.
+    """
+
+    attention: str
+    q: str | Member
+    k: str | Member
+    v: str | Member
+    o: str | Member
+    ffn_in: tuple[str | Member, ...]
+    ffn_out: str | Member
+    head_count_attrs: tuple[str, ...] = ()
+    """Attributes of the attention module that hold its (query) head count and must follow compaction."""
+    kv_head_count_attrs: tuple[str, ...] = ()
+    """Attributes of the attention module that hold its key/value head count."""
+    attention_reads_config: bool = False
+    """The attention module reads its head counts from its ``config``; compaction gives it a copy of
+    the config with the block's own counts."""
+
+    def rows(self) -> dict[str, tuple[Member, ...]]:
+        """Row members by role: ``"ffn"`` (one row per neuron), ``"q"`` and ``"kv"`` (per head group)."""
+        return {"ffn": tuple(_member(m) for m in self.ffn_in), "q": (_member(self.q),),
+                "kv": (_member(self.k), _member(self.v))}
+
+    def columns(self) -> dict[str, tuple[Member, ...]]:
+        """Column members by role: ``"ffn"`` and ``"q"`` (the output projection's inputs)."""
+        return {"ffn": (_member(self.ffn_out),), "q": (_member(self.o),)}
+
+    def modules(self) -> tuple[str, ...]:
+        """Every module path the structures touch, each once, in a fixed order."""
+        members = [*self.rows()["q"], *self.rows()["kv"], *self.columns()["q"], *self.rows()["ffn"],
+                   *self.columns()["ffn"]]
+        return tuple(dict.fromkeys(m.module for m in members))
+
+
+def _plain_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    return model.get_output_embeddings()(hidden)
+
+
+@dataclass(frozen=True)
+class ArchitectureAdapter:
+    """Locations of the decoder blocks and their prunable Linear layers, and the way to logits."""
+
+    family: str
+    blocks_path: str
+    """Dotted attribute path from the ``*ForCausalLM`` model to its list of decoder blocks."""
+    linear_names: tuple[str, ...]
+    """Prunable Linear layers, as paths relative to a decoder block."""
+    structure: StructureSpec | None = None
+    body_path: str = "model"
+    """The module whose ``last_hidden_state`` :meth:`logits` maps to logits; the loss is computed from
+    it in chunks (:mod:`llm_surgeon.nll`)."""
+    logits_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] = field(default=_plain_logits)
+    """``(model, hidden) -> logits``: the LM head plus whatever the family does after it (soft-capping,
+    a logit scale). It must match the model's own forward, or the curvature's gradients are wrong."""
+    input_groups: tuple[tuple[str, ...], ...] = ()
+    """Layers fed the same tensor (q/k/v, gate/up): they share one ``A``. Only plans read this; the
+    curvature pass finds the sharing itself from the tensors it sees."""
+
+    def body(self, model: nn.Module) -> nn.Module:
+        return model.get_submodule(self.body_path)
+
+    def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return self.logits_fn(model, hidden)
+
+    def head_layout(self, config) -> tuple[int, int, int]:
+        """(query heads, key/value heads, head dim) from a model config."""
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        return heads, kv_heads, head_dim
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        return model.get_submodule(self.blocks_path)
+
+    def module_name(self, block: int, rel: str) -> str:
+        """Full module name of ``rel`` (a path inside a decoder block) in block number ``block``."""
+        return f"{self.blocks_path}.{block}.{rel}"
+
+    def prunable_linears(self, model: nn.Module) -> dict[str, nn.Linear]:
+        """Ordered map from full module name to Linear, block by block."""
+        out: dict[str, nn.Linear] = {}
+        for index, block in enumerate(self.blocks(model)):
+            for rel in self.linear_names:
+                module = block.get_submodule(rel)
+                if not isinstance(module, nn.Linear):
+                    raise UnsupportedArchitectureError(
+                        f"{self.family} adapter expected nn.Linear at {rel}, found {type(module).__name__}"
+                    )
+                out[self.module_name(index, rel)] = module
+        return out
+
+    def distinct_input_widths(self, model: nn.Module) -> list[int]:
+        """Input width of every distinct ``A`` of the model: one per input group per block, one per other layer."""
+        widths = []
+        for index in range(len(self.blocks(model))):
+            grouped = {rel for group in self.input_groups for rel in group}
+            block_linears = {rel: self.blocks(model)[index].get_submodule(rel) for rel in self.linear_names}
+            widths += [block_linears[group[0]].in_features for group in self.input_groups]
+            widths += [lin.in_features for rel, lin in block_linears.items() if rel not in grouped]
+        return widths
+
+    def set_head_counts(self, attention: nn.Module, heads: int, kv_heads: int) -> None:
+        """Make an attention module agree with its compacted projections."""
+        spec = self.structure
+        for attr in spec.head_count_attrs:
+            setattr(attention, attr, heads)
+        for attr in spec.kv_head_count_attrs:
+            setattr(attention, attr, kv_heads)
+        if spec.attention_reads_config:
+            own = copy.copy(attention.config)
+            own.num_attention_heads, own.num_key_value_heads = heads, kv_heads
+            attention.config = own
