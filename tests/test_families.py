@@ -132,3 +132,11 @@ def test_the_generic_adapter_refuses_a_model_whose_logits_it_would_get_wrong(mon
     monkeypatch.setattr(adapters, "_ADAPTERS", {k: v for k, v in adapters._ADAPTERS.items() if k != "granite"})
     with pytest.raises(UnsupportedArchitectureError, match="transforms its logits"):
         get_adapter(tiny("granite"))
+
+
+def test_the_readme_table_of_families_is_the_registry():
+    from llm_surgeon.models.table import END, START, family_table
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    assert readme[readme.index(START) + len(START):readme.index(END)].strip() == family_table()

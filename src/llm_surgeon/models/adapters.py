@@ -53,10 +53,12 @@ LLAMA = ArchitectureAdapter(family="llama", blocks_path="model.layers", linear_n
                             structure=LLAMA_STRUCTURE, input_groups=LLAMA_INPUT_GROUPS)
 
 GEMMA2 = ArchitectureAdapter(family="gemma2", blocks_path="model.layers", linear_names=LLAMA_LINEARS,
-                             structure=LLAMA_STRUCTURE, logits_fn=softcapped_logits, input_groups=LLAMA_INPUT_GROUPS)
+                             structure=LLAMA_STRUCTURE, logits_fn=softcapped_logits, input_groups=LLAMA_INPUT_GROUPS,
+                             logits_description="`cap * tanh(logits / cap)` where the config sets a cap")
 
 COHERE = ArchitectureAdapter(family="cohere", blocks_path="model.layers", linear_names=LLAMA_LINEARS,
-                             structure=LLAMA_STRUCTURE, logits_fn=scaled_logits, input_groups=LLAMA_INPUT_GROUPS)
+                             structure=LLAMA_STRUCTURE, logits_fn=scaled_logits, input_groups=LLAMA_INPUT_GROUPS,
+                             logits_description="`logits * config.logit_scale`")
 
 PHI3 = ArchitectureAdapter(
     family="phi3",
@@ -76,7 +78,8 @@ PHI3 = ArchitectureAdapter(
 )
 
 GRANITE = ArchitectureAdapter(family="granite", blocks_path="model.layers", linear_names=LLAMA_LINEARS,
-                              structure=LLAMA_STRUCTURE, logits_fn=divided_logits, input_groups=LLAMA_INPUT_GROUPS)
+                              structure=LLAMA_STRUCTURE, logits_fn=divided_logits, input_groups=LLAMA_INPUT_GROUPS,
+                              logits_description="`logits / config.logits_scaling`")
 
 OLMO2 = ArchitectureAdapter(family="olmo2", blocks_path="model.layers", linear_names=LLAMA_LINEARS,
                             input_groups=LLAMA_INPUT_GROUPS)

@@ -114,6 +114,8 @@ class ArchitectureAdapter:
     logits_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] = field(default=_plain_logits)
     """``(model, hidden) -> logits``: the LM head plus whatever the family does after it (soft-capping,
     a logit scale). It must match the model's own forward, or the curvature's gradients are wrong."""
+    logits_description: str = "LM head"
+    """What :attr:`logits_fn` computes, for the README's table of families."""
     input_groups: tuple[tuple[str, ...], ...] = ()
     """Layers fed the same tensor (q/k/v, gate/up): they share one ``A``. Only plans read this; the
     curvature pass finds the sharing itself from the tensors it sees."""
