@@ -1,0 +1,92 @@
+"""One LLM Surgeon shot per family on a small random model of one width, against the Llama of that width.
+
+Each family's model is built from its config (the same hidden size, FFN width, heads and depth), then a
+child process runs one 50% unstructured shot on random calibration ids and reports the shot's seconds and
+its own peak RSS (``wait4``); the table gives both relative to Llama. A family that costs far more than
+Llama says why in the notes (wider fused layers, extra layers per block...).
+
+    python benchmarks/family_costs.py --samples 16 --seqlen 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import torch
+
+WIDTH = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
+             num_key_value_heads=4, max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+EXTRA = {"qwen3": {"head_dim": 32}, "gemma": {"head_dim": 32}, "gemma2": {"head_dim": 32},
+         "gemma3_text": {"head_dim": 32}, "opt": {"ffn_dim": 512, "word_embed_proj_dim": 256}}
+NO_GQA = {"opt", "gpt_neox", "phi"}
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "cohere", "granite", "olmo2",
+            "stablelm", "phi3", "gpt_neox", "opt", "phi"]
+
+
+def child(family: str, samples: int, seqlen: int) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from llm_surgeon import PruneConfig, prune
+    from llm_surgeon.models.adapters import get_adapter
+
+    torch.set_num_threads(1)
+    common = {k: v for k, v in WIDTH.items() if not (family in NO_GQA and k == "num_key_value_heads")}
+    config = AutoConfig.for_model(family, **common, **EXTRA.get(family, {}))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    adapter = get_adapter(model)
+    ids = torch.randint(0, WIDTH["vocab_size"], (samples, seqlen), generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    result = prune(model, ids, PruneConfig(sparsity=0.5, shots=1, batch_size=4, update_iterations=5),
+                   progress=False, adapter=adapter)
+    shot = result.shots[-1]
+    print(json.dumps({"family": family, "adapter": adapter.family, "seconds": round(time.perf_counter() - start, 2),
+                      "curvature_s": round(shot.seconds_curvature, 2), "costs_s": round(shot.seconds_costs, 2),
+                      "update_s": round(shot.seconds_update, 2),
+                      "prunable_weights": sum(lin.weight.numel() for lin in adapter.prunable_linears(model).values()),
+                      "achieved": round(shot.achieved_sparsity, 4)}))
+
+
+def measure(family: str, args: argparse.Namespace) -> dict:
+    import os
+
+    proc = subprocess.Popen([sys.executable, __file__, "--child", family, "--samples", str(args.samples),
+                             "--seqlen", str(args.seqlen)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        return {"family": family, "error": f"exit {status}"}
+    return {**json.loads(out.strip().splitlines()[-1]), "peak_mb": round(usage.ru_maxrss / 1024)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--seqlen", type=int, default=128)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.samples, args.seqlen)
+        return 0
+    rows = [measure(family, args) for family in FAMILIES]
+    base = rows[0]
+    print("| model_type | adapter | prunable weights | shot s | vs Llama | curvature / costs / update s | "
+          "peak RSS MB | vs Llama |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['family']} | {r['error']} |  |  |  |  |  |  |")
+            continue
+        print(f"| {r['family']} | {r['adapter']} | {r['prunable_weights']:,} | {r['seconds']} | "
+              f"{r['seconds'] / base['seconds']:.2f} | {r['curvature_s']} / {r['costs_s']} / {r['update_s']} | "
+              f"{r['peak_mb']} | {r['peak_mb'] / base['peak_mb']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
