@@ -27,6 +27,10 @@ FAMILIES = {
     "cohere": {"logit_scale": 0.5}, "granite": {"logits_scaling": 4.0}, "olmo2": {}, "stablelm": {},
     "phi3": {}, "gpt_neox": {}, "opt": {"ffn_dim": 64, "word_embed_proj_dim": 32},
     "phi": {},  # no family adapter: the generic one
+    "mixtral": {"num_local_experts": 4}, "olmoe": {"num_experts": 4, "num_experts_per_tok": 2},
+    "qwen3_moe": {"num_experts": 4, "moe_intermediate_size": 16, "num_experts_per_tok": 2, "head_dim": 8},
+    "qwen2_moe": {"num_experts": 4, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 32,
+                  "num_experts_per_tok": 2},
 }
 NO_GQA = {"opt", "gpt_neox", "phi"}
 
@@ -118,8 +122,8 @@ def test_the_generic_adapter_says_so_and_refuses_what_it_cannot_take(capsys, mon
     adapter = get_adapter(tiny("phi"))
     assert adapter.family == "generic:phi" and adapter.structure is None
     assert "using a generic one" in capsys.readouterr().err
-    moe = AutoConfig.for_model("mixtral", **COMMON, num_local_experts=4)
-    with pytest.raises(UnsupportedArchitectureError, match="'mixtral' is not supported: .*3-D expert weights"):
+    moe = AutoConfig.for_model("gpt_oss", **COMMON, num_local_experts=4)  # biased, transposed experts
+    with pytest.raises(UnsupportedArchitectureError, match="'gpt_oss' is not supported: .*3-D expert weights"):
         check_family(moe)
     t5 = AutoConfig.for_model("t5", vocab_size=128, d_model=32, num_layers=1, num_heads=2, d_ff=64)
     with pytest.raises(UnsupportedArchitectureError, match="'t5' is not supported"):

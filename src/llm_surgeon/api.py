@@ -24,6 +24,7 @@ from llm_surgeon.export import densify, to_semi_structured
 from llm_surgeon.footprint import forward_footprint
 from llm_surgeon.io import REPORT_NAME, atomic_write_json
 from llm_surgeon.models.adapters import ArchitectureAdapter, check_family, get_adapter
+from llm_surgeon.models.experts import expert_summary
 from llm_surgeon.models.loading import DEVICE_MAPS, load_config, load_model_and_tokenizer
 from llm_surgeon.outputs import inspect_output, load_report, save_model_files
 from llm_surgeon.pruner import PruneResult, needs_calibration, prune_model, setup, sparsity_stats
@@ -122,8 +123,13 @@ def prune(model, calibration: torch.Tensor | None, config: PruneConfig, progress
     """Prune a loaded model in place (the library entry point); see :func:`~llm_surgeon.pruner.prune_model`.
 
     ``layout`` keeps the curvature sums elsewhere (``MemoryLayout(factor_device="cpu", block_groups=4)``)
-    when they do not fit beside the model; the result is the same."""
-    return prune_model(model, calibration, config, progress=progress, adapter=adapter, layout=layout)
+    when they do not fit beside the model; the result is the same. A mixture-of-experts model gets its own
+    fused expert modules back at the end; the masks name each expert's slices (``...experts.gate_up.3``)."""
+    adapter = adapter or get_adapter(model)
+    try:
+        return prune_model(model, calibration, config, progress=progress, adapter=adapter, layout=layout)
+    finally:
+        adapter.restore(model)  # fused experts again (the changes are in them)
 
 
 def _shot_needs(model, adapter: ArchitectureAdapter, linears, config: PruneConfig, method, groups: int,
@@ -298,6 +304,12 @@ def _collector(run: PreparedRun) -> DataParallelCollector | None:
                 run.layout.factor_device if run.layout else None)
 
 
+def _experts_dict(run: PreparedRun, result: PruneResult) -> dict | None:
+    if run.adapter.experts_path is None:
+        return None
+    return expert_summary(run.linears, result.routed_rows, run.adapter.experts_path)
+
+
 def _distributed_dict(run: PreparedRun) -> dict:
     scheme = None
     if run.ranks.world > 1:
@@ -340,7 +352,7 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
         achieved_sparsity=achieved, per_layer_sparsity=per_layer, ppl=ppl, seconds=seconds,
         peak_mb=peak_memory_mb(options.device), export=export.to_dict() if export else None,
         resumed_from_shot=run.resumed_from_shot, footprint=footprint, memory_estimate=run.memory_estimate,
-        distributed=_distributed_dict(run),
+        distributed=_distributed_dict(run), experts=_experts_dict(run, result),
     )
     atomic_write_json(run.out / REPORT_NAME, report)
     remove_checkpoints(run.out)

@@ -84,6 +84,9 @@ def _add_method_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-lr", type=float, default=d.lora_lr, help="Adam learning rate of the correction")
     parser.add_argument("--lora-epochs", type=int, default=d.lora_epochs,
                         help="passes over the calibration windows per correction")
+    parser.add_argument("--prune-unrouted", action="store_true",
+                        help="mixture of experts: prune experts that received no calibration token by magnitude "
+                             "(default: leave them dense; N:M then refuses)")
 
 
 def _add_calibration_flags(parser: argparse.ArgumentParser, samples: int, seqlen: int) -> None:
@@ -107,6 +110,7 @@ def _config_from_args(args: argparse.Namespace) -> PruneConfig:
         update_iterations=args.update_iterations, update_tolerance=args.update_tolerance,
         batch_size=args.batch_size, sparsegpt_damp=args.sparsegpt_damp,
         lora_rank=args.lora_rank, lora_lr=args.lora_lr, lora_epochs=args.lora_epochs,
+        prune_unrouted=args.prune_unrouted,
     )
 
 

@@ -48,6 +48,10 @@ class PruneConfig:
     """Adam learning rate of the low-rank correction."""
     lora_epochs: int = 1
     """Passes over the calibration windows per correction."""
+    prune_unrouted: bool = False
+    """Mixture of experts: an expert that received no calibration token has no curvature (its Fisher is
+    zero). By default it is left dense (unstructured; N:M then refuses); with this it is pruned by
+    magnitude to the shot's fraction, no update."""
 
     @property
     def nm(self) -> tuple[int, int] | None:

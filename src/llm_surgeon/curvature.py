@@ -37,6 +37,7 @@ class KroneckerFactors:
     """``None`` when only input statistics were collected (forward passes only). Collected
     diagonal-only, ``A`` and ``G`` are vectors of the diagonals."""
     tokens: int
+    """The token rows the layer's inputs held (all tokens; for an expert, those routed to it)."""
     packed: bool = False
     """``A`` and ``G`` hold only their upper triangles (:mod:`llm_surgeon.math.symmetric`): how a
     collector keeps them; :meth:`unpacked` gives the matrices."""
@@ -61,6 +62,9 @@ class FactorAccumulator:
         self.A: dict[str, torch.Tensor] = {}
         self.G: dict[str, torch.Tensor] = {}
         self.tokens = 0
+        self.rows: dict[str, int] = {}
+        """Per layer, the token rows its inputs held: every token for a dense layer, the routed ones for an
+        expert (whose ``A`` is the mean over those)."""
         # The statistic of the latest input only, keyed by storage address, shape and strides; the input
         # is kept alive beside it so that its address cannot be reused while the key is in use. Layers
         # fed one tensor (q/k/v, gate/up) run one after another, so one entry is enough to share it.
@@ -90,6 +94,7 @@ class FactorAccumulator:
     def _forward_hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             x = inputs[0]
+            self.rows[name] = self.rows.get(name, 0) + x.numel() // x.shape[-1]
             key = (x.data_ptr(), tuple(x.shape), x.stride())
             stat = self._input_stat(x, key)
             if name not in self.A:
@@ -212,6 +217,11 @@ class CurvatureCollector(ABC):
         """Which layers' factors :meth:`collect` returned here (all of them unless layers have owners)."""
         return EVERY_LAYER_HERE
 
+    def routed_rows(self) -> dict[str, int]:
+        """Per layer collected so far, the token rows its inputs held over all processes (0: an expert no
+        token was routed to, which :meth:`collect` leaves out); empty when the collector does not count."""
+        return {}
+
 
 class LocalCollector(CurvatureCollector):
     """One process: micro-batches of ``batch_size`` windows through the whole model, sums in float32.
@@ -230,12 +240,17 @@ class LocalCollector(CurvatureCollector):
         self.progress = progress
         self.factor_device = factor_device
         """Where the sums accumulate (None: beside each layer)."""
+        self._rows: dict[str, int] = {}
 
     def collect(self, model, adapter, linears, windows, request, seed, label=""):
         accumulator = FactorAccumulator(linears, request.diagonal_only, self.factor_device)
         self.accumulate(model, adapter, accumulator, self.windows_of(windows), request, self.seed_of(seed), label)
         self.reduce(accumulator)
+        self._rows.update({name: accumulator.rows.get(name, 0) for name in linears})
         return _normalised(accumulator, self.kept(linears), request.with_gradients)
+
+    def routed_rows(self) -> dict[str, int]:
+        return dict(self._rows)
 
     def windows_of(self, windows: torch.Tensor) -> torch.Tensor:
         """The windows this process passes (all of them; a data-parallel collector takes its shard)."""
@@ -283,20 +298,26 @@ class LocalCollector(CurvatureCollector):
 
 def _normalised(accumulator: FactorAccumulator, linears: dict[str, nn.Linear], with_gradients: bool
                 ) -> dict[str, KroneckerFactors]:
-    """Sums divided by the token count, in place (no second copy of every sum); A factors shared between
-    layers stay shared. Full factors stay packed upper triangles."""
+    """Sums divided in place (no second copy of every sum): ``A`` by the rows the layer saw, ``G`` by all
+    tokens. For a dense layer both are the token count. For an expert, ``A`` is the mean over its routed
+    tokens and ``G`` the sum over them per token of the batch, so ``A ⊗ G`` is its share of the Fisher
+    (``E_e[a aᵀ] ⊗ E_e[g gᵀ] · n_e / N``) and its costs compare with every other layer's in one threshold.
+    A factors shared between layers stay shared; full factors stay packed upper triangles. A layer that
+    saw no rows (an expert no token was routed to) is left out."""
     factors: dict[str, KroneckerFactors] = {}
     divided: set[int] = set()
     packed = not accumulator.diagonal_only
     for name in linears:
+        if not accumulator.rows.get(name):
+            continue
         if with_gradients and name not in accumulator.G:
             raise NonFiniteActivationError(f"no gradient reached layer {name}")
         A = accumulator.A[name]
         if id(A) not in divided:
-            A.div_(accumulator.tokens)
+            A.div_(accumulator.rows[name])
             divided.add(id(A))
         G = accumulator.G[name].div_(accumulator.tokens) if with_gradients else None
-        factors[name] = KroneckerFactors(A=A, G=G, tokens=accumulator.tokens, packed=packed)
+        factors[name] = KroneckerFactors(A=A, G=G, tokens=accumulator.rows[name], packed=packed)
     _raise_on_non_finite(factors)
     return factors
 

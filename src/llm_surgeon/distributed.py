@@ -100,9 +100,30 @@ class DataParallelCollector(LocalCollector):
     def reduce(self, accumulator: FactorAccumulator) -> None:
         """Sum every distinct sum tensor (a shared ``A`` once) and the token count over the ranks, in place."""
         with self.clock.collective("the curvature sums were being reduced"):
+            _agree_on_layers(accumulator)
             for tensor in _distinct(list(accumulator.A.values()) + list(accumulator.G.values())):
                 dist.all_reduce(tensor)
             _sum_tokens(accumulator)
+
+
+def _agree_on_layers(accumulator: FactorAccumulator) -> None:
+    """Sum the rows each layer saw over the ranks; a layer that ran elsewhere but not here (an expert no
+    local token was routed to) gets zero sums here, so that every rank reduces the same tensors."""
+    names = list(accumulator.linears)
+    rows = torch.tensor([accumulator.rows.get(name, 0) for name in names], dtype=torch.float64)
+    dist.all_reduce(rows)
+    for name, count in zip(names, rows.tolist(), strict=True):
+        if count and name not in accumulator.A:
+            accumulator.A[name] = _zero_sum(accumulator, name, accumulator.linears[name].in_features)
+            if accumulator.G:  # gradients were collected
+                accumulator.G[name] = _zero_sum(accumulator, name, accumulator.linears[name].out_features)
+    accumulator.rows = {name: int(count) for name, count in zip(names, rows.tolist(), strict=True) if count}
+
+
+def _zero_sum(accumulator: FactorAccumulator, name: str, width: int) -> torch.Tensor:
+    numbers = width if accumulator.diagonal_only else width * (width + 1) // 2
+    device = accumulator.factor_device or accumulator.linears[name].weight.device
+    return torch.zeros(numbers, dtype=torch.float32, device=device)
 
 
 def _distinct(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -142,6 +163,8 @@ class OwnerCollector(DataParallelCollector):
         self.owners: dict[str, int] = {}
 
     def reduce(self, accumulator: FactorAccumulator) -> None:
+        with self.clock.collective("the layers each rank saw were being agreed"):
+            _agree_on_layers(accumulator)
         units = input_units(accumulator)
         sizes = {unit[0]: accumulator.A[unit[0]].numel() + sum(accumulator.G[n].numel() for n in unit
                                                                  if n in accumulator.G) for unit in units}
@@ -160,7 +183,7 @@ class OwnerCollector(DataParallelCollector):
                     accumulator.G.pop(name, None)
 
     def kept(self, linears: dict[str, nn.Linear]) -> dict[str, nn.Linear]:
-        return {name: lin for name, lin in linears.items() if self.owners[name] == self.rank}
+        return {name: lin for name, lin in linears.items() if self.owners.get(name) == self.rank}
 
     def placement(self) -> OwnedLayers:
         return OwnedLayers(dict(self.owners), self.rank, self.world, self.clock)

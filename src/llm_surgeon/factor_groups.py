@@ -33,8 +33,8 @@ def block_ranges(blocks: int, groups: int) -> list[range]:
 def group_linears(linears: dict[str, nn.Linear], adapter: ArchitectureAdapter, blocks: range
                   ) -> dict[str, nn.Linear]:
     """The prunable layers of ``blocks``, in the model's order."""
-    names = {adapter.module_name(b, rel) for b in blocks for rel in adapter.linear_names}
-    return {name: lin for name, lin in linears.items() if name in names}
+    prefixes = tuple(adapter.module_name(b, "") for b in blocks)  # "model.layers.3."
+    return {name: lin for name, lin in linears.items() if name.startswith(prefixes)}
 
 
 class SpilledFactors(Mapping[str, KroneckerFactors]):

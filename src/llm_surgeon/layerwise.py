@@ -73,7 +73,7 @@ def prune_layerwise(model: nn.Module, adapter: ArchitectureAdapter, windows: tor
     blocks = adapter.blocks(model)
     with torch.no_grad():
         for block in tqdm(blocks, desc="layer-wise pruning", disable=not progress):
-            linears = {rel: block.get_submodule(rel) for rel in adapter.linear_names}
+            linears = {rel: block.get_submodule(rel) for rel in adapter.block_linear_names(block)}
             hessians = {rel: torch.zeros(lin.in_features, lin.in_features) for rel, lin in linears.items()}
             handles = [lin.register_forward_hook(_hessian_hook(hessians[rel])) for rel, lin in linears.items()]
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -10,9 +11,16 @@ from pathlib import Path
 from llm_surgeon.checkpoint import config_differences, list_checkpoints
 from llm_surgeon.compaction import save_architecture
 from llm_surgeon.config import PruneConfig
-from llm_surgeon.errors import ConfigError
+from llm_surgeon.errors import ConfigError, UnsupportedArchitectureError
 from llm_surgeon.footprint import folder_bytes
 from llm_surgeon.io import REPORT_NAME, apply_default_modes, fsync_tree
+from llm_surgeon.models.adapters import get_adapter
+
+
+def restore_own_modules(model) -> None:
+    """The model's own modules again before it is saved (fused experts instead of per-expert views)."""
+    with contextlib.suppress(UnsupportedArchitectureError):  # no adapter: nothing was replaced
+        get_adapter(model).restore(model)
 
 
 def inspect_output(out: Path, model_name: str, config: PruneConfig, overwrite: bool) -> str:
@@ -57,6 +65,7 @@ def save_model_files(model, tokenizer, out: Path, shapes: list[dict] | None = No
     Files are written to a hidden staging folder inside ``out`` and moved in one by one;
     ``report.json`` is removed first (the caller writes it last), so its presence means "complete".
     """
+    restore_own_modules(model)
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_NAME).unlink(missing_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))

@@ -48,6 +48,8 @@ class ShotRecord:
     seconds_correction: float = 0.0
     correction_epoch_losses: list[float] = field(default_factory=list)
     """Mean training NLL per epoch of the low-rank correction after this shot (empty: none ran)."""
+    unrouted: list[str] = field(default_factory=list)
+    """Experts that no calibration token reached in this shot (left dense, or pruned by magnitude)."""
 
 
 @dataclass
@@ -58,6 +60,8 @@ class PruneResult:
     nm_validation: dict | None = None
     structure: dict | None = None
     """Per-block heads and FFN widths kept, for structured pruning."""
+    routed_rows: dict[str, int] = field(default_factory=dict)
+    """Per layer, the calibration token rows it saw in the last shot (an expert: those routed to it)."""
 
     @property
     def seconds(self) -> dict[str, float]:
@@ -189,20 +193,44 @@ def _shot_with_scratch(job: PruneJob, method: PruningMethod, selector: UnitSelec
     t1 = time.perf_counter()
     factors = _cost_factors(job, method, raw)  # damped layer by layer when asked for
     placement = collector.placement() if method.curvature != "none" else EVERY_LAYER_HERE
-    masks = selector.select(method, factors, result.masks, fraction, label, placement)
+    rows = collector.routed_rows() if method.curvature != "none" else {}
+    unrouted = [name for name in job.linears if rows.get(name, 1) == 0]
+    masks = dict(result.masks)
+    if unrouted:
+        masks.update(_unrouted_shot(job, selector, unrouted, masks, fraction, label))
+        selector, fraction = selector.without(unrouted, masks, fraction)
+    masks.update(selector.select(method, factors, masks, fraction, label, placement))
     t2 = time.perf_counter()
     totals = selector.apply(method, factors, masks, label, job.progress, placement)
     t3 = time.perf_counter()
     del factors, raw
     result.masks = masks
+    result.routed_rows = rows
     achieved, _ = sparsity_stats(job.linears)
     iterations, before = totals.iterations, totals.loss_no_update
     result.shots.append(ShotRecord(
         shot=shot + 1, target_sparsity=selector.target_sparsity(fraction), achieved_sparsity=achieved,
         seconds_curvature=t1 - t0, seconds_costs=t2 - t1, seconds_update=t3 - t2,
         update_iterations_mean=sum(iterations) / len(iterations) if iterations else 0.0,
-        update_loss_reduction=1 - totals.loss_after / before if before > 0 else 0.0,
+        update_loss_reduction=1 - totals.loss_after / before if before > 0 else 0.0, unrouted=unrouted,
     ))
+
+
+def _unrouted_shot(job: PruneJob, selector: UnitSelector, unrouted: list[str], masks: dict[str, torch.Tensor],
+                   fraction: float, label: str) -> dict[str, torch.Tensor]:
+    """Experts that no calibration token reached have no curvature: left as they are (unstructured), or
+    with ``prune_unrouted`` brought to the shot's fraction by magnitude, layer by layer, no update. N:M must
+    hold in every layer, so it refuses to leave them out."""
+    if not job.config.prune_unrouted:
+        if job.config.nm is not None:
+            raise ConfigError(f"{len(unrouted)} experts received no calibration token (first: {unrouted[0]}); "
+                              "N:M must hold in every layer: use more calibration text or --prune-unrouted")
+        return {}
+    magnitude = get_method("magnitude", job.config)
+    part = selector.subset(unrouted, scope="layer")
+    chosen = part.select(magnitude, {}, masks, fraction, f"{label}: unrouted experts")
+    part.apply(magnitude, {}, chosen, f"{label}: unrouted experts", job.progress)
+    return chosen
 
 
 def setup(model: nn.Module, config: PruneConfig, adapter: ArchitectureAdapter, progress: bool = False

@@ -58,6 +58,7 @@ def build_report(
     footprint: dict | None = None,
     memory_estimate: dict | None = None,
     distributed: dict | None = None,
+    experts: dict | None = None,
 ) -> dict:
     """Everything a reader needs to judge and reproduce the run, in one dict (written as report.json)."""
     report = {
@@ -82,6 +83,7 @@ def build_report(
         "semi_structured_export": export,
         "resumed_from_shot": resumed_from_shot,
         "distributed": distributed or {"world_size": 1, "backend": None},
+        "experts": experts,
     }
     if result.structure is not None:
         report["structure"] = result.structure

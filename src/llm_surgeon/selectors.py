@@ -8,13 +8,14 @@ granularities lives here.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from llm_surgeon.errors import ConfigError
+from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.math.costs import nm_group_costs
 from llm_surgeon.math.selection import force_removed, nm_layer_mask
 from llm_surgeon.math.streaming_threshold import streaming_select_cheapest
@@ -78,6 +79,20 @@ class UnitSelector(ABC):
         """What the final masks mean beyond a sparsity (structured: widths kept per block)."""
         return None
 
+    def subset(self, names: list[str], scope: str | None = None) -> UnitSelector:
+        """This selector over ``names`` only (and, if given, with another threshold scope)."""
+        clone = copy.copy(self)
+        clone.linears = {name: self.linears[name] for name in names}
+        if scope is not None:
+            clone.scope = scope
+        return clone
+
+    def without(self, names: list[str], removed: dict[str, torch.Tensor], fraction: float
+                ) -> tuple[UnitSelector, float]:
+        """This selector over every layer but ``names`` (left as ``removed`` has them), and the fraction the
+        others must reach for the whole to reach ``fraction``."""
+        raise ConfigError(f"{type(self).__name__} cannot leave {len(names)} layers out of a shot")
+
     def _cost_inputs(self, method, factors, label: str, progress: bool, placement: LayerPlacement) -> dict:
         """What each layer's element costs read (for LLM Surgeon two vectors, not the inverses), made layer
         by layer so that no two layers' damped factors are alive at once — here for the layers placed
@@ -125,6 +140,18 @@ class ElementSelector(UnitSelector):
     def schedule(self, sparsity, shots):
         return linear_schedule(sparsity, shots)
 
+    def without(self, names, removed, fraction):
+        others = [name for name in self.linears if name not in set(names)]
+        total = sum(lin.weight.numel() for lin in self.linears.values())
+        fixed = sum(int(removed[name].sum()) for name in names)
+        rest = sum(self.linears[name].weight.numel() for name in others)
+        needed = (round(fraction * total) - fixed) / rest
+        if needed > 1:
+            raise LLMSurgeonError(f"{len(names)} experts received no calibration token and stay dense, so the other "
+                                  f"layers cannot reach {fraction:.1%} sparsity; use more calibration text or "
+                                  "--prune-unrouted")
+        return self.subset(others), max(needed, 0.0)
+
     def select(self, method, factors, removed, fraction, label="", placement=EVERY_LAYER_HERE):
         inputs = self._cost_inputs(method, factors, label, self.progress, placement)
         costs = self._forced_costs(method, inputs, removed)
@@ -149,6 +176,12 @@ class NMSelector(UnitSelector):
 
     def target_sparsity(self, fraction):
         return fraction * self.n / self.m
+
+    def without(self, names, removed, fraction):
+        """The other layers at the same share of groups: the pattern must hold in every layer, so the layers
+        left out must have been brought to this share by other means (the caller's magnitude pass)."""
+        others = [name for name in self.linears if name not in set(names)]
+        return self.subset(others), fraction
 
     def select(self, method, factors, removed, fraction, label="", placement=EVERY_LAYER_HERE):
         inputs = self._cost_inputs(method, factors, label, self.progress, placement)

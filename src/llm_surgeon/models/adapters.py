@@ -103,6 +103,23 @@ GPT_NEOX = ArchitectureAdapter(
 """GPT-NeoX interleaves query, key and value per head inside ``query_key_value`` ([heads, 3, head_dim]
 rows), which the contiguous slices of a structure description cannot express: unstructured and N:M."""
 
+ATTENTION_LINEARS = LLAMA_LINEARS[:4]
+MOE_INPUT_GROUPS = (LLAMA_INPUT_GROUPS[0],)
+
+MIXTRAL = ArchitectureAdapter(family="mixtral", blocks_path="model.layers", linear_names=ATTENTION_LINEARS,
+                              input_groups=MOE_INPUT_GROUPS, experts_path="mlp.experts")
+"""Mixtral, Qwen3-MoE, OLMoE: attention plus every expert's ``gate_up`` and ``down``; the router is never
+pruned. No structure description (whole FFN neurons per expert are not implemented)."""
+
+QWEN2_MOE = ArchitectureAdapter(
+    family="qwen2_moe", blocks_path="model.layers",
+    linear_names=ATTENTION_LINEARS + ("mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj",
+                                      "mlp.shared_expert.down_proj"),
+    input_groups=MOE_INPUT_GROUPS + (("mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj"),),
+    experts_path="mlp.experts",
+)
+"""Qwen2-MoE adds a shared expert (pruned like a dense MLP); its sigmoid gate, like the router, is not."""
+
 OPT = ArchitectureAdapter(
     family="opt",
     blocks_path="model.decoder.layers",
@@ -131,7 +148,8 @@ def register_adapter(model_type: str, adapter: ArchitectureAdapter, replace: boo
 for _type, _adapter in {"llama": LLAMA, "mistral": LLAMA, "qwen2": LLAMA, "qwen3": LLAMA, "gemma": GEMMA2,
                         "gemma2": GEMMA2, "gemma3_text": GEMMA2, "cohere": COHERE, "granite": GRANITE,
                         "olmo2": OLMO2, "stablelm": STABLELM, "phi3": PHI3, "gpt_neox": GPT_NEOX,
-                        "opt": OPT}.items():
+                        "opt": OPT, "mixtral": MIXTRAL, "qwen3_moe": MIXTRAL, "olmoe": MIXTRAL,
+                        "qwen2_moe": QWEN2_MOE}.items():
     register_adapter(_type, _adapter)
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from llm_surgeon.errors import UnsupportedArchitectureError
+from llm_surgeon.models.experts import ExpertView, install_views, restore_fused
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,10 @@ class ArchitectureAdapter:
     input_groups: tuple[tuple[str, ...], ...] = ()
     """Layers fed the same tensor (q/k/v, gate/up): they share one ``A``. Only plans read this; the
     curvature pass finds the sharing itself from the tensors it sees."""
+    experts_path: str | None = None
+    """Mixture of experts: the fused experts module inside a block (``mlp.experts``). Each expert's
+    ``gate_up`` and ``down`` slices become prunable layers ``{experts_path}.gate_up.{e}`` and
+    ``{experts_path}.down.{e}`` (:mod:`llm_surgeon.models.experts`); routers are never listed."""
 
     def body(self, model: nn.Module) -> nn.Module:
         return model.get_submodule(self.body_path)
@@ -140,11 +145,32 @@ class ArchitectureAdapter:
         """Full module name of ``rel`` (a path inside a decoder block) in block number ``block``."""
         return f"{self.blocks_path}.{block}.{rel}"
 
+    def block_linear_names(self, block: nn.Module) -> tuple[str, ...]:
+        """The prunable layers of one block, relative to it: the family's, then each expert's two."""
+        if self.experts_path is None:
+            return self.linear_names
+        experts = block.get_submodule(self.experts_path)
+        count = len(experts.gate_up) if isinstance(experts, ExpertView) else experts.gate_up_proj.shape[0]
+        return self.linear_names + tuple(f"{self.experts_path}.{part}.{e}" for e in range(count)
+                                         for part in ("gate_up", "down"))
+
+    def prepare(self, model: nn.Module) -> None:
+        """Make every prunable matrix an ``nn.Linear`` of the model (experts: per-expert views; a no-op for
+        dense families). Idempotent; :meth:`restore` undoes it."""
+        if self.experts_path is not None:
+            install_views(self.blocks(model), self.experts_path)
+
+    def restore(self, model: nn.Module) -> None:
+        """The model's own modules again (fused experts), holding every change made while prepared."""
+        if self.experts_path is not None:
+            restore_fused(self.blocks(model), self.experts_path)
+
     def prunable_linears(self, model: nn.Module) -> dict[str, nn.Linear]:
-        """Ordered map from full module name to Linear, block by block."""
+        """Ordered map from full module name to Linear, block by block (prepares the model first)."""
+        self.prepare(model)
         out: dict[str, nn.Linear] = {}
         for index, block in enumerate(self.blocks(model)):
-            for rel in self.linear_names:
+            for rel in self.block_linear_names(block):
                 module = block.get_submodule(rel)
                 if not isinstance(module, nn.Linear):
                     raise UnsupportedArchitectureError(
@@ -158,7 +184,8 @@ class ArchitectureAdapter:
         widths = []
         for index in range(len(self.blocks(model))):
             grouped = {rel for group in self.input_groups for rel in group}
-            block_linears = {rel: self.blocks(model)[index].get_submodule(rel) for rel in self.linear_names}
+            block = self.blocks(model)[index]
+            block_linears = {rel: block.get_submodule(rel) for rel in self.block_linear_names(block)}
             widths += [block_linears[group[0]].in_features for group in self.input_groups]
             widths += [lin.in_features for rel, lin in block_linears.items() if rel not in grouped]
         return widths

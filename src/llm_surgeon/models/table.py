@@ -22,6 +22,8 @@ def family_table() -> str:
     for model_type in adapters.supported_model_types():
         adapter = adapters.adapter_for_model_type(model_type)
         layers = ", ".join(f"`{name.rsplit('.', 1)[-1]}`" for name in adapter.linear_names)
+        if adapter.experts_path:
+            layers += f", each expert's `gate_up` and `down` (`{adapter.experts_path}`; router never)"
         structured = "yes" if adapter.structure is not None else "no (no structure description)"
         logits = adapter.logits_description
         rows.append(f"| `{model_type}` | {adapter.family} | {logits} | {layers} | yes | yes | {structured} |")

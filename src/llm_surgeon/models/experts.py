@@ -1,0 +1,131 @@
+"""Mixture-of-experts blocks: each expert's slices of the fused 3-D weights as Linear layers of their own.
+
+In current transformers the experts of Mixtral, Qwen2/3-MoE, OLMoE and Granite-MoE are one module with
+fused parameters ``gate_up_proj`` [E, 2I, H] and ``down_proj`` [E, H, I]. :class:`ExpertView` takes its
+place while a model is pruned: the same computation, written with one ``nn.Linear`` per expert and
+projection whose weight is a view of the fused storage. The curvature hooks then see each expert's own
+routed tokens, its weights enter the same global selection and update as every other matrix (writing
+into the fused parameters), and :func:`restore_fused` puts the original module back for saving. The view
+is checked against the original module's output on random routing when it is made, so a family whose
+experts compute differently (biases, clamped activations, another layout) is refused, not mis-pruned.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llm_surgeon.errors import UnsupportedArchitectureError
+
+
+def _expert_linear(weight: torch.Tensor) -> nn.Linear:
+    """A bias-free Linear whose weight is ``weight`` itself (a view of the fused parameter, no copy)."""
+    out_features, in_features = weight.shape
+    linear = nn.Linear(in_features, out_features, bias=False, device="meta", dtype=weight.dtype)
+    linear.weight = nn.Parameter(weight)
+    return linear
+
+
+class ExpertView(nn.Module):
+    """A fused experts module seen as ``gate_up[e]`` ([2I, H]) and ``down[e]`` ([H, I]) Linear layers."""
+
+    def __init__(self, fused: nn.Module):
+        super().__init__()
+        self._fused = (fused,)  # a tuple, not a submodule: its parameters are the views' storage
+        self.num_experts = fused.gate_up_proj.shape[0]
+        self.act_fn = fused.act_fn
+        self.gate_up = nn.ModuleList(_expert_linear(fused.gate_up_proj.data[e]) for e in range(self.num_experts))
+        self.down = nn.ModuleList(_expert_linear(fused.down_proj.data[e]) for e in range(self.num_experts))
+
+    @property
+    def fused(self) -> nn.Module:
+        return self._fused[0]
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+                ) -> torch.Tensor:
+        out = torch.zeros_like(hidden_states)
+        for expert in range(self.num_experts):
+            top_k_pos, token_idx = torch.where((top_k_index == expert).T)
+            if token_idx.numel() == 0:
+                continue  # an expert without tokens is not run (its hooks do not fire)
+            gate, up = self.gate_up[expert](hidden_states[token_idx]).chunk(2, dim=-1)
+            routed = self.down[expert](self.act_fn(gate) * up) * top_k_weights[token_idx, top_k_pos, None]
+            out.index_add_(0, token_idx, routed.to(out.dtype))
+        return out
+
+
+def check_fused(module: nn.Module, where: str) -> None:
+    """Refuse an experts module whose parameters are not the bias-free [E, 2I, H] / [E, H, I] layout."""
+    gate_up, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
+    if not (isinstance(gate_up, torch.Tensor) and isinstance(down, torch.Tensor) and gate_up.dim() == down.dim() == 3):
+        raise UnsupportedArchitectureError(f"{where} holds no fused 3-D gate_up_proj / down_proj expert weights")
+    experts, double_width, hidden = gate_up.shape
+    if down.shape != (experts, hidden, double_width // 2) or any(
+            "bias" in name for name, _ in module.named_parameters()) or not hasattr(module, "act_fn"):
+        raise UnsupportedArchitectureError(
+            f"{where}: experts laid out as gate_up {tuple(gate_up.shape)} / down {tuple(down.shape)} (or with "
+            "biases) are not the [E, 2I, H] / [E, H, I] layout llm-surgeon splits into per-expert layers")
+
+
+@torch.no_grad()
+def _check_view(view: ExpertView, where: str, top_k: int = 2) -> None:
+    """The view must compute what the fused module computes (random tokens and routing)."""
+    fused = view.fused
+    if fused.gate_up_proj.device.type == "meta":
+        return
+    generator = torch.Generator().manual_seed(0)
+    hidden = fused.gate_up_proj.shape[-1]
+    tokens = torch.randn(6, hidden, generator=generator).to(fused.gate_up_proj)
+    k = min(top_k, view.num_experts)
+    index = torch.stack([torch.randperm(view.num_experts, generator=generator)[:k] for _ in range(6)])
+    weights = torch.rand(6, k, generator=generator).to(tokens)
+    index = index.to(tokens.device)
+    expected, got = fused(tokens, index, weights), view(tokens, index, weights)
+    if not torch.allclose(got, expected, rtol=1e-3, atol=1e-5 * float(expected.abs().max().clamp_min(1))):
+        raise UnsupportedArchitectureError(f"{where}: the experts compute something other than act(gate) * up "
+                                           "then down, weighted by the router; this family needs its own adapter")
+
+
+def install_views(blocks: nn.ModuleList, experts_path: str) -> list[ExpertView]:
+    """Put an :class:`ExpertView` at ``experts_path`` of every block (once), returning the views."""
+    parent_path, _, attr = experts_path.rpartition(".")
+    views = []
+    for index, block in enumerate(blocks):
+        parent = block.get_submodule(parent_path) if parent_path else block
+        current = getattr(parent, attr)
+        if not isinstance(current, ExpertView):
+            where = f"block {index} {experts_path}"
+            check_fused(current, where)
+            current = ExpertView(current)
+            _check_view(current, where)
+            setattr(parent, attr, current)
+        views.append(current)
+    return views
+
+
+def restore_fused(blocks: nn.ModuleList, experts_path: str) -> None:
+    """Put the fused experts modules back (they hold every change made through the views)."""
+    parent_path, _, attr = experts_path.rpartition(".")
+    for block in blocks:
+        parent = block.get_submodule(parent_path) if parent_path else block
+        current = getattr(parent, attr)
+        if isinstance(current, ExpertView):
+            setattr(parent, attr, current.fused)
+
+
+def expert_summary(linears: dict[str, nn.Linear], routed_rows: dict[str, int], experts_path: str) -> dict:
+    """Per expert (``...{experts_path}.{e}``): the calibration tokens routed to it in the last shot and the
+    sparsity of its two matrices together; and the experts no token reached."""
+    marker = f".{experts_path}."
+    experts: dict[str, dict] = {}
+    for name, linear in linears.items():
+        if marker not in name:
+            continue
+        prefix, _, rest = name.rpartition(marker)
+        part, _, index = rest.partition(".")
+        entry = experts.setdefault(f"{prefix}{marker}{index}", {"tokens": routed_rows.get(name), "zeros": 0,
+                                                                 "weights": 0})
+        entry["zeros"] += int((linear.weight == 0).sum())
+        entry["weights"] += linear.weight.numel()
+    per_expert = {key: {"tokens": e["tokens"], "sparsity": e["zeros"] / e["weights"]} for key, e in experts.items()}
+    return {"per_expert": per_expert, "unrouted": [key for key, e in per_expert.items() if e["tokens"] == 0]}
