@@ -21,10 +21,16 @@ import torch
 WIDTH = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
              num_key_value_heads=4, max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 EXTRA = {"qwen3": {"head_dim": 32}, "gemma": {"head_dim": 32}, "gemma2": {"head_dim": 32},
-         "gemma3_text": {"head_dim": 32}, "opt": {"ffn_dim": 512, "word_embed_proj_dim": 256}}
+         "gemma3_text": {"head_dim": 32}, "opt": {"ffn_dim": 512, "word_embed_proj_dim": 256},
+         # mixture of experts: 4 experts of the dense FFN width, 2 per token
+         "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+         "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 512, "head_dim": 32},
+         "olmoe": {"num_experts": 4, "num_experts_per_tok": 2},
+         "qwen2_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 512,
+                       "shared_expert_intermediate_size": 512}}
 NO_GQA = {"opt", "gpt_neox", "phi"}
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "cohere", "granite", "olmo2",
-            "stablelm", "phi3", "gpt_neox", "opt", "phi"]
+            "stablelm", "phi3", "gpt_neox", "opt", "phi", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]
 
 
 def child(family: str, samples: int, seqlen: int) -> None:
@@ -44,7 +50,15 @@ def child(family: str, samples: int, seqlen: int) -> None:
     result = prune(model, ids, PruneConfig(sparsity=0.5, shots=1, batch_size=4, update_iterations=5),
                    progress=False, adapter=adapter)
     shot = result.shots[-1]
-    print(json.dumps({"family": family, "adapter": adapter.family, "seconds": round(time.perf_counter() - start, 2),
+    experts = None
+    if adapter.experts_path:
+        from llm_surgeon.models.experts import expert_summary
+
+        summary = expert_summary(adapter.prunable_linears(model), result.routed_rows, adapter.experts_path)
+        experts = {key.split(".layers.")[-1]: {"tokens": e["tokens"], "sparsity": round(e["sparsity"], 3)}
+                   for key, e in summary["per_expert"].items()}
+    print(json.dumps({"experts": experts,
+                      "family": family, "adapter": adapter.family, "seconds": round(time.perf_counter() - start, 2),
                       "curvature_s": round(shot.seconds_curvature, 2), "costs_s": round(shot.seconds_costs, 2),
                       "update_s": round(shot.seconds_update, 2),
                       "prunable_weights": sum(lin.weight.numel() for lin in adapter.prunable_linears(model).values()),
@@ -85,6 +99,12 @@ def main() -> int:
         print(f"| {r['family']} | {r['adapter']} | {r['prunable_weights']:,} | {r['seconds']} | "
               f"{r['seconds'] / base['seconds']:.2f} | {r['curvature_s']} / {r['costs_s']} / {r['update_s']} | "
               f"{r['peak_mb']} | {r['peak_mb'] / base['peak_mb']:.2f} |")
+    for r in rows:
+        if r.get("experts"):
+            print(f"\n{r['family']}: per expert (block.mlp.experts.e): routed token rows and sparsity")
+            print("| expert | tokens | sparsity |\n|---|---|---|")
+            for key, e in r["experts"].items():
+                print(f"| {key} | {e['tokens']} | {e['sparsity']} |")
     return 0
 
 

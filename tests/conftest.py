@@ -157,3 +157,24 @@ def dense_obs_minimiser(W, remove, G, A):
 def _private_dense_cache(tmp_path_factory, monkeypatch):
     """Dense perplexities that tests measure are remembered in a throw-away folder, not the user's cache."""
     monkeypatch.setenv("LLM_SURGEON_CACHE", str(tmp_path_factory.mktemp("dense-cache")))
+
+
+def true_loss_G(model, linears, ids) -> dict[str, torch.Tensor]:
+    """G = Σ g gᵀ / tokens from the gradients of the model's own forward and loss."""
+    G: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, lin in linears.items():
+        def hook(module, inputs, output, name=name):
+            def grad_hook(g):
+                flat = g.reshape(-1, g.shape[-1]).double()
+                G[name] = G.get(name, 0) + flat.T @ flat
+            output.register_hook(grad_hook)
+        handles.append(lin.register_forward_hook(hook))
+    try:
+        logits = model(input_ids=ids).logits[:, :-1]
+        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                          reduction="sum").backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: g / ids.numel() for name, g in G.items()}

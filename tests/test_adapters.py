@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from llm_surgeon import PruneConfig, prune
 from llm_surgeon.compaction import apply_shapes, compact
 from llm_surgeon.models import adapters
 from llm_surgeon.models.adapters import LLAMA, ArchitectureAdapter, get_adapter, register_adapter
 from llm_surgeon.pruner import sparsity_stats
-from tests.conftest import collect_factors
+from tests.conftest import collect_factors, true_loss_G
 
 
 @pytest.fixture
@@ -62,33 +61,13 @@ def _tiny_gemma2(cap: float | None):
     return model
 
 
-def _true_loss_G(model, linears, ids) -> dict[str, torch.Tensor]:
-    """G = Σ g gᵀ / tokens from the gradients of the model's own forward (its real logits)."""
-    G: dict[str, torch.Tensor] = {}
-    handles = []
-    for name, lin in linears.items():
-        def hook(module, inputs, output, name=name):
-            def grad_hook(g):
-                flat = g.reshape(-1, g.shape[-1]).double()
-                G[name] = G.get(name, 0) + flat.T @ flat
-            output.register_hook(grad_hook)
-        handles.append(lin.register_forward_hook(hook))
-    try:
-        logits = model(input_ids=ids).logits[:, :-1]
-        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum").backward()
-    finally:
-        for h in handles:
-            h.remove()
-    return {name: g / ids.numel() for name, g in G.items()}
-
-
 def test_softcapped_logits_give_the_factors_of_the_true_loss(calibration):
     model = _tiny_gemma2(cap=5.0)
     adapter = get_adapter(model)
     assert adapter.family == "gemma2"
     linears = adapter.prunable_linears(model)
     ids = calibration[:4]
-    reference = _true_loss_G(model, linears, ids)
+    reference = true_loss_G(model, linears, ids)
     got = collect_factors(model, linears, ids, batch_size=4)
     for name in linears:
         torch.testing.assert_close(got[name].G.double(), reference[name], rtol=1e-3, atol=1e-9)

@@ -16,7 +16,7 @@ from llm_surgeon.models.adapters import check_family, get_adapter
 from llm_surgeon.models.loading import load_model_and_tokenizer
 from llm_surgeon.outputs import save_model_files
 from llm_surgeon.pruner import sparsity_stats
-from tests.conftest import collect_factors, tiny_tokenizer
+from tests.conftest import collect_factors, tiny_tokenizer, true_loss_G
 
 COMMON = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -79,27 +79,6 @@ def test_each_family_reaches_its_target_then_saves_reloads_and_generates(family,
     assert generated.shape == (1, 9)
 
 
-def _true_loss_G(model, linears, ids) -> dict[str, torch.Tensor]:
-    """G = Σ g gᵀ / tokens from the gradients of the model's own forward and loss."""
-    G: dict[str, torch.Tensor] = {}
-    handles = []
-    for name, lin in linears.items():
-        def hook(module, inputs, output, name=name):
-            def grad_hook(g):
-                flat = g.reshape(-1, g.shape[-1]).double()
-                G[name] = G.get(name, 0) + flat.T @ flat
-            output.register_hook(grad_hook)
-        handles.append(lin.register_forward_hook(hook))
-    try:
-        logits = model(input_ids=ids).logits[:, :-1]
-        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                          reduction="sum").backward()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: g / ids.numel() for name, g in G.items()}
-
-
 @pytest.mark.parametrize("family", ["granite", "gemma3_text", "gpt_neox", "phi3", "phi"])
 def test_factors_match_the_gradients_of_the_models_own_loss(family, calibration):
     model = tiny(family, seed=1)
@@ -107,7 +86,7 @@ def test_factors_match_the_gradients_of_the_models_own_loss(family, calibration)
         model.get_output_embeddings().weight.mul_(20.0)  # large logits: a scale or soft-cap changes gradients
     linears = get_adapter(model).prunable_linears(model)
     ids = calibration[:4]
-    reference = _true_loss_G(model, linears, ids)
+    reference = true_loss_G(model, linears, ids)
     got = collect_factors(model, linears, ids, batch_size=4)
     for name in linears:
         torch.testing.assert_close(got[name].G.double(), reference[name], rtol=1e-3, atol=1e-9, msg=name)
