@@ -115,22 +115,29 @@ def build_model(config_path: Path, device: str, dtype: torch.dtype):
     return model.eval()
 
 
-class ReplayCollector:
-    """Collects once per set of layers and hands the same factors back afterwards (the dense model's
-    curvature, for a second shot from the same dense weights)."""
+def replay_collector(inner):
+    """A collector that collects once per set of layers and hands the same factors back afterwards (the
+    dense model's curvature, for a second shot from the same dense weights)."""
+    from llm_surgeon.curvature import CurvatureCollector
 
-    def __init__(self, inner):
-        self.inner, self.saved, self.replayed = inner, {}, False
+    class ReplayCollector(CurvatureCollector):
+        def __init__(self):
+            self.inner, self.saved, self.replayed = inner, {}, False
 
-    def collect(self, model, adapter, linears, windows, request, seed, label=""):
-        key = (tuple(linears), request.with_gradients, request.diagonal_only, request.from_block)
-        self.replayed = key in self.saved
-        if not self.replayed:
-            self.saved[key] = self.inner.collect(model, adapter, linears, windows, request, seed, label)
-        return self.saved[key]
+        def collect(self, model, adapter, linears, windows, request, seed, label=""):
+            key = (tuple(linears), request.with_gradients, request.diagonal_only, request.from_block)
+            self.replayed = key in self.saved
+            if not self.replayed:
+                self.saved[key] = self.inner.collect(model, adapter, linears, windows, request, seed, label)
+            return self.saved[key]
 
-    def placement(self):
-        return self.inner.placement()
+        def placement(self):
+            return self.inner.placement()
+
+        def routed_rows(self):
+            return self.inner.routed_rows()
+
+    return ReplayCollector()
 
 
 def one_shot(model, adapter, linears, windows, granularity: str, args, collector, scratch: str) -> dict:
@@ -185,7 +192,7 @@ def surgeon_shots(args, rec: Recorder) -> dict:
              "calibration": f"{args.samples} x {args.seqlen} random token ids",
              "build_seconds": round(time.perf_counter() - start, 1)}
     rec.put("model", built)
-    collector = ReplayCollector(LocalCollector(args.batch_size, progress=False))
+    collector = replay_collector(LocalCollector(args.batch_size, progress=False))
     shots = []
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
         for granularity in ("unstructured", "2:4"):
