@@ -59,3 +59,10 @@ def test_offloaded_weights_are_refused_in_one_line():
         model.model.layers[1].mlp.down_proj.weight = torch.nn.Parameter(torch.empty(8, 8))
     with pytest.raises(ModelLoadError, match="offloads 1 weights .*down_proj"):
         _refuse_offloaded(model, "auto")
+
+
+def test_a_numbered_gpu_under_torchrun_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr("llm_surgeon.api.check_device", lambda name: torch.device("cuda", 0))
+    with pytest.raises(ConfigError, match="each rank takes the GPU of its LOCAL_RANK"):
+        RunOptions(out=str(tmp_path), device="cuda:0").validate()

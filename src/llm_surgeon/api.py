@@ -71,7 +71,10 @@ class RunOptions:
 
     def validate(self) -> RunOptions:
         """Every option checked before anything is loaded."""
-        check_device(self.device)
+        device = check_device(self.device)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.index is not None:
+            raise ConfigError(f"--device {self.device} under torchrun would put every rank on one GPU; use "
+                              "--device cuda: each rank takes the GPU of its LOCAL_RANK")
         if self.device_map is not None:
             if self.device_map not in DEVICE_MAPS:
                 raise ConfigError(f"--device-map {self.device_map!r}: choose one of {', '.join(DEVICE_MAPS)}")

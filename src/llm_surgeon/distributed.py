@@ -110,7 +110,8 @@ def _agree_on_layers(accumulator: FactorAccumulator) -> None:
     """Sum the rows each layer saw over the ranks; a layer that ran elsewhere but not here (an expert no
     local token was routed to) gets zero sums here, so that every rank reduces the same tensors."""
     names = list(accumulator.linears)
-    rows = torch.tensor([accumulator.rows.get(name, 0) for name in names], dtype=torch.float64)
+    rows = torch.tensor([accumulator.rows.get(name, 0) for name in names], dtype=torch.float64,
+                        device=_collective_device())
     dist.all_reduce(rows)
     for name, count in zip(names, rows.tolist(), strict=True):
         if count and name not in accumulator.A:
@@ -126,6 +127,11 @@ def _zero_sum(accumulator: FactorAccumulator, name: str, width: int) -> torch.Te
     return torch.zeros(numbers, dtype=torch.float32, device=device)
 
 
+def _collective_device() -> torch.device:
+    """Where small bookkeeping tensors must be for a collective: NCCL moves only CUDA tensors."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def _distinct(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """Each tensor once (an ``A`` shared by several layers appears under each of their names)."""
     seen: dict[int, torch.Tensor] = {}
@@ -135,7 +141,7 @@ def _distinct(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _sum_tokens(accumulator: FactorAccumulator) -> None:
-    tokens = torch.tensor([accumulator.tokens], dtype=torch.float64)
+    tokens = torch.tensor([accumulator.tokens], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(tokens)
     accumulator.tokens = int(tokens.item())
 
@@ -264,6 +270,8 @@ def joined_ranks(device: str, timeout_s: float = 1800.0) -> Iterator[Ranks]:
         yield Ranks()
         return
     backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+    if backend == "nccl":  # one GPU per rank: "cuda" then means this rank's own
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     try:
         yield Ranks(dist.get_rank(), dist.get_world_size(), backend)
