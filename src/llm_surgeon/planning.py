@@ -20,8 +20,7 @@ from llm_surgeon.config import PruneConfig
 from llm_surgeon.errors import ConfigError, ModelLoadError
 from llm_surgeon.factor_groups import block_ranges
 from llm_surgeon.methods import get_method
-from llm_surgeon.models.adapters import ArchitectureAdapter, check_family, get_adapter
-from llm_surgeon.models.discovery import meta_model
+from llm_surgeon.models.adapters import ArchitectureAdapter, checked_meta_model, get_adapter
 from llm_surgeon.resources import ShotMemory, fewest_block_groups, raw_factor_bytes, shot_memory
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -177,8 +176,7 @@ def plan_shot(model_or_config: str, config: PruneConfig, dtype: str = "float32",
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     model_config = read_config(model_or_config)
-    check_family(model_config)
-    model = meta_model(model_config)
+    model = checked_meta_model(model_config)  # built once, refused in one line when no adapter can take it
     adapter = get_adapter(model)
     linears = adapter.prunable_linears(model)
     widths = adapter.distinct_input_widths(model)

@@ -19,7 +19,7 @@ from llm_surgeon.models.discovery import GENERIC_PREFIX, discover_adapter, meta_
 from llm_surgeon.models.spec import ArchitectureAdapter, BlockLayout, Member, StructureSpec
 
 __all__ = ["ArchitectureAdapter", "BlockLayout", "Member", "StructureSpec", "GENERIC_PREFIX", "get_adapter",
-           "check_family", "register_adapter", "adapter_for_model_type", "supported_model_types"]
+           "check_family", "checked_meta_model", "register_adapter", "adapter_for_model_type", "supported_model_types"]
 
 
 def softcapped_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -195,16 +195,23 @@ def _discovered(model: nn.Module, model_type: str | None) -> ArchitectureAdapter
             "nn.Linear layers)") from exc
 
 
-def check_family(config) -> None:
-    """Refuse, before any weights are loaded, a model that neither a family adapter nor the generic one can
-    take: the generic one is read from the model built on the meta device (shapes only, no weights); its
-    logits check needs the weights and runs when the loaded model's adapter is asked for."""
+def checked_meta_model(config) -> nn.Module:
+    """The model of ``config`` on the meta device (shapes, no weights), refused in one line when neither a
+    family adapter nor the generic one can take it."""
     model_type = getattr(config, "model_type", None)
-    if model_type in _ADAPTERS:
-        return
     try:
         model = meta_model(config)
     except UnsupportedArchitectureError as exc:
         raise UnsupportedArchitectureError(f"architecture {model_type!r} is not supported: {exc}; supported "
                                            "model types: " + ", ".join(supported_model_types())) from exc
-    _discovered(model, model_type)
+    if model_type not in _ADAPTERS:
+        _discovered(model, model_type)
+    return model
+
+
+def check_family(config) -> None:
+    """Refuse, before any weights are loaded, a model that neither a family adapter nor the generic one can
+    take: the generic one is read from the model built on the meta device (shapes only, no weights); its
+    logits check needs the weights and runs when the loaded model's adapter is asked for."""
+    if getattr(config, "model_type", None) not in _ADAPTERS:
+        checked_meta_model(config)
