@@ -141,7 +141,8 @@ def test_the_memory_estimate_grows_with_the_batch_and_counts_the_factors():
     (["--seqlen", "0"], "--seqlen must be at least 2"),
     (["--max-windows", "0"], "--max-windows must be at least 1"),
     (["--device", "gpu"], "unknown device 'gpu'"),
-    (["--dataset", "ptb"], "invalid choice: 'ptb'"),
+    (["--dataset", "nonsense"], "unknown dataset 'nonsense'"),
+    (["--dataset", "ptb", "--data-dir", "."], "ptb evaluation text not found"),
 ])
 def test_eval_refuses_bad_flags_in_one_line_before_loading(args, expected, tmp_path):
     proc = run_cli("eval", str(tmp_path / "no-model-here"), *args, check=False)

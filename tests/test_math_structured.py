@@ -57,3 +57,47 @@ def test_single_row_and_column_costs_match_closed_forms_and_brute_force():
         remove[:, j] = True
         _, loss = dense_obs_minimiser(W, remove, f.G, f.A)
         assert torch.isclose(column_costs(W, f.G, f.A_inv)[j], loss)
+
+
+def test_round_kept_counts_keeps_multiples_and_the_target():
+    from llm_surgeon.math.structured import round_kept_counts, select_structures
+
+    torch.manual_seed(0)
+    sizes = [16, 16, 16, 3]
+    costs = [torch.rand(n) for n in sizes]
+    params = [torch.full((n,), 10.0) for n in sizes]
+    removed = [torch.zeros(n, dtype=torch.bool) for n in sizes]
+    removed[1][:4] = True  # an earlier shot's removals stay removed
+    target = 230
+    chosen = select_structures(costs, params, removed, target)
+    assert any((n - int(c.sum())) % 4 for n, c in zip(sizes[:3], chosen[:3], strict=True))
+    out = round_kept_counts(costs, params, removed, chosen, 4, target, [True, True, True, False])
+    for n, o, r in zip(sizes[:3], out[:3], removed[:3], strict=True):
+        assert (n - int(o.sum())) % 4 == 0 and n - int(o.sum()) >= 4
+        assert bool(o[r].all())
+    assert torch.equal(out[3], chosen[3])  # not rounded: untouched
+    removed_params = sum(int(o.sum()) * 10 for o in out)
+    assert target <= removed_params < target + 4 * 10
+
+    # The rounded selection is the cheapest of its shape: brute force over every up/down choice.
+    def cost(sel):
+        return sum(float(c[s].sum()) for c, s in zip(costs, sel, strict=True))
+
+    import itertools
+
+    best = None
+    for kept in itertools.product(*[range(4, n + 1, 4) for n in sizes[:3]]):
+        sel = []
+        for n, k, c, r in zip(sizes[:3], kept, costs[:3], removed[:3], strict=True):
+            free = (~r).nonzero().squeeze(1)
+            drop = n - k - int(r.sum())
+            if drop < 0:
+                break
+            s = r.clone()
+            s[free[torch.argsort(c[free])[:drop]]] = True
+            sel.append(s)
+        else:
+            sel.append(out[3])
+            if sum(int(s.sum()) * 10 for s in sel) >= target and (best is None or cost(sel) < best):
+                best = cost(sel)
+    assert abs(cost(out) - best) < 1e-9  # for this draw the greedy moves find the best selection of its shape

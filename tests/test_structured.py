@@ -134,3 +134,26 @@ def test_cli_structured_prune_writes_a_smaller_model_with_report(tmp_path):
     evaluated = json.loads(run_cli("eval", str(out), "--data-dir", str(data), "--seqlen", "32", "--max-windows", "2",
                                    "--json", "--no-progress").stdout)
     assert abs(evaluated["ppl"] - report["ppl"]["wikitext2"]) < 1e-3 * evaluated["ppl"]
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "opt"])
+def test_width_multiple_rounds_every_blocks_ffn_width(family, calibration):
+    plain = _models()[family]()
+    prune(plain, calibration, PruneConfig(granularity="structured", sparsity=0.3, shots=2), progress=False)
+    model = _models()[family]()
+    result = prune(model, calibration, PruneConfig(granularity="structured", sparsity=0.3, shots=2, width_multiple=8),
+                   progress=False)
+    widths = [layer["ffn_width_kept"] for layer in result.structure["layers"]]
+    assert all(w % 8 == 0 and w >= 8 for w in widths), widths
+    shapes = compact(model, result.masks)
+    assert [s["ffn_width"] for s in shapes] == widths
+    assert 0.3 <= result.structure["removed_fraction"] < 0.3 + 0.1
+
+
+def test_width_multiple_is_refused_outside_structured():
+    from llm_surgeon.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--width-multiple rounds the FFN widths of structured pruning"):
+        PruneConfig(granularity="2:4", width_multiple=64).validate()
+    with pytest.raises(ConfigError, match="width multiple must be at least 1"):
+        PruneConfig(granularity="structured", width_multiple=0).validate()

@@ -22,7 +22,9 @@ from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.evaluation import PerplexityResult, perplexity
 from llm_surgeon.export import densify, to_semi_structured
 from llm_surgeon.footprint import forward_footprint
+from llm_surgeon.heatmap import SPARSITY_PLOT, render_sparsity_heatmap
 from llm_surgeon.io import REPORT_NAME, atomic_write_json
+from llm_surgeon.methods import method_class
 from llm_surgeon.models.adapters import ArchitectureAdapter, check_family, get_adapter
 from llm_surgeon.models.experts import expert_summary
 from llm_surgeon.models.loading import DEVICE_MAPS, load_config, load_model_and_tokenizer
@@ -38,6 +40,13 @@ from llm_surgeon.resources import (
     parse_bytes,
     shot_memory,
 )
+from llm_surgeon.textsets import (
+    TextSet,
+    check_calibration_files,
+    check_evaluation_files,
+    parse_text_set,
+    parse_text_sets,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -51,6 +60,10 @@ class RunOptions:
     eval: bool = False
     eval_seqlen: int = 2048
     eval_max_windows: int | None = None
+    eval_datasets: tuple[str, ...] = ("wikitext2",)
+    """The sets ``eval`` scores, each a named set in the data folder or a file (see :mod:`llm_surgeon.textsets`)."""
+    text_field: str = "text"
+    """The field of JSON-lines or Parquet evaluation files that holds the text."""
     device: str = "cpu"
     dtype: str = "float32"
     overwrite: bool = False
@@ -87,8 +100,13 @@ class RunOptions:
         parse_dtype(self.dtype)
         check_positive("--eval-seqlen", self.eval_seqlen, 2)
         check_positive("--eval-max-windows", self.eval_max_windows)
-        resolve_data_dir(self.data_dir)
+        data_dir = resolve_data_dir(self.data_dir)
+        for text_set in self.eval_sets() if self.eval else []:
+            check_evaluation_files(text_set, data_dir)
         return self
+
+    def eval_sets(self) -> list[TextSet]:
+        return parse_text_sets(",".join(self.eval_datasets), self.text_field)
 
     def budget_bytes(self) -> int | None:
         if self.max_memory is None:
@@ -106,18 +124,26 @@ def parse_dtype(name: str) -> torch.dtype:
 
 
 def evaluate(model, tokenizer, data_dir: str | Path | None = None, seqlen: int = 2048,
-             max_windows: int | None = None, progress: bool = True) -> PerplexityResult:
-    """WikiText-2 test perplexity of a loaded model under the standard protocol; ``data_dir`` as for the CLI."""
+             max_windows: int | None = None, progress: bool = True, dataset: str | TextSet = "wikitext2",
+             text_field: str = "text") -> PerplexityResult:
+    """Perplexity of a loaded model under the standard protocol on one text set (``wikitext2``, ``ptb``,
+    ``c4`` in ``data_dir``, or a text/JSON-lines/Parquet file); ``data_dir`` as for the CLI."""
     check_positive("seqlen", seqlen, 2)
     check_positive("max_windows", max_windows)
-    tokens = evaluation_tokens(tokenizer, resolve_data_dir(data_dir))
-    return perplexity(model, tokens, seqlen, max_windows, progress=progress)
+    text_set = dataset if isinstance(dataset, TextSet) else parse_text_set(dataset, text_field)
+    tokens = evaluation_tokens(tokenizer, resolve_data_dir(data_dir), text_set)
+    cap = text_set.window_cap
+    windows = cap if max_windows is None else min(max_windows, cap or max_windows)
+    return perplexity(model, tokens, seqlen, windows, dataset=text_set.name, progress=progress)
 
 
 def load_calibration(tokenizer, samples: int = 128, seqlen: int = 2048, seed: int = 0,
-                     data_dir: str | Path | None = None) -> torch.Tensor:
-    """``samples`` x ``seqlen`` calibration token windows (WikiText-2 train, else valid), for :func:`prune`."""
-    windows, _ = calibration_windows(tokenizer, samples, seqlen, seed, resolve_data_dir(data_dir))
+                     data_dir: str | Path | None = None, dataset: str = "wikitext2",
+                     text_field: str = "text") -> torch.Tensor:
+    """``samples`` x ``seqlen`` calibration token windows for :func:`prune`, from a named set (its train
+    split, else valid) or a file."""
+    windows, _ = calibration_windows(tokenizer, samples, seqlen, seed, resolve_data_dir(data_dir),
+                                     parse_text_set(dataset, text_field))
     return windows
 
 
@@ -245,6 +271,8 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
     data_dir = resolve_data_dir(options.data_dir)
     started = time.perf_counter()
     check_family(load_config(model_name))  # refuse a family before loading its weights
+    if needs_calibration(method_class(config.method), config):
+        check_calibration_files(parse_text_set(config.calib_data, config.text_field), data_dir)
     model, tokenizer, _ = load_model_and_tokenizer(model_name, parse_dtype(options.dtype), options.device,
                                                    options.device_map)
     adapter = get_adapter(model)
@@ -254,7 +282,8 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
         estimate, layout = check_memory(model, adapter, linears, config, method, options.device,
                                         options.budget_bytes(), options.factor_device)
         calibration, spec = calibration_windows(
-            tokenizer, config.calib_samples, config.calib_seqlen, config.seed, data_dir
+            tokenizer, config.calib_samples, config.calib_seqlen, config.seed, data_dir,
+            parse_text_set(config.calib_data, config.text_field),
         )
     torch.manual_seed(config.seed)
     resumed, resumed_from_shot = None, None
@@ -335,11 +364,8 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
     ppl = None
     if options.eval:
         t = time.perf_counter()
-        evaluated = evaluate(run.model, run.tokenizer, run.data_dir, options.eval_seqlen, options.eval_max_windows,
-                             options.progress)
+        ppl = _evaluate_pruned(run)
         seconds["eval"] = time.perf_counter() - t
-        ppl = {"wikitext2": evaluated.ppl, "wikitext2_detail": evaluated.to_dict(),
-               "dense_wikitext2": run.dense_ppl or dense_cache.lookup(_dense_key(run))}
     if export is not None and export.applied:
         densify(run.linears)  # safetensors stores the dense zeros
     footprint = None
@@ -357,22 +383,41 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
         resumed_from_shot=run.resumed_from_shot, footprint=footprint, memory_estimate=run.memory_estimate,
         distributed=_distributed_dict(run), experts=_experts_dict(run, result),
     )
+    drawn = render_sparsity_heatmap(report, run.out / SPARSITY_PLOT)
+    report["sparsity_plot"] = SPARSITY_PLOT if drawn else None  # None: matplotlib is not installed
     atomic_write_json(run.out / REPORT_NAME, report)
     remove_checkpoints(run.out)
     return report
 
 
-def _dense_key(run: PreparedRun) -> str:
+def _dense_key(run: PreparedRun, text_set: TextSet) -> str:
     o = run.options
-    return dense_cache.cache_key(run.model_name, o.dtype, run.data_dir, o.eval_seqlen, o.eval_max_windows)
+    return dense_cache.cache_key(run.model_name, o.dtype, run.data_dir, o.eval_seqlen, o.eval_max_windows, text_set)
+
+
+def _evaluate_on(run: PreparedRun, text_set: TextSet) -> PerplexityResult:
+    o = run.options
+    return evaluate(run.model, run.tokenizer, run.data_dir, o.eval_seqlen, o.eval_max_windows, o.progress, text_set)
+
+
+def _evaluate_pruned(run: PreparedRun) -> dict:
+    """Per set: ``{name: ppl, name_detail: {...}, dense_name: the dense model's result or None}``."""
+    ppl: dict = {}
+    for text_set in run.options.eval_sets():
+        evaluated = _evaluate_on(run, text_set)
+        dense = (run.dense_ppl or {}).get(text_set.name) or dense_cache.lookup(_dense_key(run, text_set))
+        ppl.update({text_set.name: evaluated.ppl, f"{text_set.name}_detail": evaluated.to_dict(),
+                    f"dense_{text_set.name}": dense})
+    return ppl
 
 
 def _evaluate_dense(run: PreparedRun) -> dict:
-    """Perplexity of the still-dense model on the windows the pruned one will be scored on; remembered."""
-    o = run.options
-    result = evaluate(run.model, run.tokenizer, run.data_dir, o.eval_seqlen, o.eval_max_windows, o.progress).to_dict()
-    dense_cache.store(_dense_key(run), result)
-    return result
+    """Perplexity of the still-dense model on the windows the pruned one will be scored on, per set; remembered."""
+    results = {}
+    for text_set in run.options.eval_sets():
+        results[text_set.name] = _evaluate_on(run, text_set).to_dict()
+        dense_cache.store(_dense_key(run, text_set), results[text_set.name])
+    return results
 
 
 @dataclass
@@ -414,13 +459,21 @@ def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict
 
 
 def run_eval(model_name: str, data_dir: str | None = None, seqlen: int = 2048, max_windows: int | None = None,
-             device: str = "cpu", dtype: str = "float32", progress: bool = True) -> dict:
-    """Perplexity of a model or pruned folder (flags checked before loading); remembered as a dense reference."""
+             device: str = "cpu", dtype: str = "float32", progress: bool = True,
+             datasets: tuple[str, ...] | list[str] = ("wikitext2",), text_field: str = "text") -> dict[str, dict]:
+    """Perplexity of a model or pruned folder on each set, ``{name: result}`` (flags and sets checked before
+    loading); each remembered as a dense reference."""
     check_device(device)
     check_positive("--seqlen", seqlen, 2)
     check_positive("--max-windows", max_windows)
     resolved = resolve_data_dir(data_dir)
+    text_sets = parse_text_sets(",".join(datasets), text_field)
+    for text_set in text_sets:
+        check_evaluation_files(text_set, resolved)
     model, tokenizer, _ = load_model_and_tokenizer(model_name, parse_dtype(dtype), device)
-    result = evaluate(model, tokenizer, resolved, seqlen, max_windows, progress).to_dict()
-    dense_cache.store(dense_cache.cache_key(model_name, dtype, resolved, seqlen, max_windows), result)
-    return result
+    results = {}
+    for text_set in text_sets:
+        results[text_set.name] = evaluate(model, tokenizer, resolved, seqlen, max_windows, progress, text_set).to_dict()
+        dense_cache.store(dense_cache.cache_key(model_name, dtype, resolved, seqlen, max_windows, text_set),
+                          results[text_set.name])
+    return results

@@ -17,7 +17,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from llm_surgeon.checkpoint import list_checkpoints
@@ -26,6 +26,7 @@ from llm_surgeon.devices import check_device, check_positive
 from llm_surgeon.errors import ConfigError
 from llm_surgeon.io import REPORT_NAME, atomic_write_json, atomic_write_text
 from llm_surgeon.methods import STRUCTURED, method_class, method_names
+from llm_surgeon.textsets import label, parse_text_set, parse_text_sets
 
 DENSE = "dense"
 
@@ -44,6 +45,14 @@ class Protocol:
     shots: int
     device: str = "cpu"
     dtype: str = "float32"
+    calib_data: str = "wikitext2"
+    text_field: str = "text"
+    eval_datasets: str = "wikitext2"
+    """Comma-separated; the first one fills the paper-shaped tables, every one the per-set table."""
+
+    @property
+    def eval_names(self) -> list[str]:
+        return [s.name for s in parse_text_sets(self.eval_datasets, self.text_field)]
 
 
 @dataclass(frozen=True)
@@ -91,12 +100,13 @@ def run_child(cmd: list[str], log: Path) -> tuple[int, float, float]:
 
 
 def _common_flags(p: Protocol) -> list[str]:
-    flags = ["--device", p.device, "--dtype", p.dtype, "--no-progress"]
+    flags = ["--device", p.device, "--dtype", p.dtype, "--no-progress", "--text-field", p.text_field]
     return flags + (["--data-dir", p.data_dir] if p.data_dir else [])
 
 
 def dense_command(p: Protocol) -> list[str]:
-    cmd = [sys.executable, "-m", "llm_surgeon.cli", "eval", p.model, "--seqlen", str(p.eval_seqlen), "--json"]
+    cmd = [sys.executable, "-m", "llm_surgeon.cli", "eval", p.model, "--seqlen", str(p.eval_seqlen), "--json",
+           "--dataset", p.eval_datasets]
     if p.eval_max_windows:
         cmd += ["--max-windows", str(p.eval_max_windows)]
     return cmd + _common_flags(p)
@@ -115,20 +125,22 @@ def prune_command(p: Protocol, spec: RunSpec, out: Path) -> list[str]:
     cmd = [sys.executable, "-m", "llm_surgeon.cli", "prune", p.model, "--out", str(out), *keep,
            "--method", spec.method, "--granularity", spec.granularity, "--sparsity", f"{spec.sparsity:g}",
            "--shots", str(p.shots), "--calib-samples", str(p.calib_samples), "--calib-seqlen", str(p.calib_seqlen),
-           "--seed", str(p.seed), "--eval", "--eval-seqlen", str(p.eval_seqlen)]
+           "--seed", str(p.seed), "--calib-data", p.calib_data, "--eval", "--eval-seqlen", str(p.eval_seqlen),
+           "--eval-datasets", p.eval_datasets]
     if p.eval_max_windows:
         cmd += ["--eval-max-windows", str(p.eval_max_windows)]
     return cmd + _common_flags(p)
 
 
-def _record_from_report(report: dict) -> dict:
+def _record_from_report(report: dict, names: list[str]) -> dict:
     return {
         "method": report["method"],
         "granularity": report["granularity"],
         "target_sparsity": report["target_sparsity"],
         "achieved_sparsity": report["achieved_sparsity"],
         "shots": report["shots"],
-        "ppl": report["ppl"]["wikitext2"],
+        "ppl": report["ppl"][names[0]],
+        "ppl_by_dataset": {name: report["ppl"][name] for name in names},
         "prune_seconds": report["seconds"]["total"],
         "seconds": report["seconds"],
         "shot_records": report["shot_records"],
@@ -143,12 +155,15 @@ def run_bench(protocol: Protocol, specs: list[RunSpec], out: Path, log=print) ->
     check_device(protocol.device)
     check_positive("--eval-seqlen", protocol.eval_seqlen, 2)
     check_positive("--eval-max-windows", protocol.eval_max_windows)
+    protocol.eval_names  # noqa: B018 (an unknown set or missing file is refused before any run)
+    parse_text_set(protocol.calib_data, protocol.text_field)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": {}}
     recorded = results.get("protocol")
-    if recorded and recorded != asdict(protocol):
-        differing = sorted(k for k in asdict(protocol) if recorded.get(k) != asdict(protocol)[k])
+    defaults = {f.name: f.default for f in fields(Protocol) if f.default is not MISSING}
+    differing = sorted(k for k, v in asdict(protocol).items() if recorded and recorded.get(k, defaults.get(k)) != v)
+    if differing:
         raise ConfigError(f"{results_path} was measured under another protocol (differs in: {', '.join(differing)})")
     results["protocol"] = asdict(protocol)
     results["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -169,11 +184,12 @@ def run_bench(protocol: Protocol, specs: list[RunSpec], out: Path, log=print) ->
             log(f"[fail] {key}: exit code {code}, see {log_path}")
             continue
         if spec is None:
-            last = log_path.read_text().strip().splitlines()[-1]
+            last = json.loads(log_path.read_text().strip().splitlines()[-1])
             record = {"method": DENSE, "granularity": "dense", "target_sparsity": 0.0, "achieved_sparsity": 0.0,
-                      "ppl": json.loads(last)["ppl"], "prune_seconds": 0.0}
+                      "ppl": last["ppl"], "prune_seconds": 0.0,
+                      "ppl_by_dataset": {name: r["ppl"] for name, r in last["datasets"].items()}}
         else:
-            record = _record_from_report(json.loads((folder / REPORT_NAME).read_text()))
+            record = _record_from_report(json.loads((folder / REPORT_NAME).read_text()), protocol.eval_names)
         record.update({"command": shlex.join(cmd), "wall_seconds": wall, "peak_rss_mb": peak_mb})
         results["runs"][key] = record
         atomic_write_json(results_path, results)
@@ -192,10 +208,11 @@ def render_markdown(results: dict) -> str:
     runs = results["runs"]
     p = results["protocol"]
     dense = runs.get(DENSE)
+    sets = p.get("eval_datasets", "wikitext2").split(",")
     lines = [
-        f"Model `{p['model']}`, {p['dtype']} on {p['device']}. Calibration: WikiText-2 "
+        f"Model `{p['model']}`, {p['dtype']} on {p['device']}. Calibration: {p.get('calib_data', 'wikitext2')} "
         f"({p['calib_samples']} x {p['calib_seqlen']} tokens, seed {p['seed']}); shots {p['shots']} "
-        f"for multi-shot methods. Evaluation: WikiText-2 test, seqlen {p['eval_seqlen']}, "
+        f"for multi-shot methods. Evaluation: {', '.join(map(label, sets))}, seqlen {p['eval_seqlen']}, "
         + (f"first {p['eval_max_windows']} windows." if p["eval_max_windows"] else "all windows."),
         "",
     ]
@@ -203,7 +220,7 @@ def render_markdown(results: dict) -> str:
     for granularity in dict.fromkeys(r["granularity"] for r in pruned):
         rows = [r for r in pruned if r["granularity"] == granularity]
         kept = sorted({round(1 - r["target_sparsity"], 4) for r in rows}, reverse=True)
-        lines += [f"### {granularity}: WikiText-2 perplexity by size kept", "",
+        lines += [f"### {granularity}: {label(sets[0])} perplexity by size kept", "",
                   "| method | " + " | ".join(f"{k:.0%}" for k in kept) + " |",
                   "|---" * (len(kept) + 1) + "|"]
         if dense:
@@ -216,6 +233,7 @@ def render_markdown(results: dict) -> str:
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += _footprint_table(pruned)
+    lines += _per_set_table(runs, sets)
     lines += ["### Cost of each run", "",
               "| method | granularity | target | achieved | ppl | shots | curvature s | update s | prune s | "
               "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -230,6 +248,20 @@ def render_markdown(results: dict) -> str:
             f"{r['prune_seconds']:.1f} | {r['peak_rss_mb']:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _per_set_table(runs: dict, sets: list[str]) -> list[str]:
+    """Every run's perplexity on every evaluation set (only when there is more than one set)."""
+    if len(sets) < 2:
+        return []
+    lines = ["### Perplexity on each evaluation set", "",
+             "| method | granularity | kept | " + " | ".join(map(label, sets)) + " |", "|---" * (len(sets) + 3) + "|"]
+    for r in runs.values():
+        by_set = r.get("ppl_by_dataset", {})
+        cells = [f"{by_set[name]:.2f}" if name in by_set else "–" for name in sets]
+        lines.append(f"| {r['method']} | {r['granularity']} | {1 - r['target_sparsity']:.0%} | " + " | ".join(cells)
+                     + " |")
+    return [*lines, ""]
 
 
 def _footprint_table(pruned: list[dict]) -> list[str]:
@@ -286,7 +318,7 @@ def render_plot(results: dict, path: Path) -> bool:
         handles.append(Line2D([], [], color="black", linestyle="--", label="dense"))
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xlabel("fraction of prunable weights kept (methods spread slightly sideways)")
-    ax.set_ylabel("WikiText-2 test perplexity")
+    ax.set_ylabel(f"{label(results['protocol'].get('eval_datasets', 'wikitext2').split(',')[0])} perplexity")
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
@@ -309,6 +341,10 @@ def reproduce_commands(results: dict, out: str = "runs/bench") -> list[str]:
     if p["eval_max_windows"]:
         protocol += ["--eval-max-windows", str(p["eval_max_windows"])]
     protocol += ["--device", p["device"], "--dtype", p["dtype"]]
+    optional = (("--calib-data", "calib_data"), ("--text-field", "text_field"), ("--eval-datasets", "eval_datasets"))
+    for flag, key in optional:
+        if p.get(key, getattr(Protocol, key)) != getattr(Protocol, key):
+            protocol += [flag, p[key]]
     pruned = [r for k, r in results["runs"].items() if k != DENSE]
     commands = []
     for granularity in dict.fromkeys(r["granularity"] for r in pruned):

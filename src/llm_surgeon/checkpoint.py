@@ -49,8 +49,10 @@ def sha256_of(path: Path) -> str:
 
 
 def config_differences(a: dict, b: dict) -> list[str]:
-    """Names of the fields whose values differ between two config dicts."""
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    """Names of the fields whose values differ between two config dicts; a field that an older run did not
+    record counts as its default."""
+    defaults = PruneConfig().to_dict()
+    return sorted(k for k in set(a) | set(b) if a.get(k, defaults.get(k)) != b.get(k, defaults.get(k)))
 
 
 def save_checkpoint(out: Path, model_name: str, result: PruneResult, linears: dict[str, nn.Linear],

@@ -84,6 +84,9 @@ def _add_method_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-lr", type=float, default=d.lora_lr, help="Adam learning rate of the correction")
     parser.add_argument("--lora-epochs", type=int, default=d.lora_epochs,
                         help="passes over the calibration windows per correction")
+    parser.add_argument("--width-multiple", type=int, default=d.width_multiple, metavar="K",
+                        help="structured: every block keeps a multiple of K FFN neurons (e.g. 64 for GEMM-friendly "
+                             "shapes), chosen inside the global selection (1: widths as the costs fall)")
     parser.add_argument("--prune-unrouted", action="store_true",
                         help="mixture of experts: prune experts that received no calibration token by magnitude "
                              "(default: leave them dense; N:M then refuses)")
@@ -94,23 +97,33 @@ def _add_calibration_flags(parser: argparse.ArgumentParser, samples: int, seqlen
     parser.add_argument("--calib-seqlen", type=int, default=seqlen, help="tokens per calibration window")
     parser.add_argument("--seed", type=int, default=PruneConfig().seed,
                         help="seed of the calibration draw and of sampled labels")
+    parser.add_argument("--calib-data", default=PruneConfig().calib_data, metavar="SET_OR_FILE",
+                        help="calibration text: wikitext2, ptb or c4 in --data-dir (train split, else valid), or a "
+                             ".txt/.jsonl/.json/.parquet file (optionally .gz)")
+    parser.add_argument("--text-field", default=PruneConfig().text_field,
+                        help="field of JSON-lines/Parquet records that holds the text")
 
 
 def _add_eval_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
     parser.add_argument(f"--{prefix}seqlen", type=int, default=2048, help="tokens per evaluation window")
     parser.add_argument(f"--{prefix}max-windows", type=int, default=None,
-                        help="evaluate only the first K windows (None: all)")
+                        help="evaluate only the first K windows (None: all; c4 scores at most 256)")
+    if prefix:
+        parser.add_argument(f"--{prefix}datasets", default="wikitext2", metavar="SETS",
+                            help="comma-separated evaluation sets: wikitext2, ptb, c4 in --data-dir, or text, "
+                                 "JSON-lines or Parquet files (records' --text-field)")
 
 
 def _config_from_args(args: argparse.Namespace) -> PruneConfig:
     return PruneConfig(
         method=args.method, granularity=args.granularity, sparsity=args.sparsity, shots=args.shots,
         calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, seed=args.seed,
+        calib_data=args.calib_data, text_field=args.text_field,
         damp_g=args.damp_g, damp_a=args.damp_a, fisher=args.fisher, magnitude_scope=args.magnitude_scope,
         update_iterations=args.update_iterations, update_tolerance=args.update_tolerance,
         batch_size=args.batch_size, sparsegpt_damp=args.sparsegpt_damp,
         lora_rank=args.lora_rank, lora_lr=args.lora_lr, lora_epochs=args.lora_epochs,
-        prune_unrouted=args.prune_unrouted,
+        prune_unrouted=args.prune_unrouted, width_multiple=args.width_multiple,
     )
 
 
@@ -121,7 +134,7 @@ def _prune_parser(sub) -> None:
     prune.add_argument("--out", required=True, help="output folder (a save_pretrained checkpoint + report.json)")
     _add_method_flags(prune)
     _add_calibration_flags(prune, d.calib_samples, d.calib_seqlen)
-    prune.add_argument("--eval", action="store_true", help="evaluate WikiText-2 test perplexity after pruning")
+    prune.add_argument("--eval", action="store_true", help="evaluate perplexity on --eval-datasets after pruning")
     prune.add_argument("--eval-dense", action="store_true",
                        help="with --eval: also evaluate the dense model on the same windows before pruning")
     _add_eval_flags(prune, "eval-")
@@ -190,9 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     _prune_parser(sub)
     _plan_parser(sub)
     _bench_parser(sub)
-    ev = sub.add_parser("eval", help="WikiText-2 test perplexity of a model or pruned folder")
+    ev = sub.add_parser("eval", help="perplexity of a model or pruned folder on one or more text sets")
     ev.add_argument("model", help=_model_help() + "; or a folder written by prune")
-    ev.add_argument("--dataset", default="wikitext2", choices=["wikitext2"], help="evaluation text")
+    ev.add_argument("--dataset", default="wikitext2", metavar="SETS",
+                    help="comma-separated evaluation sets: wikitext2, ptb, c4 in --data-dir, or text, JSON-lines "
+                         "or Parquet files")
+    ev.add_argument("--text-field", default="text", help="field of JSON-lines/Parquet records that holds the text")
     _add_eval_flags(ev, "")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     _add_common_flags(ev)
@@ -205,7 +221,8 @@ def _run_prune(args: argparse.Namespace) -> int:
 
     options = api.RunOptions(
         out=args.out, data_dir=args.data_dir, eval=args.eval, eval_seqlen=args.eval_seqlen,
-        eval_max_windows=args.eval_max_windows, device=args.device, dtype=args.dtype,
+        eval_max_windows=args.eval_max_windows, eval_datasets=tuple(args.eval_datasets.split(",")),
+        text_field=args.text_field, device=args.device, dtype=args.dtype,
         overwrite=args.overwrite, progress=not args.no_progress, eval_dense=args.eval_dense,
         semi_structured_export=args.semi_structured_export, resume=args.resume,
         max_memory=args.max_memory, factor_device=args.factor_device, device_map=args.device_map,
@@ -230,13 +247,15 @@ def _run_prune(args: argparse.Namespace) -> int:
 def _run_eval(args: argparse.Namespace) -> int:
     from llm_surgeon import api
 
-    result = api.run_eval(args.model, args.data_dir, args.seqlen, args.max_windows, args.device, args.dtype,
-                          progress=not args.no_progress)
-    if args.json:
-        print(json.dumps(result))
+    results = api.run_eval(args.model, args.data_dir, args.seqlen, args.max_windows, args.device, args.dtype,
+                           progress=not args.no_progress, datasets=args.dataset.split(","),
+                           text_field=args.text_field)
+    if args.json:  # the first set's fields at the top (as with one set), every set under "datasets"
+        print(json.dumps({**next(iter(results.values())), "datasets": results}))
     else:
-        print(f"{args.dataset} perplexity {result['ppl']:.4f} ({result['windows']} windows of {result['seqlen']}, "
-              f"{result['tokens']:,} tokens scored)")
+        for name, result in results.items():
+            print(f"{name} perplexity {result['ppl']:.4f} ({result['windows']} windows of {result['seqlen']}, "
+                  f"{result['tokens']:,} tokens scored)")
     return 0
 
 
@@ -264,7 +283,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     protocol = bench.Protocol(
         model=args.model, data_dir=args.data_dir, calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen,
         seed=args.seed, eval_seqlen=args.eval_seqlen, eval_max_windows=args.eval_max_windows, shots=args.shots,
-        device=args.device, dtype=args.dtype,
+        device=args.device, dtype=args.dtype, calib_data=args.calib_data, text_field=args.text_field,
+        eval_datasets=args.eval_datasets,
     )
     try:
         sparsities = [float(s) for s in args.sparsities.split(",")]

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 
 from llm_surgeon.errors import ConfigError
 from llm_surgeon.methods import NM, STRUCTURED, UNSTRUCTURED, method_class, method_names
+from llm_surgeon.textsets import parse_text_set
 
 FISHER_TYPES = ("empirical", "true")
 MAGNITUDE_SCOPES = ("global", "layer")
@@ -31,6 +32,10 @@ class PruneConfig:
     calib_samples: int = 128
     calib_seqlen: int = 2048
     seed: int = 0
+    calib_data: str = "wikitext2"
+    """Calibration text: a named set in the data folder (wikitext2, ptb, c4) or a .txt/.jsonl/.json/.parquet file."""
+    text_field: str = "text"
+    """The field of a JSON-lines or Parquet calibration file that holds the text."""
     damp_g: float = 0.1
     damp_a: float = 0.1
     fisher: str = "empirical"
@@ -48,6 +53,9 @@ class PruneConfig:
     """Adam learning rate of the low-rank correction."""
     lora_epochs: int = 1
     """Passes over the calibration windows per correction."""
+    width_multiple: int = 1
+    """Structured: every block keeps a multiple of this many FFN neurons (e.g. 64, for GEMM-friendly shapes),
+    chosen inside the global selection; 1 leaves the widths as the costs fall."""
     prune_unrouted: bool = False
     """Mixture of experts: an expert that received no calibration token has no curvature (its Fisher is
     zero). By default it is left dense (unstructured; N:M then refuses); with this it is pruned by
@@ -97,6 +105,7 @@ class PruneConfig:
             raise ConfigError(f"shots must be at least 1, got {self.shots}")
         if self.calib_samples < 1 or self.calib_seqlen < 2:
             raise ConfigError("calibration needs at least 1 sample of at least 2 tokens")
+        parse_text_set(self.calib_data, self.text_field)  # a missing file or unknown name, before any loading
         if self.fisher not in FISHER_TYPES:
             raise ConfigError(f"fisher must be one of {', '.join(FISHER_TYPES)}")
         if self.magnitude_scope not in MAGNITUDE_SCOPES:
@@ -105,6 +114,11 @@ class PruneConfig:
             raise ConfigError("damping must be positive")
         if self.batch_size < 1 or self.update_iterations < 0:
             raise ConfigError("batch size must be >= 1 and update iterations >= 0")
+        if self.width_multiple < 1:
+            raise ConfigError(f"width multiple must be at least 1, got {self.width_multiple}")
+        if self.width_multiple > 1 and self.granularity != STRUCTURED:
+            raise ConfigError("--width-multiple rounds the FFN widths of structured pruning; use --granularity "
+                              "structured or drop it")
         if self.lora_rank < 0 or self.lora_epochs < 1 or not self.lora_lr > 0:
             raise ConfigError("low-rank correction needs rank >= 0 (0 = off), epochs >= 1 and a positive learning rate")
         return self

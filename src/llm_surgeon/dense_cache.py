@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from llm_surgeon.io import atomic_write_json
+from llm_surgeon.textsets import WIKITEXT2, TextSet, evaluation_files
 
 CACHE_ENV = "LLM_SURGEON_CACHE"
 CACHE_FILE = "dense_ppl.json"
@@ -30,15 +31,22 @@ def _files_stamp(model: str) -> str:
     return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file())
 
 
-def _text_digest(data_dir: Path | None, split: str = "test") -> str:
-    if data_dir is None:
+def _text_digest(data_dir: Path | None, text_set: TextSet) -> str:
+    """A digest of the files the set is read from (WikiText-2's test file, a named set's folder, the user's file)."""
+    if text_set.path is None and data_dir is None:
         return "hub"
-    file = data_dir / "wikitext-2-raw" / f"wiki.{split}.raw"
-    return hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else "missing"
+    files = evaluation_files(text_set, data_dir)
+    digest = hashlib.sha256()
+    for file in files:
+        if file.is_file():
+            digest.update(file.read_bytes())
+    return digest.hexdigest() if any(f.is_file() for f in files) else "missing"
 
 
-def cache_key(model: str, dtype: str, data_dir: Path | None, seqlen: int, max_windows: int | None) -> str:
-    return json.dumps([model, _files_stamp(model), dtype, _text_digest(data_dir), seqlen, max_windows])
+def cache_key(model: str, dtype: str, data_dir: Path | None, seqlen: int, max_windows: int | None,
+              text_set: TextSet = WIKITEXT2) -> str:
+    return json.dumps([model, _files_stamp(model), dtype, text_set.name, _text_digest(data_dir, text_set), seqlen,
+                       max_windows])
 
 
 def lookup(key: str) -> dict | None:

@@ -15,6 +15,7 @@ from llm_surgeon.errors import ConfigError, UnsupportedArchitectureError
 from llm_surgeon.footprint import folder_bytes
 from llm_surgeon.io import REPORT_NAME, apply_default_modes, fsync_tree
 from llm_surgeon.models.adapters import get_adapter
+from llm_surgeon.remote_code import MODELING_FILE, attach_remote_code
 
 
 def restore_own_modules(model) -> None:
@@ -62,19 +63,23 @@ def inspect_output(out: Path, model_name: str, config: PruneConfig, overwrite: b
 def save_model_files(model, tokenizer, out: Path, shapes: list[dict] | None = None) -> int:
     """Write a ``save_pretrained`` checkpoint so that it is never half-complete; return the weights' bytes.
 
-    Files are written to a hidden staging folder inside ``out`` and moved in one by one;
-    ``report.json`` is removed first (the caller writes it last), so its presence means "complete".
+    A structurally pruned model (``shapes``) also gets a modeling file that plain transformers loads with
+    ``trust_remote_code=True`` (:mod:`llm_surgeon.remote_code`). Files are written to a hidden staging
+    folder inside ``out`` and moved in one by one; ``report.json`` is removed first (the caller writes it
+    last), so its presence means "complete".
     """
     restore_own_modules(model)
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_NAME).unlink(missing_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
     try:
+        modeling = attach_remote_code(model, get_adapter(model)) if shapes is not None else None
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         if shapes is not None:
             save_architecture(staging, shapes)
+            (staging / MODELING_FILE).write_text(modeling)
         fsync_tree(staging)
         apply_default_modes(staging)
         for item in staging.iterdir():

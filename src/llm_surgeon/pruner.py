@@ -241,7 +241,7 @@ def setup(model: nn.Module, config: PruneConfig, adapter: ArchitectureAdapter, p
     method = get_method(config.method, config)
     linears = adapter.prunable_linears(model)
     selector = make_selector(config.granularity, config.nm, method.selection_scope(), model, adapter, linears,
-                             progress)
+                             progress, config.width_multiple)
     return method, linears, selector
 
 

@@ -19,7 +19,7 @@ from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.math.costs import nm_group_costs
 from llm_surgeon.math.selection import force_removed, nm_layer_mask
 from llm_surgeon.math.streaming_threshold import streaming_select_cheapest
-from llm_surgeon.math.structured import select_structures
+from llm_surgeon.math.structured import round_kept_counts, select_structures
 from llm_surgeon.math.threshold import linear_schedule, select_cheapest
 from llm_surgeon.models.adapters import ArchitectureAdapter
 from llm_surgeon.placement import EVERY_LAYER_HERE, LayerPlacement, UpdateTotals
@@ -202,8 +202,10 @@ class StructureSelector(UnitSelector):
 
     needs_every_layer = True
 
-    def __init__(self, model: nn.Module, adapter: ArchitectureAdapter, linears, progress: bool = False):
+    def __init__(self, model: nn.Module, adapter: ArchitectureAdapter, linears, progress: bool = False,
+                 width_multiple: int = 1):
         super().__init__(linears)
+        self.width_multiple = width_multiple
         self.units = block_structures(model, adapter)
         self.name_of = adapter.module_name
         self.total = sum(u.parameter_count() for u in self.units)
@@ -229,7 +231,11 @@ class StructureSelector(UnitSelector):
             params += [torch.full((u.layout.ffn_width,), float(u.neuron_params())),
                        torch.full((u.layout.kv_heads,), float(u.group_params()))]
             already += [neurons[b].cpu(), groups[b].cpu()]
-        chosen = select_structures(costs, params, already, round(fraction * self.total))
+        target = round(fraction * self.total)
+        chosen = select_structures(costs, params, already, target)
+        if self.width_multiple > 1:  # FFN neuron groups are the even ones; heads keep their counts
+            ffn = [i % 2 == 0 for i in range(len(costs))]
+            chosen = round_kept_counts(costs, params, already, chosen, self.width_multiple, target, ffn)
         return {**removed, **masks_from_state(self.units, self.name_of, chosen[0::2], chosen[1::2])}
 
     def apply(self, method, factors, masks, label, progress, placement=EVERY_LAYER_HERE):
@@ -258,10 +264,11 @@ def _every_layer_here(placement: LayerPlacement) -> None:
 
 
 def make_selector(granularity: str, nm: tuple[int, int] | None, scope: str, model: nn.Module,
-                  adapter: ArchitectureAdapter, linears: dict[str, nn.Linear], progress: bool) -> UnitSelector:
+                  adapter: ArchitectureAdapter, linears: dict[str, nn.Linear], progress: bool,
+                  width_multiple: int = 1) -> UnitSelector:
     """The selector for a granularity: ``unstructured``, ``structured``, or an N:M pattern."""
     if nm is not None:
         return NMSelector(linears, *nm, scope=scope, progress=progress)
     if granularity == "structured":
-        return StructureSelector(model, adapter, linears, progress=progress)
+        return StructureSelector(model, adapter, linears, progress=progress, width_multiple=width_multiple)
     return ElementSelector(linears, scope=scope, progress=progress)

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from llm_surgeon.textsets import label
+
 
 def _ppl_line(ppl: dict) -> list[str]:
-    detail = ppl.get("wikitext2_detail") or {}
-    windows = f"{detail.get('windows', '?')} windows of {detail.get('seqlen', '?')} tokens"
-    scored = f"{detail.get('tokens', 0):,} tokens scored"
-    dense = ppl.get("dense_wikitext2")
-    if dense and dense.get("windows") == detail.get("windows") and dense.get("seqlen") == detail.get("seqlen"):
-        versus = f"dense {dense['ppl']:.2f} on the same windows"
-    else:
-        versus = "dense not measured on these windows (add --eval-dense, or run llm-surgeon eval on the model once)"
-    return [f"  perplexity   {ppl['wikitext2']:.2f} on WikiText-2 test ({windows}, {scored}); {versus}"]
+    """One line per evaluation set (the report keeps ``name``, ``name_detail`` and ``dense_name`` per set)."""
+    lines = []
+    for name in [k for k in ppl if not k.endswith("_detail") and not k.startswith("dense_")]:
+        detail = ppl.get(f"{name}_detail") or {}
+        windows = f"{detail.get('windows', '?')} windows of {detail.get('seqlen', '?')} tokens"
+        scored = f"{detail.get('tokens', 0):,} tokens scored"
+        dense = ppl.get(f"dense_{name}")
+        if dense and dense.get("windows") == detail.get("windows") and dense.get("seqlen") == detail.get("seqlen"):
+            versus = f"dense {dense['ppl']:.2f} on the same windows"
+        else:
+            versus = "dense not measured on these windows (add --eval-dense, or run llm-surgeon eval on the model once)"
+        where = "WikiText-2 test" if name == "wikitext2" else label(name)
+        lines.append(f"  perplexity   {ppl[name]:.2f} on {where} ({windows}, {scored}); {versus}")
+    return lines
 
 
 def _memory_line(report: dict) -> str:

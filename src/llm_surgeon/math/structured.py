@@ -102,3 +102,47 @@ def select_structures(
         out.append(chosen[offset : offset + c.numel()])
         offset += c.numel()
     return out
+
+
+def round_kept_counts(
+    costs: list[torch.Tensor],
+    params: list[torch.Tensor],
+    removed: list[torch.Tensor],
+    chosen: list[torch.Tensor],
+    multiple: int,
+    target_params: int,
+    rounded: list[bool],
+) -> list[torch.Tensor]:
+    """Adjust a selection so that every ``rounded`` group keeps a multiple of ``multiple`` structures.
+
+    Each such group may keep the multiple just above its count (giving back its most expensive newly
+    chosen structures) or just below (removing its cheapest kept ones; never below one multiple, never
+    what earlier shots removed). All groups start above; then the cheapest moves down, by cost per
+    parameter of what they remove, are taken until ``target_params`` parameters are removed again, so
+    the total stays at the target up to one step of one group. Groups not ``rounded`` are unchanged.
+    """
+    out = [c.clone() for c in chosen]
+    moves = []  # (cost per parameter, group, structures to remove)
+    for i, (c, p, r) in enumerate(zip(costs, params, removed, strict=True)):
+        size = c.numel()
+        kept = size - int(out[i].sum())
+        if not rounded[i] or size <= multiple or kept % multiple == 0:
+            continue
+        ratio = c.double() / p.double()
+        up = min((kept + multiple - 1) // multiple * multiple, size - int(r.sum()))
+        newly = (out[i] & ~r).nonzero().squeeze(1)
+        give_back = newly[torch.argsort(ratio[newly], descending=True)[: up - kept]]
+        out[i][give_back] = False
+        down = up - multiple
+        if down < multiple:
+            continue
+        kept_now = (~out[i]).nonzero().squeeze(1)
+        extra = kept_now[torch.argsort(ratio[kept_now])[: up - down]]
+        moves.append((float(c.double()[extra].sum() / p.double()[extra].sum()), i, extra))
+    removed_params = sum(float(p.double()[o].sum()) for p, o in zip(params, out, strict=True))
+    for _, i, extra in sorted(moves, key=lambda move: move[0]):
+        if removed_params >= target_params:
+            break
+        out[i][extra] = True
+        removed_params += float(params[i].double()[extra].sum())
+    return out
