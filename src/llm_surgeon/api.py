@@ -47,6 +47,7 @@ from llm_surgeon.textsets import (
     parse_text_set,
     parse_text_sets,
 )
+from llm_surgeon.zeroshot import check_tasks, parse_tasks, zero_shot
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -64,6 +65,12 @@ class RunOptions:
     """The sets ``eval`` scores, each a named set in the data folder or a file (see :mod:`llm_surgeon.textsets`)."""
     text_field: str = "text"
     """The field of JSON-lines or Parquet evaluation files that holds the text."""
+    eval_tasks: tuple[str, ...] = ()
+    """lm-evaluation-harness tasks scored after pruning (zero-shot accuracy; the ``eval`` extra)."""
+    tasks_dir: str | None = None
+    """A folder of lm-eval task YAML files (e.g. tasks over local data) added to the harness's own."""
+    tasks_limit: int | None = None
+    """Score only the first documents of each task (quick checks)."""
     device: str = "cpu"
     dtype: str = "float32"
     overwrite: bool = False
@@ -103,6 +110,8 @@ class RunOptions:
         data_dir = resolve_data_dir(self.data_dir)
         for text_set in self.eval_sets() if self.eval else []:
             check_evaluation_files(text_set, data_dir)
+        check_positive("--tasks-limit", self.tasks_limit)
+        check_tasks(parse_tasks(self.eval_tasks), self.tasks_dir)
         return self
 
     def eval_sets(self) -> list[TextSet]:
@@ -366,6 +375,12 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
         t = time.perf_counter()
         ppl = _evaluate_pruned(run)
         seconds["eval"] = time.perf_counter() - t
+    accuracy = None
+    if options.eval_tasks:
+        t = time.perf_counter()
+        accuracy = zero_shot(run.model, run.tokenizer, parse_tasks(options.eval_tasks), options.tasks_dir,
+                             options.tasks_limit)
+        seconds["zero_shot"] = time.perf_counter() - t
     if export is not None and export.applied:
         densify(run.linears)  # safetensors stores the dense zeros
     footprint = None
@@ -383,6 +398,8 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
         resumed_from_shot=run.resumed_from_shot, footprint=footprint, memory_estimate=run.memory_estimate,
         distributed=_distributed_dict(run), experts=_experts_dict(run, result),
     )
+    if accuracy is not None:
+        report["zero_shot"] = {"tasks": accuracy, "limit": options.tasks_limit}
     drawn = render_sparsity_heatmap(report, run.out / SPARSITY_PLOT)
     report["sparsity_plot"] = SPARSITY_PLOT if drawn else None  # None: matplotlib is not installed
     atomic_write_json(run.out / REPORT_NAME, report)
@@ -460,20 +477,29 @@ def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict
 
 def run_eval(model_name: str, data_dir: str | None = None, seqlen: int = 2048, max_windows: int | None = None,
              device: str = "cpu", dtype: str = "float32", progress: bool = True,
-             datasets: tuple[str, ...] | list[str] = ("wikitext2",), text_field: str = "text") -> dict[str, dict]:
-    """Perplexity of a model or pruned folder on each set, ``{name: result}`` (flags and sets checked before
-    loading); each remembered as a dense reference."""
+             datasets: tuple[str, ...] | list[str] = ("wikitext2",), text_field: str = "text",
+             tasks: tuple[str, ...] | list[str] = (), tasks_dir: str | None = None,
+             tasks_limit: int | None = None) -> dict[str, dict]:
+    """Perplexity of a model or pruned folder on each set, ``{name: result}`` (flags, sets and tasks checked
+    before loading), each remembered as a dense reference; with ``tasks``, their zero-shot metrics under
+    ``"zero_shot"``."""
     check_device(device)
     check_positive("--seqlen", seqlen, 2)
     check_positive("--max-windows", max_windows)
+    check_positive("--tasks-limit", tasks_limit)
     resolved = resolve_data_dir(data_dir)
     text_sets = parse_text_sets(",".join(datasets), text_field)
     for text_set in text_sets:
         check_evaluation_files(text_set, resolved)
+    task_names = parse_tasks(tasks)
+    check_tasks(task_names, tasks_dir)
     model, tokenizer, _ = load_model_and_tokenizer(model_name, parse_dtype(dtype), device)
-    results = {}
+    results: dict[str, dict] = {}
     for text_set in text_sets:
         results[text_set.name] = evaluate(model, tokenizer, resolved, seqlen, max_windows, progress, text_set).to_dict()
         dense_cache.store(dense_cache.cache_key(model_name, dtype, resolved, seqlen, max_windows, text_set),
                           results[text_set.name])
+    if task_names:
+        results["zero_shot"] = {"tasks": zero_shot(model, tokenizer, task_names, tasks_dir, tasks_limit),
+                                "limit": tasks_limit}
     return results

@@ -27,6 +27,7 @@ from llm_surgeon.errors import ConfigError
 from llm_surgeon.io import REPORT_NAME, atomic_write_json, atomic_write_text
 from llm_surgeon.methods import STRUCTURED, method_class, method_names
 from llm_surgeon.textsets import label, parse_text_set, parse_text_sets
+from llm_surgeon.zeroshot import headline
 
 DENSE = "dense"
 
@@ -49,6 +50,10 @@ class Protocol:
     text_field: str = "text"
     eval_datasets: str = "wikitext2"
     """Comma-separated; the first one fills the paper-shaped tables, every one the per-set table."""
+    eval_tasks: str = ""
+    """Comma-separated lm-eval tasks scored for every run (zero-shot accuracy table); empty: none."""
+    tasks_dir: str | None = None
+    tasks_limit: int | None = None
 
     @property
     def eval_names(self) -> list[str]:
@@ -101,12 +106,14 @@ def run_child(cmd: list[str], log: Path) -> tuple[int, float, float]:
 
 def _common_flags(p: Protocol) -> list[str]:
     flags = ["--device", p.device, "--dtype", p.dtype, "--no-progress", "--text-field", p.text_field]
+    flags += ["--tasks-dir", p.tasks_dir] if p.tasks_dir else []
+    flags += ["--tasks-limit", str(p.tasks_limit)] if p.tasks_limit else []
     return flags + (["--data-dir", p.data_dir] if p.data_dir else [])
 
 
 def dense_command(p: Protocol) -> list[str]:
     cmd = [sys.executable, "-m", "llm_surgeon.cli", "eval", p.model, "--seqlen", str(p.eval_seqlen), "--json",
-           "--dataset", p.eval_datasets]
+           "--dataset", p.eval_datasets] + (["--tasks", p.eval_tasks] if p.eval_tasks else [])
     if p.eval_max_windows:
         cmd += ["--max-windows", str(p.eval_max_windows)]
     return cmd + _common_flags(p)
@@ -126,7 +133,7 @@ def prune_command(p: Protocol, spec: RunSpec, out: Path) -> list[str]:
            "--method", spec.method, "--granularity", spec.granularity, "--sparsity", f"{spec.sparsity:g}",
            "--shots", str(p.shots), "--calib-samples", str(p.calib_samples), "--calib-seqlen", str(p.calib_seqlen),
            "--seed", str(p.seed), "--calib-data", p.calib_data, "--eval", "--eval-seqlen", str(p.eval_seqlen),
-           "--eval-datasets", p.eval_datasets]
+           "--eval-datasets", p.eval_datasets] + (["--eval-tasks", p.eval_tasks] if p.eval_tasks else [])
     if p.eval_max_windows:
         cmd += ["--eval-max-windows", str(p.eval_max_windows)]
     return cmd + _common_flags(p)
@@ -141,6 +148,7 @@ def _record_from_report(report: dict, names: list[str]) -> dict:
         "shots": report["shots"],
         "ppl": report["ppl"][names[0]],
         "ppl_by_dataset": {name: report["ppl"][name] for name in names},
+        "zero_shot": (report.get("zero_shot") or {}).get("tasks"),
         "prune_seconds": report["seconds"]["total"],
         "seconds": report["seconds"],
         "shot_records": report["shot_records"],
@@ -187,7 +195,8 @@ def run_bench(protocol: Protocol, specs: list[RunSpec], out: Path, log=print) ->
             last = json.loads(log_path.read_text().strip().splitlines()[-1])
             record = {"method": DENSE, "granularity": "dense", "target_sparsity": 0.0, "achieved_sparsity": 0.0,
                       "ppl": last["ppl"], "prune_seconds": 0.0,
-                      "ppl_by_dataset": {name: r["ppl"] for name, r in last["datasets"].items()}}
+                      "ppl_by_dataset": {name: r["ppl"] for name, r in last["datasets"].items()},
+                      "zero_shot": (last.get("zero_shot") or {}).get("tasks")}
         else:
             record = _record_from_report(json.loads((folder / REPORT_NAME).read_text()), protocol.eval_names)
         record.update({"command": shlex.join(cmd), "wall_seconds": wall, "peak_rss_mb": peak_mb})
@@ -234,6 +243,7 @@ def render_markdown(results: dict) -> str:
         lines.append("")
     lines += _footprint_table(pruned)
     lines += _per_set_table(runs, sets)
+    lines += _zero_shot_table(runs)
     lines += ["### Cost of each run", "",
               "| method | granularity | target | achieved | ppl | shots | curvature s | update s | prune s | "
               "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -259,6 +269,23 @@ def _per_set_table(runs: dict, sets: list[str]) -> list[str]:
     for r in runs.values():
         by_set = r.get("ppl_by_dataset", {})
         cells = [f"{by_set[name]:.2f}" if name in by_set else "–" for name in sets]
+        lines.append(f"| {r['method']} | {r['granularity']} | {1 - r['target_sparsity']:.0%} | " + " | ".join(cells)
+                     + " |")
+    return [*lines, ""]
+
+
+def _zero_shot_table(runs: dict) -> list[str]:
+    """Every run's headline metric (normalised accuracy where the task has it) on every lm-eval task."""
+    tasks = list(dict.fromkeys(t for r in runs.values() for t in (r.get("zero_shot") or {})))
+    if not tasks:
+        return []
+    lines = ["### Zero-shot accuracy (lm-evaluation-harness)", "",
+             "| method | granularity | kept | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 3) + "|"]
+    for r in runs.values():
+        cells = []
+        for task in tasks:
+            shown = headline((r.get("zero_shot") or {}).get(task, {}))
+            cells.append(f"{shown[1]:.3f} ({shown[0]})" if shown else "–")
         lines.append(f"| {r['method']} | {r['granularity']} | {1 - r['target_sparsity']:.0%} | " + " | ".join(cells)
                      + " |")
     return [*lines, ""]

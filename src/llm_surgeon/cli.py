@@ -49,8 +49,8 @@ def _model_help() -> str:
 
 def _add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None,
-                        help="folder holding wikitext-2-raw/wiki.{train,valid,test}.raw "
-                             "(None: $LLM_SURGEON_DATA, else the Hugging Face hub)")
+                        help="folder holding the named text sets: wikitext-2-raw/, ptb/, c4/ "
+                             "(None: $LLM_SURGEON_DATA, else WikiText-2 from the Hugging Face hub)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
     parser.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="weights' dtype while pruning")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -114,6 +114,16 @@ def _add_eval_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
                                  "JSON-lines or Parquet files (records' --text-field)")
 
 
+def _add_task_flags(parser: argparse.ArgumentParser, flag: str) -> None:
+    parser.add_argument(flag, default="", metavar="TASKS",
+                        help="comma-separated lm-evaluation-harness tasks for zero-shot accuracy, e.g. "
+                             "piqa,arc_easy (needs pip install 'llm-surgeon[eval]'; empty: none)")
+    parser.add_argument("--tasks-dir", default=None,
+                        help="folder of lm-eval task YAML files added to the harness's own (e.g. local data)")
+    parser.add_argument("--tasks-limit", type=int, default=None,
+                        help="score only the first N documents of each task (None: all)")
+
+
 def _config_from_args(args: argparse.Namespace) -> PruneConfig:
     return PruneConfig(
         method=args.method, granularity=args.granularity, sparsity=args.sparsity, shots=args.shots,
@@ -138,6 +148,7 @@ def _prune_parser(sub) -> None:
     prune.add_argument("--eval-dense", action="store_true",
                        help="with --eval: also evaluate the dense model on the same windows before pruning")
     _add_eval_flags(prune, "eval-")
+    _add_task_flags(prune, "--eval-tasks")
     prune.add_argument("--overwrite", action="store_true", help="replace an output folder that holds another run")
     prune.add_argument("--resume", action="store_true",
                        help="continue from the last complete checkpoint in --out (the same command again does too)")
@@ -171,6 +182,7 @@ def _bench_parser(sub) -> None:
     bench.add_argument("--shots", type=int, default=d.shots, help="shots of multi-shot methods")
     _add_calibration_flags(bench, d.calib_samples, d.calib_seqlen)
     _add_eval_flags(bench, "eval-")
+    _add_task_flags(bench, "--eval-tasks")
     _add_common_flags(bench)
 
 
@@ -209,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated evaluation sets: wikitext2, ptb, c4 in --data-dir, or text, JSON-lines "
                          "or Parquet files")
     ev.add_argument("--text-field", default="text", help="field of JSON-lines/Parquet records that holds the text")
+    _add_task_flags(ev, "--tasks")
     _add_eval_flags(ev, "")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     _add_common_flags(ev)
@@ -222,7 +235,8 @@ def _run_prune(args: argparse.Namespace) -> int:
     options = api.RunOptions(
         out=args.out, data_dir=args.data_dir, eval=args.eval, eval_seqlen=args.eval_seqlen,
         eval_max_windows=args.eval_max_windows, eval_datasets=tuple(args.eval_datasets.split(",")),
-        text_field=args.text_field, device=args.device, dtype=args.dtype,
+        text_field=args.text_field, eval_tasks=tuple(filter(None, args.eval_tasks.split(","))),
+        tasks_dir=args.tasks_dir, tasks_limit=args.tasks_limit, device=args.device, dtype=args.dtype,
         overwrite=args.overwrite, progress=not args.no_progress, eval_dense=args.eval_dense,
         semi_structured_export=args.semi_structured_export, resume=args.resume,
         max_memory=args.max_memory, factor_device=args.factor_device, device_map=args.device_map,
@@ -246,16 +260,22 @@ def _run_prune(args: argparse.Namespace) -> int:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from llm_surgeon import api
+    from llm_surgeon.zeroshot import headline
 
     results = api.run_eval(args.model, args.data_dir, args.seqlen, args.max_windows, args.device, args.dtype,
                            progress=not args.no_progress, datasets=args.dataset.split(","),
-                           text_field=args.text_field)
+                           text_field=args.text_field, tasks=args.tasks.split(","), tasks_dir=args.tasks_dir,
+                           tasks_limit=args.tasks_limit)
+    zero_shot = results.pop("zero_shot", None)
     if args.json:  # the first set's fields at the top (as with one set), every set under "datasets"
-        print(json.dumps({**next(iter(results.values())), "datasets": results}))
-    else:
-        for name, result in results.items():
-            print(f"{name} perplexity {result['ppl']:.4f} ({result['windows']} windows of {result['seqlen']}, "
-                  f"{result['tokens']:,} tokens scored)")
+        print(json.dumps({**next(iter(results.values())), "datasets": results, "zero_shot": zero_shot}))
+        return 0
+    for name, result in results.items():
+        print(f"{name} perplexity {result['ppl']:.4f} ({result['windows']} windows of {result['seqlen']}, "
+              f"{result['tokens']:,} tokens scored)")
+    for task, metrics in (zero_shot or {}).get("tasks", {}).items():
+        shown = headline(metrics)
+        print(f"{task} {shown[0]} {shown[1]:.4f} ({metrics['samples']} documents)" if shown else f"{task} {metrics}")
     return 0
 
 
@@ -284,7 +304,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         model=args.model, data_dir=args.data_dir, calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen,
         seed=args.seed, eval_seqlen=args.eval_seqlen, eval_max_windows=args.eval_max_windows, shots=args.shots,
         device=args.device, dtype=args.dtype, calib_data=args.calib_data, text_field=args.text_field,
-        eval_datasets=args.eval_datasets,
+        eval_datasets=args.eval_datasets, eval_tasks=args.eval_tasks, tasks_dir=args.tasks_dir,
+        tasks_limit=args.tasks_limit,
     )
     try:
         sparsities = [float(s) for s in args.sparsities.split(",")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from llm_surgeon.textsets import label
+from llm_surgeon.zeroshot import headline
 
 
 def _ppl_line(ppl: dict) -> list[str]:
@@ -47,6 +48,10 @@ def human_summary(report: dict, out: str) -> str:
     ]
     if report.get("ppl"):
         lines += _ppl_line(report["ppl"])
+    for task, metrics in ((report.get("zero_shot") or {}).get("tasks") or {}).items():
+        shown = headline(metrics)
+        if shown:
+            lines.append(f"  zero-shot    {task} {shown[0]} {shown[1]:.4f} ({metrics.get('samples', '?')} documents)")
     parts = ", ".join(f"{k} {s[k]:.1f}" for k in ("curvature", "costs", "update", "correction") if s.get(k))
     lines.append(f"  time         {s['total']:.1f} s pruning ({parts or 'no curvature'}); "
                  f"{s.get('wall', s['total']):.1f} s in all")
@@ -55,5 +60,6 @@ def human_summary(report: dict, out: str) -> str:
     if structure:
         lines.append(f"  parameters   {structure['prunable_params_after']:,} of {structure['prunable_params_before']:,}"
                      " prunable parameters kept (physically smaller model)")
-    lines.append(f"  saved to     {out} (model + report.json)")
+    plot = f", {report['sparsity_plot']}" if report.get("sparsity_plot") else ""
+    lines.append(f"  saved to     {out} (model + report.json{plot})")
     return "\n".join(lines)
