@@ -27,10 +27,18 @@ EXTRA = {"qwen3": {"head_dim": 32}, "gemma": {"head_dim": 32}, "gemma2": {"head_
          "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 512, "head_dim": 32},
          "olmoe": {"num_experts": 4, "num_experts_per_tok": 2},
          "qwen2_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 512,
-                       "shared_expert_intermediate_size": 512}}
+                       "shared_expert_intermediate_size": 512},
+         "granitemoe": {"num_local_experts": 4, "num_experts_per_tok": 2},
+         "gpt_oss": {"num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 32},
+         # DeepSeek-V3: latent attention (query rank 128, key/value rank 128), first block dense, then experts
+         "deepseek_v3": {"n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1,
+                         "moe_intermediate_size": 512, "first_k_dense_replace": 1, "q_lora_rank": 128,
+                         "kv_lora_rank": 128, "qk_rope_head_dim": 16, "qk_nope_head_dim": 16, "v_head_dim": 32,
+                         "n_group": 1, "topk_group": 1}}
 NO_GQA = {"opt", "gpt_neox", "phi"}
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "cohere", "granite", "olmo2",
-            "stablelm", "phi3", "gpt_neox", "opt", "phi", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]
+            "stablelm", "phi3", "gpt_neox", "opt", "phi", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe",
+            "gpt_oss", "deepseek_v3"]
 
 
 def child(family: str, samples: int, seqlen: int) -> None:
@@ -83,11 +91,14 @@ def main() -> int:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=128)
+    parser.add_argument("--families", default=",".join(FAMILIES),
+                        help="comma-separated model types (llama first is the reference; it is added if missing)")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.samples, args.seqlen)
         return 0
-    rows = [measure(family, args) for family in FAMILIES]
+    chosen = args.families.split(",")
+    rows = [measure(family, args) for family in (["llama"] if chosen[0] != "llama" else []) + chosen]
     base = rows[0]
     print("| model_type | adapter | prunable weights | shot s | vs Llama | curvature / costs / update s | "
           "peak RSS MB | vs Llama |")

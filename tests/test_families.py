@@ -31,6 +31,13 @@ FAMILIES = {
     "qwen3_moe": {"num_experts": 4, "moe_intermediate_size": 16, "num_experts_per_tok": 2, "head_dim": 8},
     "qwen2_moe": {"num_experts": 4, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 32,
                   "num_experts_per_tok": 2},
+    "deepseek_v3": {"n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1, "moe_intermediate_size": 16,
+                    "first_k_dense_replace": 1, "q_lora_rank": 16, "kv_lora_rank": 16, "qk_rope_head_dim": 4,
+                    "qk_nope_head_dim": 4, "v_head_dim": 8, "n_group": 1, "topk_group": 1},
+    "gpt_oss": {"num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 8, "sliding_window": 16},
+    "granitemoe": {"num_local_experts": 4, "num_experts_per_tok": 2, "logits_scaling": 4.0},
+    "granitemoeshared": {"num_local_experts": 4, "num_experts_per_tok": 2, "logits_scaling": 4.0,
+                         "shared_intermediate_size": 32},
 }
 NO_GQA = {"opt", "gpt_neox", "phi"}
 

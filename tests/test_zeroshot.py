@@ -129,3 +129,27 @@ def test_a_missing_harness_or_task_is_refused_before_loading(tmp_path):
     proc = run_cli("eval", str(tmp_path / "no-model"), "--tasks", "no_such_task", check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "no_such_task" in proc.stderr or "pip install 'llm-surgeon[eval]'" in proc.stderr
+
+
+def test_bench_tables_the_zero_shot_accuracy(tasks_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import write_fake_wikitext
+
+    model = tmp_path / "model"
+    tiny_llama().save_pretrained(model)
+    harness_tokenizer().save_pretrained(model)
+    data = write_fake_wikitext(tmp_path / "data")
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "llm_surgeon.cli", "bench", str(model), "--out", str(out), "--methods", "magnitude",
+           "--sparsities", "0.5", "--eval-seqlen", "32", "--eval-max-windows", "1", "--eval-tasks", "tiny_choice",
+           "--tasks-dir", str(tasks_dir), "--data-dir", str(data)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert set(runs) == {"dense", "magnitude|unstructured|0.5"}
+    for record in runs.values():
+        assert 0 <= record["zero_shot"]["tiny_choice"]["acc,none"] <= 1
+    table = (out / "results.md").read_text()
+    assert "### Zero-shot accuracy (lm-evaluation-harness)" in table and "| tiny_choice |" in table

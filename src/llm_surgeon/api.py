@@ -40,6 +40,7 @@ from llm_surgeon.resources import (
     parse_bytes,
     shot_memory,
 )
+from llm_surgeon.sparse_files import SAVE_FORMATS
 from llm_surgeon.textsets import (
     TextSet,
     check_calibration_files,
@@ -71,6 +72,8 @@ class RunOptions:
     """A folder of lm-eval task YAML files (e.g. tasks over local data) added to the harness's own."""
     tasks_limit: int | None = None
     """Score only the first documents of each task (quick checks)."""
+    save_format: str = "dense"
+    """``dense`` (safetensors with the zeros) or ``compressed`` (pruned matrices as bitmask + values)."""
     device: str = "cpu"
     dtype: str = "float32"
     overwrite: bool = False
@@ -111,6 +114,8 @@ class RunOptions:
         for text_set in self.eval_sets() if self.eval else []:
             check_evaluation_files(text_set, data_dir)
         check_positive("--tasks-limit", self.tasks_limit)
+        if self.save_format not in SAVE_FORMATS:
+            raise ConfigError(f"--save-format {self.save_format!r}: choose one of {', '.join(SAVE_FORMATS)}")
         check_tasks(parse_tasks(self.eval_tasks), self.tasks_dir)
         return self
 
@@ -285,6 +290,9 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
     model, tokenizer, _ = load_model_and_tokenizer(model_name, parse_dtype(options.dtype), options.device,
                                                    options.device_map)
     adapter = get_adapter(model)
+    if options.save_format == "compressed" and adapter.experts_path is not None:
+        raise ConfigError("--save-format compressed stores 2-D Linear weights; this model's experts are fused 3-D "
+                          "tensors: save it dense")
     method, linears, selector = setup(model, config, adapter)
     calibration, spec, estimate, layout = None, None, None, MemoryLayout(factor_device=options.factor_device)
     if needs_calibration(method, config):
@@ -370,23 +378,14 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
         export = to_semi_structured(run.linears, config.nm)
         if not export.applied:
             warnings.warn(export.reason, stacklevel=2)
-    ppl = None
-    if options.eval:
-        t = time.perf_counter()
-        ppl = _evaluate_pruned(run)
-        seconds["eval"] = time.perf_counter() - t
-    accuracy = None
-    if options.eval_tasks:
-        t = time.perf_counter()
-        accuracy = zero_shot(run.model, run.tokenizer, parse_tasks(options.eval_tasks), options.tasks_dir,
-                             options.tasks_limit)
-        seconds["zero_shot"] = time.perf_counter() - t
+    ppl, accuracy = _evaluate_all(run, seconds)
     if export is not None and export.applied:
         densify(run.linears)  # safetensors stores the dense zeros
     footprint = None
     if shapes is not None:
         footprint = {"dense": dense_footprint, "pruned": forward_footprint(run.model)}
-    file_bytes = save_model_files(run.model, run.tokenizer, run.out, shapes)
+    pattern = config.granularity if config.nm else "unstructured"
+    file_bytes = save_model_files(run.model, run.tokenizer, run.out, shapes, options.save_format, (achieved, pattern))
     if footprint is not None:
         footprint["pruned"]["file_bytes"] = file_bytes
     seconds["wall"] = time.perf_counter() - run.started
@@ -398,6 +397,7 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
         resumed_from_shot=run.resumed_from_shot, footprint=footprint, memory_estimate=run.memory_estimate,
         distributed=_distributed_dict(run), experts=_experts_dict(run, result),
     )
+    report["files"] = {"save_format": options.save_format, "weights_bytes": file_bytes}
     if accuracy is not None:
         report["zero_shot"] = {"tasks": accuracy, "limit": options.tasks_limit}
     drawn = render_sparsity_heatmap(report, run.out / SPARSITY_PLOT)
@@ -405,6 +405,22 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
     atomic_write_json(run.out / REPORT_NAME, report)
     remove_checkpoints(run.out)
     return report
+
+
+def _evaluate_all(run: PreparedRun, seconds: dict[str, float]) -> tuple[dict | None, dict | None]:
+    """Perplexity on every evaluation set and the zero-shot tasks, as asked; their seconds go into ``seconds``."""
+    options = run.options
+    ppl, accuracy = None, None
+    if options.eval:
+        t = time.perf_counter()
+        ppl = _evaluate_pruned(run)
+        seconds["eval"] = time.perf_counter() - t
+    if options.eval_tasks:
+        t = time.perf_counter()
+        accuracy = zero_shot(run.model, run.tokenizer, parse_tasks(options.eval_tasks), options.tasks_dir,
+                             options.tasks_limit)
+        seconds["zero_shot"] = time.perf_counter() - t
+    return ppl, accuracy
 
 
 def _dense_key(run: PreparedRun, text_set: TextSet) -> str:
@@ -453,6 +469,9 @@ def prune_job(model_name: str, config: PruneConfig, options: RunOptions) -> Prun
     return an empty report."""
     config.validate()
     options.validate()
+    if options.save_format == "compressed" and config.granularity == "structured":
+        raise ConfigError("--save-format compressed is for unstructured and N:M models; a structured one is "
+                          "already physically smaller: drop it")
     out = Path(options.out)
     state = inspect_output(out, model_name, config, options.overwrite)
     if state == "done":

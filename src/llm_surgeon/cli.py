@@ -154,6 +154,9 @@ def _prune_parser(sub) -> None:
                        help="continue from the last complete checkpoint in --out (the same command again does too)")
     prune.add_argument("--semi-structured-export", action="store_true",
                        help="with 2:4 on a CUDA GPU and fp16/bf16: evaluate with torch semi-structured sparse weights")
+    prune.add_argument("--save-format", default="dense", choices=["dense", "compressed"],
+                       help="dense: safetensors with the zeros; compressed: pruned matrices as bitmask + nonzero "
+                            "values (compressed-tensors' sparse-bitmask layout; loads with trust_remote_code=True)")
     prune.add_argument("--json", action="store_true", help="print one JSON summary instead of the human one")
     _add_memory_flags(prune)
     _add_common_flags(prune)
@@ -236,7 +239,8 @@ def _run_prune(args: argparse.Namespace) -> int:
         out=args.out, data_dir=args.data_dir, eval=args.eval, eval_seqlen=args.eval_seqlen,
         eval_max_windows=args.eval_max_windows, eval_datasets=tuple(args.eval_datasets.split(",")),
         text_field=args.text_field, eval_tasks=tuple(filter(None, args.eval_tasks.split(","))),
-        tasks_dir=args.tasks_dir, tasks_limit=args.tasks_limit, device=args.device, dtype=args.dtype,
+        tasks_dir=args.tasks_dir, tasks_limit=args.tasks_limit, save_format=args.save_format,
+        device=args.device, dtype=args.dtype,
         overwrite=args.overwrite, progress=not args.no_progress, eval_dense=args.eval_dense,
         semi_structured_export=args.semi_structured_export, resume=args.resume,
         max_memory=args.max_memory, factor_device=args.factor_device, device_map=args.device_map,

@@ -17,6 +17,7 @@ from torch import nn
 from llm_surgeon.errors import ModelLoadError
 from llm_surgeon.io import atomic_write_json
 from llm_surgeon.models.adapters import ArchitectureAdapter, BlockLayout, get_adapter
+from llm_surgeon.sparse_files import decompress_state, is_compressed_folder
 from llm_surgeon.structures import BlockStructures, block_structures, state_from_masks
 
 ARCHITECTURE_FILE = "pruned_architecture.json"
@@ -114,21 +115,26 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def load_pruned(folder: str | Path, dtype: torch.dtype = torch.float32):
-    """Load a structurally pruned model (per-block widths) as a standard ``PreTrainedModel``."""
+    """Load a pruned folder as a standard ``PreTrainedModel``: per-block widths of a structured prune
+    (``pruned_architecture.json``) and weights stored as bitmask + values (``--save-format compressed``)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = Path(folder)
     arch_file = folder / ARCHITECTURE_FILE
-    if not arch_file.is_file():
+    compressed = is_compressed_folder(folder)
+    if not arch_file.is_file() and not compressed:
         return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-    shapes = json.loads(arch_file.read_text())["blocks"]
     config = AutoConfig.from_pretrained(folder)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are dense once read
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    apply_shapes(model, shapes)
-    missing, unexpected = model.load_state_dict(_read_weights(folder), strict=False)
+    if arch_file.is_file():
+        apply_shapes(model, json.loads(arch_file.read_text())["blocks"])
+    state = _read_weights(folder)
+    missing, unexpected = model.load_state_dict(decompress_state(state) if compressed else state, strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if unexpected or set(missing) - tied:
-        raise ModelLoadError(f"weights in {folder} do not match {ARCHITECTURE_FILE}: "
+        raise ModelLoadError(f"weights in {folder} do not match its config: "
                              f"missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}")
     model.tie_weights()
     model.eval()

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm_surgeon.models.adapters import ArchitectureAdapter
+from llm_surgeon.resources import LOGIT_CHUNK_TOKENS
 
-DEFAULT_CHUNK_TOKENS = 1024
+DEFAULT_CHUNK_TOKENS = LOGIT_CHUNK_TOKENS
 
 
 def backward_next_token_nll(

@@ -108,8 +108,14 @@ def activation_bytes(linears: dict[str, nn.Linear], blocks: int, tokens: int, dt
     return int(total)
 
 
+LOGIT_CHUNK_TOKENS = 256
+"""Positions whose logits (and their gradients) exist at once in a curvature pass: 256 x a 49k vocabulary is
+~50 MB per float32 copy (a 128k one ~130 MB), small beside the activations, and the LM head's matmul is
+still large enough to run at full speed."""
+
+
 def shot_memory(model: nn.Module, linears: dict[str, nn.Linear], blocks: int, batch_windows: int, seqlen: int,
-                full_factors: bool, backward: bool, chunk_tokens: int = 1024,
+                full_factors: bool, backward: bool, chunk_tokens: int = LOGIT_CHUNK_TOKENS,
                 input_widths: list[int] | None = None, dtype_bytes: int | None = None,
                 block_groups: int = 1, devices: int = 1) -> ShotMemory:
     """The estimate for one shot of ``model`` with micro-batches of ``batch_windows`` x ``seqlen`` tokens.

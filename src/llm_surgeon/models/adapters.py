@@ -120,6 +120,42 @@ QWEN2_MOE = ArchitectureAdapter(
 )
 """Qwen2-MoE adds a shared expert (pruned like a dense MLP); its sigmoid gate, like the router, is not."""
 
+GPT_OSS = ArchitectureAdapter(family="gpt_oss", blocks_path="model.layers", linear_names=ATTENTION_LINEARS,
+                              input_groups=MOE_INPUT_GROUPS, experts_path="mlp.experts")
+"""gpt-oss: biased attention projections (its per-head sinks are not weights of a matrix) and transposed,
+biased experts with clamped SwiGLU gating, seen per expert through transposed views; the router is never
+pruned."""
+
+DEEPSEEK_V3 = ArchitectureAdapter(
+    family="deepseek_v3", blocks_path="model.layers",
+    linear_names=("self_attn.q_proj", "self_attn.q_a_proj", "self_attn.q_b_proj", "self_attn.kv_a_proj_with_mqa",
+                  "self_attn.kv_b_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+                  "mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj", "mlp.shared_experts.down_proj"),
+    input_groups=(("self_attn.q_a_proj", "self_attn.kv_a_proj_with_mqa"), ("mlp.gate_proj", "mlp.up_proj"),
+                  ("mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj")),
+    experts_path="mlp.experts", varies_by_block=True,
+)
+"""DeepSeek-V3: multi-head latent attention (the low-rank query and key/value projections and their
+up-projections are all prunable; ``q_proj`` instead of ``q_a_proj``/``q_b_proj`` without a query rank), a
+dense MLP in the first ``first_k_dense_replace`` blocks and routed experts plus a shared expert in the
+others; the router is never pruned. No structure description (heads live inside the latent projections)."""
+
+GRANITE_MOE = ArchitectureAdapter(
+    family="granitemoe", blocks_path="model.layers", linear_names=ATTENTION_LINEARS, input_groups=MOE_INPUT_GROUPS,
+    experts_path="block_sparse_moe.experts", logits_fn=divided_logits,
+    logits_description="`logits / config.logits_scaling`",
+)
+"""Granite-MoE: Mixtral-like fused experts under ``block_sparse_moe`` (its router is a bare parameter, never
+pruned) and Granite's divided logits."""
+
+GRANITE_MOE_SHARED = ArchitectureAdapter(
+    family="granitemoeshared", blocks_path="model.layers",
+    linear_names=ATTENTION_LINEARS + ("shared_mlp.input_linear", "shared_mlp.output_linear"),
+    input_groups=MOE_INPUT_GROUPS, experts_path="block_sparse_moe.experts", logits_fn=divided_logits,
+    logits_description="`logits / config.logits_scaling`",
+)
+"""Granite-MoE with a shared expert (one fused ``input_linear`` for gate and up), pruned like a dense MLP."""
+
 OPT = ArchitectureAdapter(
     family="opt",
     blocks_path="model.decoder.layers",
@@ -149,7 +185,9 @@ for _type, _adapter in {"llama": LLAMA, "mistral": LLAMA, "qwen2": LLAMA, "qwen3
                         "gemma2": GEMMA2, "gemma3_text": GEMMA2, "cohere": COHERE, "granite": GRANITE,
                         "olmo2": OLMO2, "stablelm": STABLELM, "phi3": PHI3, "gpt_neox": GPT_NEOX,
                         "opt": OPT, "mixtral": MIXTRAL, "qwen3_moe": MIXTRAL, "olmoe": MIXTRAL,
-                        "qwen2_moe": QWEN2_MOE}.items():
+                        "qwen2_moe": QWEN2_MOE, "granitemoe": GRANITE_MOE, "gpt_oss": GPT_OSS,
+                        "deepseek_v3": DEEPSEEK_V3,
+                        "granitemoeshared": GRANITE_MOE_SHARED}.items():
     register_adapter(_type, _adapter)
 
 

@@ -1,7 +1,8 @@
 """Mixture-of-experts blocks: each expert's slices of the fused 3-D weights as Linear layers of their own.
 
 In current transformers the experts of Mixtral, Qwen2/3-MoE, OLMoE and Granite-MoE are one module with
-fused parameters ``gate_up_proj`` [E, 2I, H] and ``down_proj`` [E, H, I]. :class:`ExpertView` takes its
+fused parameters ``gate_up_proj`` [E, 2I, H] and ``down_proj`` [E, H, I]; gpt-oss stores them transposed
+([E, H, 2I], [E, I, H]) with biases and a clamped gating of interleaved columns. :class:`ExpertView` takes its
 place while a model is pruned: the same computation, written with one ``nn.Linear`` per expert and
 projection whose weight is a view of the fused storage. The curvature hooks then see each expert's own
 routed tokens, its weights enter the same global selection and update as every other matrix (writing
@@ -18,28 +19,53 @@ from torch import nn
 from llm_surgeon.errors import UnsupportedArchitectureError
 
 
-def _expert_linear(weight: torch.Tensor) -> nn.Linear:
-    """A bias-free Linear whose weight is ``weight`` itself (a view of the fused parameter, no copy)."""
+def _expert_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    """A Linear whose weight (and bias) are the given tensors themselves: views of the fused parameters, no
+    copy, so what pruning writes lands in the fused storage."""
     out_features, in_features = weight.shape
-    linear = nn.Linear(in_features, out_features, bias=False, device="meta", dtype=weight.dtype)
+    linear = nn.Linear(in_features, out_features, bias=bias is not None, device="meta", dtype=weight.dtype)
     linear.weight = nn.Parameter(weight)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias)
     return linear
 
 
+def _is_transposed_layout(fused: nn.Module) -> bool:
+    """gpt-oss: ``gate_up_proj`` [E, H, 2I] and ``down_proj`` [E, I, H] with biases and its own gating."""
+    return hasattr(fused, "gate_up_proj_bias") and hasattr(fused, "down_proj_bias") and hasattr(fused, "_apply_gate")
+
+
 class ExpertView(nn.Module):
-    """A fused experts module seen as ``gate_up[e]`` ([2I, H]) and ``down[e]`` ([H, I]) Linear layers."""
+    """A fused experts module seen as ``gate_up[e]`` ([2I, H]) and ``down[e]`` ([H, I]) Linear layers.
+
+    Two layouts: Mixtral's bias-free [E, 2I, H] / [E, H, I] with ``act(gate) * up`` on the two halves, and
+    gpt-oss's transposed [E, H, 2I] / [E, I, H] with biases and its own clamped gating of interleaved
+    gate/up columns (the views are transposes of the fused slices; the gating is the module's own)."""
 
     def __init__(self, fused: nn.Module):
         super().__init__()
         self._fused = (fused,)  # a tuple, not a submodule: its parameters are the views' storage
         self.num_experts = fused.gate_up_proj.shape[0]
-        self.act_fn = fused.act_fn
-        self.gate_up = nn.ModuleList(_expert_linear(fused.gate_up_proj.data[e]) for e in range(self.num_experts))
-        self.down = nn.ModuleList(_expert_linear(fused.down_proj.data[e]) for e in range(self.num_experts))
+        self.transposed = _is_transposed_layout(fused)
+        if self.transposed:
+            self.gate_up = nn.ModuleList(_expert_linear(fused.gate_up_proj.data[e].T, fused.gate_up_proj_bias.data[e])
+                                         for e in range(self.num_experts))
+            self.down = nn.ModuleList(_expert_linear(fused.down_proj.data[e].T, fused.down_proj_bias.data[e])
+                                      for e in range(self.num_experts))
+        else:
+            self.act_fn = fused.act_fn
+            self.gate_up = nn.ModuleList(_expert_linear(fused.gate_up_proj.data[e]) for e in range(self.num_experts))
+            self.down = nn.ModuleList(_expert_linear(fused.down_proj.data[e]) for e in range(self.num_experts))
 
     @property
     def fused(self) -> nn.Module:
         return self._fused[0]
+
+    def _gated(self, gate_up: torch.Tensor) -> torch.Tensor:
+        if self.transposed:
+            return self.fused._apply_gate(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return self.act_fn(gate) * up
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
                 ) -> torch.Tensor:
@@ -48,23 +74,30 @@ class ExpertView(nn.Module):
             top_k_pos, token_idx = torch.where((top_k_index == expert).T)
             if token_idx.numel() == 0:
                 continue  # an expert without tokens is not run (its hooks do not fire)
-            gate, up = self.gate_up[expert](hidden_states[token_idx]).chunk(2, dim=-1)
-            routed = self.down[expert](self.act_fn(gate) * up) * top_k_weights[token_idx, top_k_pos, None]
+            hidden = self._gated(self.gate_up[expert](hidden_states[token_idx]))
+            routed = self.down[expert](hidden) * top_k_weights[token_idx, top_k_pos, None]
             out.index_add_(0, token_idx, routed.to(out.dtype))
         return out
 
 
 def check_fused(module: nn.Module, where: str) -> None:
-    """Refuse an experts module whose parameters are not the bias-free [E, 2I, H] / [E, H, I] layout."""
+    """Refuse an experts module that is neither the bias-free [E, 2I, H] / [E, H, I] layout nor gpt-oss's
+    transposed one with biases."""
     gate_up, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
     if not (isinstance(gate_up, torch.Tensor) and isinstance(down, torch.Tensor) and gate_up.dim() == down.dim() == 3):
         raise UnsupportedArchitectureError(f"{where} holds no fused 3-D gate_up_proj / down_proj expert weights")
-    experts, double_width, hidden = gate_up.shape
-    if down.shape != (experts, hidden, double_width // 2) or any(
-            "bias" in name for name, _ in module.named_parameters()) or not hasattr(module, "act_fn"):
+    if _is_transposed_layout(module):
+        experts, hidden, double_width = gate_up.shape
+        fits = down.shape == (experts, double_width // 2, hidden) and tuple(module.gate_up_proj_bias.shape) == (
+            experts, double_width) and tuple(module.down_proj_bias.shape) == (experts, hidden)
+    else:
+        experts, double_width, hidden = gate_up.shape
+        fits = down.shape == (experts, hidden, double_width // 2) and hasattr(module, "act_fn") and not any(
+            "bias" in name for name, _ in module.named_parameters())
+    if not fits:
         raise UnsupportedArchitectureError(
-            f"{where}: experts laid out as gate_up {tuple(gate_up.shape)} / down {tuple(down.shape)} (or with "
-            "biases) are not the [E, 2I, H] / [E, H, I] layout llm-surgeon splits into per-expert layers")
+            f"{where}: experts laid out as gate_up {tuple(gate_up.shape)} / down {tuple(down.shape)} are neither "
+            "[E, 2I, H] / [E, H, I] without biases nor gpt-oss's [E, H, 2I] / [E, I, H] with biases")
 
 
 @torch.no_grad()
@@ -74,7 +107,7 @@ def _check_view(view: ExpertView, where: str, top_k: int = 2) -> None:
     if fused.gate_up_proj.device.type == "meta":
         return
     generator = torch.Generator().manual_seed(0)
-    hidden = fused.gate_up_proj.shape[-1]
+    hidden = fused.gate_up_proj.shape[1 if view.transposed else -1]
     tokens = torch.randn(6, hidden, generator=generator).to(fused.gate_up_proj)
     k = min(top_k, view.num_experts)
     index = torch.stack([torch.randperm(view.num_experts, generator=generator)[:k] for _ in range(6)])
@@ -92,7 +125,9 @@ def install_views(blocks: nn.ModuleList, experts_path: str) -> list[ExpertView]:
     views = []
     for index, block in enumerate(blocks):
         parent = block.get_submodule(parent_path) if parent_path else block
-        current = getattr(parent, attr)
+        current = getattr(parent, attr, None)
+        if current is None:
+            continue  # a block without experts (DeepSeek-V3's first, dense blocks)
         if not isinstance(current, ExpertView):
             where = f"block {index} {experts_path}"
             check_fused(current, where)
@@ -108,7 +143,7 @@ def restore_fused(blocks: nn.ModuleList, experts_path: str) -> None:
     parent_path, _, attr = experts_path.rpartition(".")
     for block in blocks:
         parent = block.get_submodule(parent_path) if parent_path else block
-        current = getattr(parent, attr)
+        current = getattr(parent, attr, None)
         if isinstance(current, ExpertView):
             setattr(parent, attr, current.fused)
 

@@ -15,6 +15,7 @@ import torch
 
 from llm_surgeon.compaction import ARCHITECTURE_FILE, load_pruned
 from llm_surgeon.errors import ModelLoadError
+from llm_surgeon.sparse_files import is_compressed_folder
 
 SMOLLM2_ALIAS = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -148,7 +149,8 @@ def load_model_and_tokenizer(
 
     source = resolve_model_source(model)
     kwargs = _load_kwargs(source)
-    pruned = (Path(source.path_or_id) / ARCHITECTURE_FILE).is_file()
+    folder = Path(source.path_or_id)
+    pruned = (folder / ARCHITECTURE_FILE).is_file() or is_compressed_folder(folder)
     try:
         if pruned:
             lm = load_pruned(source.path_or_id, dtype)

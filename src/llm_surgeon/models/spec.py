@@ -99,6 +99,13 @@ def _plain_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return model.get_output_embeddings()(hidden)
 
 
+def _has_module(block: nn.Module, rel: str) -> bool:
+    try:
+        return block.get_submodule(rel) is not None
+    except AttributeError:
+        return False
+
+
 @dataclass(frozen=True)
 class ArchitectureAdapter:
     """Locations of the decoder blocks and their prunable Linear layers, and the way to logits."""
@@ -124,6 +131,10 @@ class ArchitectureAdapter:
     """Mixture of experts: the fused experts module inside a block (``mlp.experts``). Each expert's
     ``gate_up`` and ``down`` slices become prunable layers ``{experts_path}.gate_up.{e}`` and
     ``{experts_path}.down.{e}`` (:mod:`llm_surgeon.models.experts`); routers are never listed."""
+    varies_by_block: bool = False
+    """The blocks differ (DeepSeek-V3: dense MLP in the first blocks, experts and a shared expert in the
+    others; query projections that depend on the config): each block has those of :attr:`linear_names`
+    (and of the experts) that exist in it."""
 
     def body(self, model: nn.Module) -> nn.Module:
         return model.get_submodule(self.body_path)
@@ -147,12 +158,14 @@ class ArchitectureAdapter:
 
     def block_linear_names(self, block: nn.Module) -> tuple[str, ...]:
         """The prunable layers of one block, relative to it: the family's, then each expert's two."""
-        if self.experts_path is None:
-            return self.linear_names
+        names = self.linear_names
+        if self.varies_by_block:
+            names = tuple(rel for rel in names if _has_module(block, rel))
+        if self.experts_path is None or not _has_module(block, self.experts_path):
+            return names
         experts = block.get_submodule(self.experts_path)
         count = len(experts.gate_up) if isinstance(experts, ExpertView) else experts.gate_up_proj.shape[0]
-        return self.linear_names + tuple(f"{self.experts_path}.{part}.{e}" for e in range(count)
-                                         for part in ("gate_up", "down"))
+        return names + tuple(f"{self.experts_path}.{part}.{e}" for e in range(count) for part in ("gate_up", "down"))
 
     def prepare(self, model: nn.Module) -> None:
         """Make every prunable matrix an ``nn.Linear`` of the model (experts: per-expert views; a no-op for
@@ -186,7 +199,7 @@ class ArchitectureAdapter:
             grouped = {rel for group in self.input_groups for rel in group}
             block = self.blocks(model)[index]
             block_linears = {rel: block.get_submodule(rel) for rel in self.block_linear_names(block)}
-            widths += [block_linears[group[0]].in_features for group in self.input_groups]
+            widths += [block_linears[group[0]].in_features for group in self.input_groups if group[0] in block_linears]
             widths += [lin.in_features for rel, lin in block_linears.items() if rel not in grouped]
         return widths
 
