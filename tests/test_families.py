@@ -108,8 +108,8 @@ def test_the_generic_adapter_says_so_and_refuses_what_it_cannot_take(capsys, mon
     adapter = get_adapter(tiny("phi"))
     assert adapter.family == "generic:phi" and adapter.structure is None
     assert "using a generic one" in capsys.readouterr().err
-    moe = AutoConfig.for_model("gpt_oss", **COMMON, num_local_experts=4)  # biased, transposed experts
-    with pytest.raises(UnsupportedArchitectureError, match="'gpt_oss' is not supported: .*3-D expert weights"):
+    moe = AutoConfig.for_model("llama4_text", **COMMON, num_local_experts=4)  # experts fused another way
+    with pytest.raises(UnsupportedArchitectureError, match="'llama4_text' is not supported: .*3-D expert weights"):
         check_family(moe)
     t5 = AutoConfig.for_model("t5", vocab_size=128, d_model=32, num_layers=1, num_heads=2, d_ff=64)
     with pytest.raises(UnsupportedArchitectureError, match="'t5' is not supported"):
