@@ -1,11 +1,12 @@
 """One LLM Surgeon shot per family on a small random model of one width, against the Llama of that width.
 
 Each family's model is built from its config (the same hidden size, FFN width, heads and depth), then a
-child process runs one 50% unstructured shot on random calibration ids and reports the shot's seconds and
+child process runs one 50% unstructured shot (or, with ``--granularity structured``, 30% structured) on random calibration ids and reports the shot's seconds and
 its own peak RSS (``wait4``); the table gives both relative to Llama. A family that costs far more than
 Llama says why in the notes (wider fused layers, extra layers per block...).
 
     python benchmarks/family_costs.py --samples 16 --seqlen 128
+    python benchmarks/family_costs.py --granularity structured --families llama,mixtral,qwen3_moe,granitemoe
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ EXTRA = {"qwen3": {"head_dim": 32}, "gemma": {"head_dim": 32}, "gemma2": {"head_
                        "shared_expert_intermediate_size": 512},
          "granitemoe": {"num_local_experts": 4, "num_experts_per_tok": 2},
          "gpt_oss": {"num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 32},
+         "granitemoeshared": {"num_local_experts": 4, "num_experts_per_tok": 2, "shared_intermediate_size": 512},
+         # Llama 4: every block MoE here, top-1 routing plus a shared expert, as Llama 4 Scout
+         "llama4_text": {"num_local_experts": 4, "num_experts_per_tok": 1, "intermediate_size_mlp": 512,
+                         "head_dim": 32, "interleave_moe_layer_step": 1},
          # DeepSeek-V3: latent attention (query rank 128, key/value rank 128), first block dense, then experts
          "deepseek_v3": {"n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1,
                          "moe_intermediate_size": 512, "first_k_dense_replace": 1, "q_lora_rank": 128,
@@ -38,10 +43,10 @@ EXTRA = {"qwen3": {"head_dim": 32}, "gemma": {"head_dim": 32}, "gemma2": {"head_
 NO_GQA = {"opt", "gpt_neox", "phi"}
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "cohere", "granite", "olmo2",
             "stablelm", "phi3", "gpt_neox", "opt", "phi", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe",
-            "gpt_oss", "deepseek_v3"]
+            "gpt_oss", "deepseek_v3", "granitemoeshared", "llama4_text"]
 
 
-def child(family: str, samples: int, seqlen: int) -> None:
+def child(family: str, samples: int, seqlen: int, granularity: str) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from llm_surgeon import PruneConfig, prune
@@ -55,7 +60,9 @@ def child(family: str, samples: int, seqlen: int) -> None:
     adapter = get_adapter(model)
     ids = torch.randint(0, WIDTH["vocab_size"], (samples, seqlen), generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
-    result = prune(model, ids, PruneConfig(sparsity=0.5, shots=1, batch_size=4, update_iterations=5),
+    sparsity = 0.3 if granularity == "structured" else 0.5
+    result = prune(model, ids, PruneConfig(sparsity=sparsity, shots=1, batch_size=4, update_iterations=5,
+                                           granularity=granularity),
                    progress=False, adapter=adapter)
     shot = result.shots[-1]
     experts = None
@@ -77,7 +84,7 @@ def measure(family: str, args: argparse.Namespace) -> dict:
     import os
 
     proc = subprocess.Popen([sys.executable, __file__, "--child", family, "--samples", str(args.samples),
-                             "--seqlen", str(args.seqlen)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             "--seqlen", str(args.seqlen), "--granularity", args.granularity], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -91,11 +98,14 @@ def main() -> int:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=128)
+    parser.add_argument("--granularity", default="unstructured", choices=["unstructured", "structured"],
+                        help="structured: 30%% of the parameters removed as whole structures (families with a "
+                             "structure description)")
     parser.add_argument("--families", default=",".join(FAMILIES),
                         help="comma-separated model types (llama first is the reference; it is added if missing)")
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.samples, args.seqlen)
+        child(args.child, args.samples, args.seqlen, args.granularity)
         return 0
     chosen = args.families.split(",")
     rows = [measure(family, args) for family in (["llama"] if chosen[0] != "llama" else []) + chosen]

@@ -76,6 +76,67 @@ def test_expert_factors_equal_a_hand_written_loop_over_experts(calibration):
         torch.testing.assert_close(got[name].G.double(), G, rtol=1e-3, atol=1e-9, msg=name)
 
 
+def tiny_llama4(seed: int = 0):
+    """Blocks 1 and 3 hold 4 routed experts (top 1) and a shared expert; blocks 0 and 2 a dense MLP."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("llama4_text", **{**COMMON, "num_hidden_layers": 4}, num_local_experts=4,
+                                  num_experts_per_tok=1, intermediate_size_mlp=64, head_dim=8,
+                                  interleave_moe_layer_step=2)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def _hand_written_llama4_expert_factors(model, ids) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(A, G) of every Llama 4 expert matrix from an MoE forward written out here: the routed tokens of
+    expert e are those the router's top-k picked, its input is the token times its sigmoid score."""
+    kept: dict[str, list] = {}
+
+    def looped(moe, name):
+        def forward(hidden):
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            logits = F.linear(flat, moe.router.weight)
+            top_value, top_index = torch.topk(logits, moe.top_k, dim=1)
+            out = moe.shared_expert(flat)
+            for e in range(moe.num_experts):
+                token, position = torch.where(top_index == e)
+                if token.numel() == 0:
+                    continue
+                x = flat[token] * torch.sigmoid(top_value[token, position])[:, None]
+                pre = x @ moe.experts.gate_up_proj[e]
+                gate, up = pre.chunk(2, dim=-1)
+                mid = F.silu(gate) * up
+                post = mid @ moe.experts.down_proj[e]
+                pre.retain_grad()
+                post.retain_grad()
+                kept[f"{name}.gate_up.{e}"] = [x, pre]
+                kept[f"{name}.down.{e}"] = [mid, post]
+                out = out.index_add(0, token, post)
+            return out, logits
+        return forward
+
+    for index, layer in enumerate(model.model.layers):
+        if layer.is_moe_layer:
+            layer.feed_forward.forward = looped(layer.feed_forward, f"model.layers.{index}.feed_forward.experts")
+    logits = model(input_ids=ids).logits[:, :-1]
+    F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum").backward()
+    return {name: (x.detach().double().T @ x.detach().double() / x.shape[0],
+                   out.grad.double().T @ out.grad.double() / ids.numel()) for name, (x, out) in kept.items()}
+
+
+def test_llama4_expert_factors_equal_a_hand_written_moe_forward(calibration):
+    ids = calibration[:4]
+    reference = _hand_written_llama4_expert_factors(tiny_llama4(seed=1), ids)
+    model = tiny_llama4(seed=1)
+    linears = get_adapter(model).prunable_linears(model)
+    assert "model.layers.0.feed_forward.gate_proj" in linears and "model.layers.1.feed_forward.router" not in linears
+    got = collect_factors(model, linears, ids, batch_size=4)
+    assert len(reference) >= 8 and set(reference) <= set(got)
+    for name, (A, G) in reference.items():
+        torch.testing.assert_close(got[name].A.double(), A, rtol=1e-4, atol=1e-7, msg=name)
+        torch.testing.assert_close(got[name].G.double(), G, rtol=1e-3, atol=1e-9, msg=name)
+
+
 def test_the_view_shares_the_fused_storage_and_is_put_back():
     model = tiny_mixtral()
     adapter = get_adapter(model)
@@ -136,3 +197,37 @@ def test_unrouted_experts_refuse_n_m_unless_pruned_by_magnitude(calibration):
                 torch.testing.assert_close(weight[kept], before[kept])
                 largest = before.abs().reshape(-1, 4).sort(-1).values[:, 2:]
                 assert torch.equal(largest, weight.detach().abs().reshape(-1, 4).sort(-1).values[:, 2:])
+
+
+def test_structured_experts_drop_their_own_neurons_at_one_width_and_compact_exactly(calibration):
+    from llm_surgeon.compaction import EXPERT_WIDTH_ALIGNMENT, compact
+
+    model = tiny_mixtral(seed=3)
+    adapter = get_adapter(model)
+    result = prune(model, calibration, PruneConfig(granularity="structured", sparsity=0.4, shots=2),
+                   progress=False, adapter=adapter)
+    linears = adapter.prunable_linears(model)
+    ids = calibration[:2, :8]
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    differ, kept = False, []
+    for b in range(2):
+        removed = torch.stack([result.masks[f"model.layers.{b}.mlp.experts.down.{e}"].all(0) for e in range(4)])
+        counts = removed.sum(1)
+        assert bool((counts == counts[0]).all()) and 0 < int(counts[0]) < 48
+        differ |= not bool((removed == removed[0]).all())  # each expert its own neurons
+        kept.append(48 - int(counts[0]))
+        for e in range(4):
+            gate_up = linears[f"model.layers.{b}.mlp.experts.gate_up.{e}"].weight
+            assert bool((gate_up[torch.cat([removed[e], removed[e]])] == 0).all())
+    assert differ
+    assert [layer["ffn_width_kept"] for layer in result.structure["layers"]] == kept
+    assert all(layer["experts"] == 4 for layer in result.structure["layers"])
+    shapes = compact(model, result.masks, adapter)
+    for b, shape in enumerate(shapes):
+        fused = model.model.layers[b].mlp.experts
+        width = shape["ffn_width"]
+        assert width % EXPERT_WIDTH_ALIGNMENT == 0 or width == 48
+        assert fused.gate_up_proj.shape == (4, 2 * width, 32) and fused.down_proj.shape == (4, 32, width)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=1e-5, atol=1e-5)

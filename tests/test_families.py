@@ -36,6 +36,8 @@ FAMILIES = {
                     "qk_nope_head_dim": 4, "v_head_dim": 8, "n_group": 1, "topk_group": 1},
     "gpt_oss": {"num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 8, "sliding_window": 16},
     "granitemoe": {"num_local_experts": 4, "num_experts_per_tok": 2, "logits_scaling": 4.0},
+    "llama4_text": {"num_local_experts": 4, "num_experts_per_tok": 1, "intermediate_size_mlp": 48, "head_dim": 8,
+                    "interleave_moe_layer_step": 2, "num_hidden_layers": 4},
     "granitemoeshared": {"num_local_experts": 4, "num_experts_per_tok": 2, "logits_scaling": 4.0,
                          "shared_intermediate_size": 32},
 }
@@ -46,7 +48,7 @@ def tiny(model_type: str, seed: int = 0):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     common = {k: v for k, v in COMMON.items() if not (model_type in NO_GQA and k == "num_key_value_heads")}
-    config = AutoConfig.for_model(model_type, **common, **FAMILIES[model_type])
+    config = AutoConfig.for_model(model_type, **{**common, **FAMILIES[model_type]})
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config).eval()
 
@@ -86,7 +88,7 @@ def test_each_family_reaches_its_target_then_saves_reloads_and_generates(family,
     assert generated.shape == (1, 9)
 
 
-@pytest.mark.parametrize("family", ["granite", "gemma3_text", "gpt_neox", "phi3", "phi"])
+@pytest.mark.parametrize("family", ["granite", "gemma3_text", "gpt_neox", "phi3", "phi", "llama4_text"])
 def test_factors_match_the_gradients_of_the_models_own_loss(family, calibration):
     model = tiny(family, seed=1)
     with torch.no_grad():
@@ -108,8 +110,8 @@ def test_the_generic_adapter_says_so_and_refuses_what_it_cannot_take(capsys, mon
     adapter = get_adapter(tiny("phi"))
     assert adapter.family == "generic:phi" and adapter.structure is None
     assert "using a generic one" in capsys.readouterr().err
-    moe = AutoConfig.for_model("llama4_text", **COMMON, num_local_experts=4)  # experts fused another way
-    with pytest.raises(UnsupportedArchitectureError, match="'llama4_text' is not supported: .*3-D expert weights"):
+    moe = AutoConfig.for_model("glm4_moe", **COMMON, n_routed_experts=4, first_k_dense_replace=0)  # no MoE adapter
+    with pytest.raises(UnsupportedArchitectureError, match="'glm4_moe' is not supported: .*3-D expert weights"):
         check_family(moe)
     t5 = AutoConfig.for_model("t5", vocab_size=128, d_model=32, num_layers=1, num_heads=2, d_ff=64)
     with pytest.raises(UnsupportedArchitectureError, match="'t5' is not supported"):

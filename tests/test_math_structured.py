@@ -1,5 +1,6 @@
 """Row and column costs and updates against brute-force dense references."""
 
+import pytest
 import torch
 
 from llm_surgeon.math.structured import (
@@ -101,3 +102,32 @@ def test_round_kept_counts_keeps_multiples_and_the_target():
             if sum(int(s.sum()) * 10 for s in sel) >= target and (best is None or cost(sel) < best):
                 best = cost(sel)
     assert abs(cost(out) - best) < 1e-9  # for this draw the greedy moves find the best selection of its shape
+
+
+def test_equal_width_slots_choose_the_cheapest_equal_width_removal_by_brute_force():
+    """Experts of one fused tensor keep equally many neurons: for every count of slots, the chosen removal
+    costs the least of all removals of that many neurons per part, and keeps what was removed before."""
+    import itertools
+
+    from llm_surgeon.math.structured import equal_width_slots, remove_cheapest
+
+    generator = torch.Generator().manual_seed(0)
+    parts, width = 3, 5
+    costs = torch.rand(parts, width, generator=generator, dtype=torch.float64)
+    removed = torch.zeros(parts, width, dtype=torch.bool)
+    removed[0, 4], removed[1, 0], removed[2, 2] = True, True, True
+    slot_costs, slot_removed = equal_width_slots(costs, removed)
+    assert slot_removed.tolist() == [True, False, False, False, False]
+    assert bool((slot_costs[1:].diff() >= 0).all())  # rising: a global threshold takes a prefix
+    for count in range(1, width + 1):
+        chosen = remove_cheapest(costs, removed, count)
+        assert bool((chosen.sum(1) == count).all()) and bool(chosen[removed].all())
+        best = 0.0
+        for p in range(parts):
+            options = [c for c in itertools.combinations(range(width), count) if all(
+                i in c for i in removed[p].nonzero().squeeze(1).tolist())]
+            best += min(float(costs[p, list(c)].sum()) for c in options)
+        assert float(costs[chosen].sum()) == pytest.approx(best)
+        assert float(slot_costs[1:count].sum() + costs[removed].sum()) == pytest.approx(best)
+    with pytest.raises(ValueError, match="different counts"):
+        equal_width_slots(costs, torch.arange(width).expand(parts, width) < torch.arange(parts)[:, None])

@@ -50,8 +50,11 @@ def test_every_structured_family_loads_with_plain_transformers(tmp_path, calibra
         save_model_files(model, tiny_tokenizer(), folder, shapes)
         config = json.loads((folder / "config.json").read_text())
         assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_llm_surgeon.PrunedForCausalLM"
-        widths = {tuple(shape) for block in config[LAYOUT_KEY]["blocks"] for shape in block["linears"].values()}
-        assert len(widths) > len(adapter.linear_names) // 2  # the blocks really differ from one config width
+        blocks = config[LAYOUT_KEY]["blocks"]
+        widths = {tuple(shape) for block in blocks for shape in [*block["linears"].values(),
+                                                                  *block["parameters"].values()]}
+        distinct = len(blocks[0]["linears"]) + len(blocks[0]["parameters"])
+        assert len(widths) > distinct // 2  # the blocks really differ from one config width
         reference = load_pruned(folder)
         with torch.no_grad():
             expected[str(folder)] = reference(input_ids=torch.tensor([[5, 9, 17, 33, 65, 3]])).logits.flatten()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import shutil
 import tempfile
@@ -81,7 +82,12 @@ def save_model_files(model, tokenizer, out: Path, shapes: list[dict] | None = No
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
     try:
         modeling = attach_remote_code(model, get_adapter(model)) if shapes is not None else None
-        model.save_pretrained(staging)
+        # folders read back by state dict (structured widths, bitmask files) keep the in-memory names (fused
+        # experts), not the family's original checkpoint names that save_pretrained converts back to
+        native = {"save_original_format": False} if shapes is not None or save_format == "compressed" else {}
+        if "save_original_format" not in inspect.signature(model.save_pretrained).parameters:
+            native = {}  # transformers 4 converts no names
+        model.save_pretrained(staging, **native)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         if shapes is not None:

@@ -44,6 +44,10 @@ def _resize_blocks(model, layout):
             owner = block.get_submodule(owner_path) if owner_path else block
             old = getattr(owner, leaf).weight
             setattr(owner, leaf, nn.Linear(cols, rows, bias=bias, device=old.device, dtype=old.dtype))
+        for path, shape in recorded.get("parameters", {{}}).items():  # fused expert weights
+            owner_path, _, leaf = path.rpartition(".")
+            owner = block.get_submodule(owner_path)
+            setattr(owner, leaf, nn.Parameter(getattr(owner, leaf).new_empty(shape)))
         attention = block.get_submodule(layout["attention"])
         for name, value in recorded["attention"].items():
             setattr(attention, name, value)
@@ -150,22 +154,31 @@ def sparse_modeling_source(family_class: str) -> str:
 
 
 def block_layout(model: nn.Module, adapter: ArchitectureAdapter) -> dict:
-    """Every block's Linear shapes ``{rel: [out, in, bias]}`` and its attention's head counts, as compacted."""
+    """Every block's Linear shapes ``{rel: [out, in, bias]}``, fused expert weights' shapes and its
+    attention's head counts, as compacted."""
     spec = adapter.structure
     assert spec is not None, "only families with a structure description are compacted"
     blocks = []
+    adapter.restore(model)  # experts: the fused weights are what is saved and resized
     for block in adapter.blocks(model):
-        linears = {}
+        linears, parameters = {}, {}
         for rel in adapter.block_linear_names(block):
+            if spec.experts is not None and rel.startswith(spec.experts + "."):
+                continue
             lin = block.get_submodule(rel)
             linears[rel] = [lin.out_features, lin.in_features, lin.bias is not None]
+        if spec.experts is not None:
+            fused = block.get_submodule(spec.experts)
+            parameters = {f"{spec.experts}.{name}": list(getattr(fused, name).shape)
+                          for name in ("gate_up_proj", "down_proj")}
         attention = block.get_submodule(spec.attention)
         attrs = {name: getattr(attention, name) for name in spec.head_count_attrs + spec.kv_head_count_attrs}
         own_config = None
         if spec.attention_reads_config:
             own_config = {name: getattr(attention.config, name)
                           for name in ("num_attention_heads", "num_key_value_heads")}
-        blocks.append({"linears": linears, "attention": attrs, "attention_config": own_config})
+        blocks.append({"linears": linears, "parameters": parameters, "attention": attrs,
+                       "attention_config": own_config})
     return {"format": 1, "blocks_path": adapter.blocks_path, "attention": spec.attention, "blocks": blocks}
 
 

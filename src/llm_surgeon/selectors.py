@@ -19,7 +19,7 @@ from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.math.costs import nm_group_costs
 from llm_surgeon.math.selection import force_removed, nm_layer_mask
 from llm_surgeon.math.streaming_threshold import streaming_select_cheapest
-from llm_surgeon.math.structured import round_kept_counts, select_structures
+from llm_surgeon.math.structured import equal_width_slots, remove_cheapest, round_kept_counts, select_structures
 from llm_surgeon.math.threshold import linear_schedule, select_cheapest
 from llm_surgeon.models.adapters import ArchitectureAdapter
 from llm_surgeon.placement import EVERY_LAYER_HERE, LayerPlacement, UpdateTotals
@@ -196,6 +196,9 @@ class NMSelector(UnitSelector):
 class StructureSelector(UnitSelector):
     """Whole FFN neurons and key/value head groups, cheapest per parameter, until a parameter budget.
 
+    The experts of a block keep equally many neurons (one fused tensor); each drops its own cheapest
+    (:func:`~llm_surgeon.math.structured.equal_width_slots`). A dense MLP is the case of one part.
+
     A structure spans several layers of a block and its costs read their whole factors, so every
     process holds every layer's factors and computes every structure (``needs_every_layer``).
     """
@@ -224,19 +227,23 @@ class StructureSelector(UnitSelector):
     def select(self, method, factors, removed, fraction, label="", placement=EVERY_LAYER_HERE):
         _every_layer_here(placement)
         neurons, groups = state_from_masks(self.units, self.name_of, removed)
-        costs, params, already = [], [], []
+        costs, params, already, neuron_costs = [], [], [], []
         for b, u in enumerate(tqdm(self.units, desc=f"{label}: costs", disable=not self.progress)):
             n_cost, g_cost = structure_costs(u, method, self._factors_of(factors, b, torch.float64))
-            costs += [n_cost.cpu(), g_cost.cpu()]  # blocks may sit on several devices: chosen on the host
-            params += [torch.full((u.layout.ffn_width,), float(u.neuron_params())),
+            neuron_costs.append(n_cost.cpu())  # blocks may sit on several devices: chosen on the host
+            slot_cost, slot_removed = equal_width_slots(n_cost.cpu(), neurons[b].cpu())
+            costs += [slot_cost, g_cost.cpu()]
+            params += [torch.full((u.layout.ffn_width,), float(len(u.parts) * u.neuron_params())),
                        torch.full((u.layout.kv_heads,), float(u.group_params()))]
-            already += [neurons[b].cpu(), groups[b].cpu()]
+            already += [slot_removed, groups[b].cpu()]
         target = round(fraction * self.total)
         chosen = select_structures(costs, params, already, target)
         if self.width_multiple > 1:  # FFN neuron groups are the even ones; heads keep their counts
             ffn = [i % 2 == 0 for i in range(len(costs))]
             chosen = round_kept_counts(costs, params, already, chosen, self.width_multiple, target, ffn)
-        return {**removed, **masks_from_state(self.units, self.name_of, chosen[0::2], chosen[1::2])}
+        new_neurons = [remove_cheapest(c, n.cpu(), int(slots.sum()))
+                       for c, n, slots in zip(neuron_costs, neurons, chosen[0::2], strict=True)]
+        return {**removed, **masks_from_state(self.units, self.name_of, new_neurons, chosen[1::2])}
 
     def apply(self, method, factors, masks, label, progress, placement=EVERY_LAYER_HERE):
         _every_layer_here(placement)

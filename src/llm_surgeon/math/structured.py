@@ -146,3 +146,26 @@ def round_kept_counts(
         out[i][extra] = True
         removed_params += float(params[i].double()[extra].sum())
     return out
+
+
+def equal_width_slots(costs: torch.Tensor, removed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neurons of ``P`` parts that must keep equally many (the experts of one fused [E, 2I, H] tensor) as
+    ``I`` interchangeable slots: slot ``s`` removes the ``s``-th cheapest remaining neuron of every part,
+    so its cost is the sum of those; slots are in rising cost, the first ones those already removed.
+
+    ``costs`` and ``removed`` are [P, I]; every part must have removed equally many. Returns (slot costs,
+    slot removed), each [I]. With :func:`remove_cheapest` this chooses, for any count of slots, the
+    cheapest equal-width removal (each part's own cheapest neurons)."""
+    counts = removed.sum(1)
+    if not bool((counts == counts[0]).all()):
+        raise ValueError(f"parts that keep one width have removed different counts: {counts.tolist()}")
+    ordered = costs.double().masked_fill(removed, float("-inf")).sort(1).values
+    slot_removed = torch.arange(costs.shape[1]) < int(counts[0])
+    return ordered.sum(0).masked_fill(slot_removed, 0.0), slot_removed
+
+
+def remove_cheapest(costs: torch.Tensor, removed: torch.Tensor, count: int) -> torch.Tensor:
+    """[P, I] removal masks: each part's ``count`` cheapest neurons, those already removed counted first."""
+    order = costs.double().masked_fill(removed, float("-inf")).argsort(dim=1, stable=True)
+    out = torch.zeros_like(removed, dtype=torch.bool)
+    return out.scatter_(1, order[:, :count], True)

@@ -106,10 +106,22 @@ rows), which the contiguous slices of a structure description cannot express: un
 ATTENTION_LINEARS = LLAMA_LINEARS[:4]
 MOE_INPUT_GROUPS = (LLAMA_INPUT_GROUPS[0],)
 
+def _experts_structure(experts: str) -> StructureSpec:
+    """Llama attention heads plus each expert's FFN neurons (the experts of a block keep one width)."""
+    return StructureSpec(attention="self_attn", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
+                         o="self_attn.o_proj", experts=experts)
+
+
 MIXTRAL = ArchitectureAdapter(family="mixtral", blocks_path="model.layers", linear_names=ATTENTION_LINEARS,
-                              input_groups=MOE_INPUT_GROUPS, experts_path="mlp.experts")
-"""Mixtral, Qwen3-MoE, OLMoE: attention plus every expert's ``gate_up`` and ``down``; the router is never
-pruned. No structure description (whole FFN neurons per expert are not implemented)."""
+                              input_groups=MOE_INPUT_GROUPS, experts_path="mlp.experts",
+                              structure=_experts_structure("mlp.experts"))
+"""Mixtral, Qwen3-MoE: attention plus every expert's ``gate_up`` and ``down``; the router is never pruned.
+Structured: key/value head groups and each expert's FFN neurons."""
+
+OLMOE = ArchitectureAdapter(family="olmoe", blocks_path="model.layers", linear_names=ATTENTION_LINEARS,
+                            input_groups=MOE_INPUT_GROUPS, experts_path="mlp.experts")
+"""OLMoE: Mixtral's experts, but its ``q_norm`` / ``k_norm`` span all heads (as OLMo 2), so no structure
+description."""
 
 QWEN2_MOE = ArchitectureAdapter(
     family="qwen2_moe", blocks_path="model.layers",
@@ -142,7 +154,8 @@ others; the router is never pruned. No structure description (heads live inside 
 
 GRANITE_MOE = ArchitectureAdapter(
     family="granitemoe", blocks_path="model.layers", linear_names=ATTENTION_LINEARS, input_groups=MOE_INPUT_GROUPS,
-    experts_path="block_sparse_moe.experts", logits_fn=divided_logits,
+    experts_path="block_sparse_moe.experts", structure=_experts_structure("block_sparse_moe.experts"),
+    logits_fn=divided_logits,
     logits_description="`logits / config.logits_scaling`",
 )
 """Granite-MoE: Mixtral-like fused experts under ``block_sparse_moe`` (its router is a bare parameter, never
@@ -155,6 +168,20 @@ GRANITE_MOE_SHARED = ArchitectureAdapter(
     logits_description="`logits / config.logits_scaling`",
 )
 """Granite-MoE with a shared expert (one fused ``input_linear`` for gate and up), pruned like a dense MLP."""
+
+LLAMA4 = ArchitectureAdapter(
+    family="llama4_text", blocks_path="model.layers",
+    linear_names=ATTENTION_LINEARS + ("feed_forward.gate_proj", "feed_forward.up_proj", "feed_forward.down_proj",
+                                      "feed_forward.shared_expert.gate_proj", "feed_forward.shared_expert.up_proj",
+                                      "feed_forward.shared_expert.down_proj"),
+    input_groups=MOE_INPUT_GROUPS + (("feed_forward.gate_proj", "feed_forward.up_proj"),
+                                     ("feed_forward.shared_expert.gate_proj", "feed_forward.shared_expert.up_proj")),
+    experts_path="feed_forward.experts", experts_scaled_inputs=True, varies_by_block=True,
+)
+"""Llama 4 (text): dense MLP blocks interleaved with MoE blocks (``moe_layers``); routed experts (transposed,
+every token handed to every expert scaled by its sigmoid router score) plus a shared expert pruned like a
+dense MLP; the router (an ``nn.Linear``) is never pruned. No structure description (its attention's
+chunked and no-RoPE layers are untested for head removal)."""
 
 OPT = ArchitectureAdapter(
     family="opt",
@@ -184,9 +211,9 @@ def register_adapter(model_type: str, adapter: ArchitectureAdapter, replace: boo
 for _type, _adapter in {"llama": LLAMA, "mistral": LLAMA, "qwen2": LLAMA, "qwen3": LLAMA, "gemma": GEMMA2,
                         "gemma2": GEMMA2, "gemma3_text": GEMMA2, "cohere": COHERE, "granite": GRANITE,
                         "olmo2": OLMO2, "stablelm": STABLELM, "phi3": PHI3, "gpt_neox": GPT_NEOX,
-                        "opt": OPT, "mixtral": MIXTRAL, "qwen3_moe": MIXTRAL, "olmoe": MIXTRAL,
+                        "opt": OPT, "mixtral": MIXTRAL, "qwen3_moe": MIXTRAL, "olmoe": OLMOE,
                         "qwen2_moe": QWEN2_MOE, "granitemoe": GRANITE_MOE, "gpt_oss": GPT_OSS,
-                        "deepseek_v3": DEEPSEEK_V3,
+                        "deepseek_v3": DEEPSEEK_V3, "llama4_text": LLAMA4,
                         "granitemoeshared": GRANITE_MOE_SHARED}.items():
     register_adapter(_type, _adapter)
 

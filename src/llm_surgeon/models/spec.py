@@ -54,6 +54,14 @@ def _member(value: str | Member) -> Member:
     return value if isinstance(value, Member) else Member(value)
 
 
+def _after_ffn(layout: BlockLayout) -> int:
+    return layout.ffn_width
+
+
+FfnPart = tuple[tuple[Member, ...], Member]
+"""One FFN of a block: the members that lose a row per removed neuron, and the one that loses a column."""
+
+
 @dataclass(frozen=True)
 class StructureSpec:
     """Which matrices share a removable dimension inside a block (structured pruning).
@@ -61,7 +69,10 @@ class StructureSpec:
     An FFN neuron is a row of every ``ffn_in`` member (and its bias) plus a column of
     ``ffn_out``; an attention unit is one key/value head with all the query heads that
     share it: rows of ``q``, ``k``, ``v`` and the matching columns of ``o``. Members may be
-    plain module paths or :class:`Member` slices of fused matrices.
+    plain module paths or :class:`Member` slices of fused matrices. With ``experts`` set, a
+    block's FFN neurons are those of each expert of the fused experts module at that path,
+    seen per expert as ``gate_up.{e}`` (gate rows, then up rows) and ``down.{e}``; the fused
+    3-D weights hold one width, so the experts of a block keep equally many neurons.
     """
 
     attention: str
@@ -69,8 +80,8 @@ class StructureSpec:
     k: str | Member
     v: str | Member
     o: str | Member
-    ffn_in: tuple[str | Member, ...]
-    ffn_out: str | Member
+    ffn_in: tuple[str | Member, ...] = ()
+    ffn_out: str | Member = ""
     head_count_attrs: tuple[str, ...] = ()
     """Attributes of the attention module that hold its (query) head count and must follow compaction."""
     kv_head_count_attrs: tuple[str, ...] = ()
@@ -78,20 +89,34 @@ class StructureSpec:
     attention_reads_config: bool = False
     """The attention module reads its head counts from its ``config``; compaction gives it a copy of
     the config with the block's own counts."""
+    experts: str | None = None
+    """Mixture of experts (Mixtral's [E, 2I, H] / [E, H, I] layout): the fused experts module whose
+    experts' neurons are the block's FFN structures, instead of ``ffn_in`` / ``ffn_out``."""
+
+    def __post_init__(self):
+        if (self.experts is None) == (not self.ffn_out):
+            raise ValueError("a structure description names either ffn_in / ffn_out or experts")
 
     def rows(self) -> dict[str, tuple[Member, ...]]:
-        """Row members by role: ``"ffn"`` (one row per neuron), ``"q"`` and ``"kv"`` (per head group)."""
-        return {"ffn": tuple(_member(m) for m in self.ffn_in), "q": (_member(self.q),),
-                "kv": (_member(self.k), _member(self.v))}
+        """Attention row members by role: ``"q"`` and ``"kv"`` (per head group)."""
+        return {"q": (_member(self.q),), "kv": (_member(self.k), _member(self.v))}
 
     def columns(self) -> dict[str, tuple[Member, ...]]:
-        """Column members by role: ``"ffn"`` and ``"q"`` (the output projection's inputs)."""
-        return {"ffn": (_member(self.ffn_out),), "q": (_member(self.o),)}
+        """Attention column members: ``"q"`` (the output projection's inputs)."""
+        return {"q": (_member(self.o),)}
 
-    def modules(self) -> tuple[str, ...]:
+    def ffn_parts(self, experts: int = 0) -> tuple[FfnPart, ...]:
+        """The block's FFNs: its MLP, or each of its ``experts`` experts."""
+        if self.experts is None:
+            return ((tuple(_member(m) for m in self.ffn_in), _member(self.ffn_out)),)
+        return tuple(((Member(f"{self.experts}.gate_up.{e}"), Member(f"{self.experts}.gate_up.{e}", _after_ffn)),
+                      Member(f"{self.experts}.down.{e}")) for e in range(experts))
+
+    def modules(self, experts: int = 0) -> tuple[str, ...]:
         """Every module path the structures touch, each once, in a fixed order."""
-        members = [*self.rows()["q"], *self.rows()["kv"], *self.columns()["q"], *self.rows()["ffn"],
-                   *self.columns()["ffn"]]
+        members = [*self.rows()["q"], *self.rows()["kv"], *self.columns()["q"]]
+        for ins, out in self.ffn_parts(experts):
+            members += [*ins, out]
         return tuple(dict.fromkeys(m.module for m in members))
 
 
@@ -131,6 +156,9 @@ class ArchitectureAdapter:
     """Mixture of experts: the fused experts module inside a block (``mlp.experts``). Each expert's
     ``gate_up`` and ``down`` slices become prunable layers ``{experts_path}.gate_up.{e}`` and
     ``{experts_path}.down.{e}`` (:mod:`llm_surgeon.models.experts`); routers are never listed."""
+    experts_scaled_inputs: bool = False
+    """Llama 4: the experts module is called with every token once per expert, already scaled by the router
+    score (:class:`~llm_surgeon.models.experts.ExpertView`), instead of tokens plus routing."""
     varies_by_block: bool = False
     """The blocks differ (DeepSeek-V3: dense MLP in the first blocks, experts and a shared expert in the
     others; query projections that depend on the config): each block has those of :attr:`linear_names`
@@ -161,17 +189,21 @@ class ArchitectureAdapter:
         names = self.linear_names
         if self.varies_by_block:
             names = tuple(rel for rel in names if _has_module(block, rel))
+        return names + tuple(f"{self.experts_path}.{part}.{e}" for e in range(self.expert_count(block))
+                             for part in ("gate_up", "down"))
+
+    def expert_count(self, block: nn.Module) -> int:
+        """How many experts ``block`` holds (0 for a dense block or family)."""
         if self.experts_path is None or not _has_module(block, self.experts_path):
-            return names
+            return 0
         experts = block.get_submodule(self.experts_path)
-        count = len(experts.gate_up) if isinstance(experts, ExpertView) else experts.gate_up_proj.shape[0]
-        return names + tuple(f"{self.experts_path}.{part}.{e}" for e in range(count) for part in ("gate_up", "down"))
+        return len(experts.gate_up) if isinstance(experts, ExpertView) else experts.gate_up_proj.shape[0]
 
     def prepare(self, model: nn.Module) -> None:
         """Make every prunable matrix an ``nn.Linear`` of the model (experts: per-expert views; a no-op for
         dense families). Idempotent; :meth:`restore` undoes it."""
         if self.experts_path is not None:
-            install_views(self.blocks(model), self.experts_path)
+            install_views(self.blocks(model), self.experts_path, self.experts_scaled_inputs)
 
     def restore(self, model: nn.Module) -> None:
         """The model's own modules again (fused experts), holding every change made while prepared."""

@@ -25,6 +25,8 @@ def family_table() -> str:
         if adapter.experts_path:
             layers += f", each expert's `gate_up` and `down` (`{adapter.experts_path}`; router never)"
         structured = "yes" if adapter.structure is not None else "no (no structure description)"
+        if adapter.structure is not None and adapter.structure.experts:
+            structured = "yes (heads, and each expert's own neurons at one width per block)"
         logits = adapter.logits_description
         rows.append(f"| `{model_type}` | {adapter.family} | {logits} | {layers} | yes | yes | {structured} |")
     rows.append("| any other decoder-only model with `nn.Linear` layers in its blocks | generic (read from the "
