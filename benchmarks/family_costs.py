@@ -1,9 +1,10 @@
 """One LLM Surgeon shot per family on a small random model of one width, against the Llama of that width.
 
 Each family's model is built from its config (the same hidden size, FFN width, heads and depth), then a
-child process runs one 50% unstructured shot (or, with ``--granularity structured``, 30% structured) on random calibration ids and reports the shot's seconds and
-its own peak RSS (``wait4``); the table gives both relative to Llama. A family that costs far more than
-Llama says why in the notes (wider fused layers, extra layers per block...).
+child process runs one 50% unstructured shot (or, with ``--granularity structured``, 30% structured) on
+random calibration ids and reports the shot's seconds and its own peak RSS (``wait4``); the table gives
+both relative to Llama. A family that costs far more than Llama says why in the notes (wider fused
+layers, extra layers per block...).
 
     python benchmarks/family_costs.py --samples 16 --seqlen 128
     python benchmarks/family_costs.py --granularity structured --families llama,mixtral,qwen3_moe,granitemoe
@@ -84,8 +85,8 @@ def measure(family: str, args: argparse.Namespace) -> dict:
     import os
 
     proc = subprocess.Popen([sys.executable, __file__, "--child", family, "--samples", str(args.samples),
-                             "--seqlen", str(args.seqlen), "--granularity", args.granularity], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
+                             "--seqlen", str(args.seqlen), "--granularity", args.granularity],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:

@@ -30,6 +30,7 @@ from llm_surgeon.models.experts import expert_summary
 from llm_surgeon.models.loading import DEVICE_MAPS, load_config, load_model_and_tokenizer
 from llm_surgeon.outputs import inspect_output, load_report, save_model_files
 from llm_surgeon.pruner import PruneResult, needs_calibration, prune_model, setup, sparsity_stats
+from llm_surgeon.reconstruction import DenseWeights, snapshot_dense
 from llm_surgeon.report import build_report, peak_memory_mb
 from llm_surgeon.resources import (
     MemoryLayout,
@@ -263,6 +264,8 @@ class PreparedRun:
     every_layer_on_every_rank: bool = False
     """The selection reads every layer's whole factors (structured): ranks replicate instead of owning layers."""
     rank_stats: list[dict] | None = None
+    dense: DenseWeights | None = None
+    """The dense weights a reconstructing run fits to, copied before a checkpoint's were loaded."""
     """Per rank after the shots: its peak memory and the seconds it spent in collectives."""
 
 
@@ -304,6 +307,7 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
         )
     torch.manual_seed(config.seed)
     resumed, resumed_from_shot = None, None
+    dense = snapshot_dense(linears) if config.needs_dense_weights else None  # before a checkpoint's weights
     if state == "resume":
         checkpoint = list_checkpoints(out)[-1]
         resumed = load_checkpoint(checkpoint, config, linears)
@@ -320,7 +324,7 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
     layout = MemoryLayout(layout.factor_device, layout.block_groups, scratch_dir=str(out))
     return PreparedRun(model_name, config, options, out, data_dir, model, tokenizer, adapter, linears, calibration,
                        spec, resumed, resumed_from_shot, started, layout=layout, ranks=ranks,
-                       every_layer_on_every_rank=selector.needs_every_layer,
+                       every_layer_on_every_rank=selector.needs_every_layer, dense=dense,
                        block_devices=block_devices(model, adapter),
                        memory_estimate=_estimate_dict(estimate, loaded_mb, layout, options.budget_bytes(),
                                                       getattr(model.config, "_attn_implementation", None)))
@@ -337,6 +341,7 @@ def execute_run(run: PreparedRun) -> PruneResult:
     result = prune_model(
         run.model, run.calibration, run.config, progress=run.options.progress and run.ranks.writes,
         start=run.resumed, adapter=run.adapter, layout=run.layout, collector=collector, on_shot_end=checkpoint,
+        dense=run.dense,
     )
     run.rank_stats = run.ranks.gather({"rank": run.ranks.rank, "peak_mb": peak_memory_mb(run.options.device),
                                        "communication_s": collector.clock.seconds if collector else 0.0})

@@ -84,6 +84,11 @@ def _add_method_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-lr", type=float, default=d.lora_lr, help="Adam learning rate of the correction")
     parser.add_argument("--lora-epochs", type=int, default=d.lora_epochs,
                         help="passes over the calibration windows per correction")
+    parser.add_argument("--reconstruct", action="store_true",
+                        help="after every shot, re-fit each pruned layer's kept weights to the dense model's outputs "
+                             "(layer-wise least squares on the calibration windows, masks kept)")
+    parser.add_argument("--reconstruct-iterations", type=int, default=d.reconstruct_iterations,
+                        help="conjugate-gradient steps of each layer's reconstruction")
     parser.add_argument("--width-multiple", type=int, default=d.width_multiple, metavar="K",
                         help="structured: every block keeps a multiple of K FFN neurons (e.g. 64 for GEMM-friendly "
                              "shapes), chosen inside the global selection (1: widths as the costs fall)")
@@ -133,7 +138,8 @@ def _config_from_args(args: argparse.Namespace) -> PruneConfig:
         update_iterations=args.update_iterations, update_tolerance=args.update_tolerance,
         batch_size=args.batch_size, sparsegpt_damp=args.sparsegpt_damp,
         lora_rank=args.lora_rank, lora_lr=args.lora_lr, lora_epochs=args.lora_epochs,
-        prune_unrouted=args.prune_unrouted, width_multiple=args.width_multiple,
+        prune_unrouted=args.prune_unrouted, width_multiple=args.width_multiple, reconstruct=args.reconstruct,
+        reconstruct_iterations=args.reconstruct_iterations,
     )
 
 

@@ -53,6 +53,13 @@ class PruneConfig:
     """Adam learning rate of the low-rank correction."""
     lora_epochs: int = 1
     """Passes over the calibration windows per correction."""
+    reconstruct: bool = False
+    """After every shot, re-fit each pruned layer's kept weights to the dense model's outputs by least squares
+    on the calibration windows (:mod:`llm_surgeon.reconstruction`), masks kept."""
+    reconstruct_iterations: int = 30
+    """Conjugate-gradient steps of each layer's masked least squares."""
+    reconstruct_damp: float = 0.01
+    """Damping of ``Σ x xᵀ`` in the reconstruction, relative to its mean diagonal."""
     width_multiple: int = 1
     """Structured: every block keeps a multiple of this many FFN neurons (e.g. 64, for GEMM-friendly shapes),
     chosen inside the global selection; 1 leaves the widths as the costs fall."""
@@ -78,6 +85,11 @@ class PruneConfig:
     def corrects(self) -> bool:
         """Whether a low-rank correction follows every shot."""
         return self.lora_rank > 0
+
+    @property
+    def needs_dense_weights(self) -> bool:
+        """Whether the run keeps a copy of the dense weights (the reconstruction's targets)."""
+        return self.reconstruct
 
     @property
     def target_sparsity(self) -> float:
@@ -119,6 +131,8 @@ class PruneConfig:
         if self.width_multiple > 1 and self.granularity != STRUCTURED:
             raise ConfigError("--width-multiple rounds the FFN widths of structured pruning; use --granularity "
                               "structured or drop it")
+        if self.reconstruct_iterations < 1 or not self.reconstruct_damp > 0:
+            raise ConfigError("reconstruction needs at least 1 iteration and a positive damping")
         if self.lora_rank < 0 or self.lora_epochs < 1 or not self.lora_lr > 0:
             raise ConfigError("low-rank correction needs rank >= 0 (0 = off), epochs >= 1 and a positive learning rate")
         return self

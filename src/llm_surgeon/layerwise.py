@@ -46,7 +46,7 @@ def capture_block_inputs(model: nn.Module, adapter: ArchitectureAdapter, windows
     return captured
 
 
-def _run_block(block: nn.Module, inputs: list[tuple[torch.Tensor, dict]]) -> list[torch.Tensor]:
+def run_block(block: nn.Module, inputs: list[tuple[torch.Tensor, dict]]) -> list[torch.Tensor]:
     outs = []
     for hidden, kwargs in inputs:
         out = block(hidden, **kwargs)
@@ -77,12 +77,12 @@ def prune_layerwise(model: nn.Module, adapter: ArchitectureAdapter, windows: tor
             hessians = {rel: torch.zeros(lin.in_features, lin.in_features) for rel, lin in linears.items()}
             handles = [lin.register_forward_hook(_hessian_hook(hessians[rel])) for rel, lin in linears.items()]
             try:
-                _run_block(block, inputs)
+                run_block(block, inputs)
             finally:
                 for handle in handles:
                     handle.remove()
             for rel, lin in linears.items():
                 H = hessians[rel].to(lin.weight.device)
                 lin.weight.copy_(prune_fn(lin.weight.detach(), H).to(lin.weight.dtype))
-            outputs = _run_block(block, inputs)
+            outputs = run_block(block, inputs)
             inputs = [(out, kwargs) for out, (_, kwargs) in zip(outputs, inputs, strict=True)]

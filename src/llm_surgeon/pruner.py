@@ -30,6 +30,7 @@ from llm_surgeon.math.selection import nm_violations
 from llm_surgeon.methods import LayerwiseMethod, MethodBase, PruningMethod, get_method
 from llm_surgeon.models.adapters import ArchitectureAdapter, get_adapter
 from llm_surgeon.placement import EVERY_LAYER_HERE
+from llm_surgeon.reconstruction import DenseWeights, reconstruct, snapshot_dense
 from llm_surgeon.resources import MemoryLayout
 from llm_surgeon.selectors import UnitSelector, make_selector
 
@@ -50,6 +51,11 @@ class ShotRecord:
     """Mean training NLL per epoch of the low-rank correction after this shot (empty: none ran)."""
     unrouted: list[str] = field(default_factory=list)
     """Experts that no calibration token reached in this shot (left dense, or pruned by magnitude)."""
+    seconds_reconstruction: float = 0.0
+    reconstruction_error_before: float = 0.0
+    """Mean over blocks of the relative block-output error (vs the dense model) before the reconstruction."""
+    reconstruction_error_after: float = 0.0
+    reconstruction_iterations_mean: float = 0.0
 
 
 @dataclass
@@ -69,8 +75,9 @@ class PruneResult:
         costs = sum(s.seconds_costs for s in self.shots)
         update = sum(s.seconds_update for s in self.shots)
         correction = sum(s.seconds_correction for s in self.shots)
+        reconstruction = sum(s.seconds_reconstruction for s in self.shots)
         return {"curvature": curvature, "costs": costs, "update": update, "correction": correction,
-                "total": curvature + costs + update + correction}
+                "reconstruction": reconstruction, "total": curvature + costs + update + correction + reconstruction}
 
 
 ShotCallback = Callable[[int, PruneResult], None]
@@ -88,6 +95,8 @@ class PruneJob:
     progress: bool = True
     on_shot_end: ShotCallback | None = None
     layout: MemoryLayout = field(default_factory=MemoryLayout)
+    dense: DenseWeights | None = None
+    """The dense weights, kept when the run reconstructs after every shot."""
 
     def device_of(self, name: str) -> torch.device:
         """Where layer ``name`` computes (its factors are brought there, wherever they accumulate)."""
@@ -113,13 +122,20 @@ def validate_nm(linears: dict[str, nn.Linear], n: int, m: int) -> dict:
 
 
 def needs_calibration(method: MethodBase, config: PruneConfig) -> bool:
-    return method.needs_calibration() or config.corrects
+    return method.needs_calibration() or config.corrects or config.reconstruct
 
 
 def end_shot(job: PruneJob, result: PruneResult) -> None:
-    """What follows every shot's update at every granularity: the optional low-rank correction
-    (recorded in the shot's record), then the checkpoint callback."""
+    """What follows every shot's update at every granularity: the optional reconstruction and low-rank
+    correction (recorded in the shot's record), then the checkpoint callback."""
     record, config = result.shots[-1], job.config
+    if config.reconstruct:
+        fit = reconstruct(job.model, job.adapter, result.masks, job.dense, job.calibration, config.batch_size,
+                          config.reconstruct_iterations, config.reconstruct_damp, job.progress)
+        record.seconds_reconstruction = fit.seconds
+        record.reconstruction_iterations_mean = fit.mean_iterations
+        record.reconstruction_error_before = sum(fit.block_error_before) / len(fit.block_error_before)
+        record.reconstruction_error_after = sum(fit.block_error_after) / len(fit.block_error_after)
     if config.corrects:
         correction = correct_with_lora(
             job.model, job.adapter, job.linears, result.masks, job.calibration, rank=config.lora_rank,
@@ -255,6 +271,7 @@ def prune_model(
     adapter: ArchitectureAdapter | None = None,
     collector: CurvatureCollector | None = None,
     layout: MemoryLayout | None = None,
+    dense: DenseWeights | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place over ``config.shots`` shots and return masks and timings.
 
@@ -263,13 +280,19 @@ def prune_model(
     ``adapter`` defaults to the registered one for the model's family, ``collector`` to a
     single-process :class:`~llm_surgeon.curvature.LocalCollector`. ``layout`` says where the curvature
     sums live (host memory, block groups on disk); it changes memory and time, never the result.
+    ``dense`` gives the dense weights a reconstructing run fits to (taken here when not resuming).
     """
     adapter = adapter or get_adapter(model)
     method, linears, selector = setup(model, config, adapter, progress)
     if needs_calibration(method, config) and calibration is None:
         raise ConfigError(f"method {config.method} needs calibration data")
     layout = layout or MemoryLayout()
-    job = PruneJob(model, adapter, linears, calibration, config, progress, on_shot_end, layout)
+    if config.needs_dense_weights and dense is None:
+        if start is not None and start.shots:
+            raise ConfigError("resuming a reconstructing run needs the dense weights (snapshot_dense before "
+                              "loading the checkpoint)")
+        dense = snapshot_dense(linears)
+    job = PruneJob(model, adapter, linears, calibration, config, progress, on_shot_end, layout, dense)
     result = start or PruneResult(
         config=config,
         masks={name: torch.zeros_like(lin.weight, dtype=torch.bool) for name, lin in linears.items()},

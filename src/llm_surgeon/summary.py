@@ -52,7 +52,8 @@ def human_summary(report: dict, out: str) -> str:
         shown = headline(metrics)
         if shown:
             lines.append(f"  zero-shot    {task} {shown[0]} {shown[1]:.4f} ({metrics.get('samples', '?')} documents)")
-    parts = ", ".join(f"{k} {s[k]:.1f}" for k in ("curvature", "costs", "update", "correction") if s.get(k))
+    parts = ", ".join(f"{k} {s[k]:.1f}" for k in ("curvature", "costs", "update", "reconstruction", "correction")
+                      if s.get(k))
     lines.append(f"  time         {s['total']:.1f} s pruning ({parts or 'no curvature'}); "
                  f"{s.get('wall', s['total']):.1f} s in all")
     lines.append(_memory_line(report))
