@@ -1,0 +1,79 @@
+"""What ``--reconstruct`` adds: the same prune with and without it, side by side, under the core protocol.
+
+Each row is one ``llm-surgeon prune ... --eval`` run in its own process (its own folder under ``--work``;
+a finished folder is read back, not rerun), so time and peak memory come from its ``report.json``; the
+table gives perplexity, pruning seconds (reconstruction's share apart), peak memory and the mean relative
+block-output error before and after the last shot's reconstruction.
+
+    python benchmarks/reconstruction_gain.py --data-dir ../shared/data --work runs/reconstruct \\
+        --runs sparsegpt-50,sparsegpt-50-rec,surgeon-50-rec
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+RUNS: dict[str, list[str]] = {
+    "sparsegpt-50": ["--method", "sparsegpt", "--sparsity", "0.5"],
+    "sparsegpt-50-rec": ["--method", "sparsegpt", "--sparsity", "0.5", "--reconstruct"],
+    "surgeon-50": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "5"],
+    "surgeon-50-rec": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "5", "--reconstruct"],
+    "sparsegpt-2:4": ["--method", "sparsegpt", "--granularity", "2:4"],
+    "sparsegpt-2:4-rec": ["--method", "sparsegpt", "--granularity", "2:4", "--reconstruct"],
+    "surgeon-2:4-rec": ["--method", "surgeon", "--granularity", "2:4", "--shots", "5", "--reconstruct"],
+}
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--data-dir", default=os.environ.get("LLM_SURGEON_DATA"))
+    parser.add_argument("--work", default="runs/reconstruct")
+    parser.add_argument("--runs", default="sparsegpt-50,sparsegpt-50-rec",
+                        help="comma-separated subset of: " + ", ".join(RUNS))
+    parser.add_argument("--calib-samples", type=int, default=64)
+    parser.add_argument("--calib-seqlen", type=int, default=512)
+    parser.add_argument("--eval-max-windows", type=int, default=None)
+    return parser.parse_args()
+
+
+def run(name: str, args: argparse.Namespace) -> dict:
+    out = Path(args.work) / name
+    if not (out / "report.json").is_file():
+        command = [sys.executable, "-m", "llm_surgeon", "prune", args.model, "--out", str(out), "--eval",
+                   "--calib-samples", str(args.calib_samples), "--calib-seqlen", str(args.calib_seqlen),
+                   "--data-dir", args.data_dir, *RUNS[name]]
+        if args.eval_max_windows:
+            command += ["--eval-max-windows", str(args.eval_max_windows)]
+        print("+", " ".join(command), file=sys.stderr, flush=True)
+        subprocess.run(command, check=True)
+    return json.loads((out / "report.json").read_text())
+
+
+def row(name: str, report: dict) -> str:
+    seconds, last = report["seconds"], report["shot_records"][-1]
+    value = report["ppl"]["wikitext2"]
+    errors = (f"{last['reconstruction_error_before']:.4f} -> {last['reconstruction_error_after']:.4f}"
+              if last.get("seconds_reconstruction") else "")
+    return (f"| {name} | {value:.2f} | {seconds['total']:.0f} | {seconds.get('reconstruction', 0):.0f} | "
+            f"{report['peak_memory_mb']:,.0f} | {errors} |")
+
+
+def main() -> int:
+    args = _arguments()
+    reports = {name: run(name, args) for name in args.runs.split(",")}
+    print("| run | wikitext2 ppl | pruning s | of which reconstruction s | peak MB | block error before -> after "
+          "(last shot) |")
+    print("|---|---|---|---|---|---|")
+    for name, report in reports.items():
+        print(row(name, report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
