@@ -8,7 +8,7 @@ import torch
 from llm_surgeon import PruneConfig, prune
 from llm_surgeon.math.sparsegpt import sparsegpt_prune
 from llm_surgeon.math.wanda import per_row_mask, wanda_scores
-from llm_surgeon.methods import method_names
+from llm_surgeon.methods import UNSTRUCTURED, method_class, method_names
 from llm_surgeon.methods.obd import KroneckerOBD, LayerOBD
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.pruner import sparsity_stats, validate_nm
@@ -110,7 +110,7 @@ def test_diagonal_only_curvature_equals_the_diagonals_of_the_full_factors(calibr
         assert torch.allclose(LayerOBD().element_costs(W, d), LayerOBD().element_costs(W, full[name]), rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", method_names())
+@pytest.mark.parametrize("method", [m for m in method_names() if method_class(m).supports(UNSTRUCTURED)])
 @pytest.mark.parametrize("granularity", ["unstructured", "2:4"])
 def test_each_method_reaches_target_and_pattern(tiny_model, calibration, method, granularity):
     result = prune(tiny_model, calibration, PruneConfig(method=method, granularity=granularity, sparsity=0.5,
@@ -134,3 +134,45 @@ def test_sparsegpt_beats_magnitude_on_calibration_loss(calibration):
         with torch.no_grad():
             losses[method] = float(model(input_ids=calibration, labels=calibration).loss)
     assert losses["sparsegpt"] < losses["magnitude"]
+
+
+def test_ziplm_column_costs_and_update_are_the_layerwise_obs_minimiser():
+    """G = I: removing columns C of W costs the least ½ tr(ΔW A ΔWᵀ) with W_C + ΔW_C = 0 (a dense KKT
+    solve), and the update is that minimiser; rows cost nothing (they feed only the removed columns)."""
+    from llm_surgeon.curvature import KroneckerFactors
+    from llm_surgeon.methods.ziplm import ZipLMPruning
+    from tests.conftest import dense_obs_minimiser, spd
+
+    A = spd(6, seed=5)
+    W = torch.randn(4, 6, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    method, factors = ZipLMPruning(), KroneckerFactors(A=A, G=None, tokens=10)
+    A_damped = A + 0.01 * A.diagonal().mean() * torch.eye(6, dtype=torch.float64)
+    cols = torch.tensor([1, 4])
+    remove = torch.zeros(4, 6, dtype=torch.bool)
+    remove[:, cols] = True
+    expected_W, expected_cost = dense_obs_minimiser(W, remove, torch.eye(4, dtype=torch.float64), A_damped)
+    assert float(method.column_set_cost(W, cols, factors)) == pytest.approx(float(expected_cost), rel=1e-9)
+    torch.testing.assert_close(method.remove_columns(W, cols, factors), expected_W, rtol=1e-9, atol=1e-12)
+    for j in range(6):
+        single = method.column_costs(W, factors)[j]
+        assert float(single) == pytest.approx(float(method.column_set_cost(W, torch.tensor([j]), factors)), rel=1e-9)
+    assert float(method.row_set_cost(W, torch.tensor([0]), factors)) == 0.0
+
+
+def test_ziplm_structured_run_compensates_the_output_projections_only(calibration):
+    model = tiny_llama(seed=5)
+    dense = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = prune(model, calibration, PruneConfig(method="ziplm", granularity="structured", sparsity=0.3, shots=2),
+                   progress=False)
+    assert result.structure["removed_fraction"] >= 0.3
+    linears = get_adapter(model).prunable_linears(model)
+    for name, lin in linears.items():
+        removed = result.masks[name]
+        kept = lin.weight.detach()[~removed]
+        if name.endswith(("o_proj", "down_proj")):
+            if removed.any():  # the correlated update moved the kept columns
+                assert not torch.equal(kept, dense[f"{name}.weight"][~removed])
+        else:  # q/k/v and gate/up lose rows, nothing else
+            assert torch.equal(kept, dense[f"{name}.weight"][~removed])
+    with pytest.raises(Exception, match="supports the"):
+        prune(tiny_llama(), calibration, PruneConfig(method="ziplm", sparsity=0.5), progress=False)

@@ -42,6 +42,11 @@ class KroneckerFactors:
     """``A`` and ``G`` hold only their upper triangles (:mod:`llm_surgeon.math.symmetric`): how a
     collector keeps them; :meth:`unpacked` gives the matrices."""
 
+    def to(self, dtype: torch.dtype) -> KroneckerFactors:
+        """The factors in ``dtype`` (as matrices)."""
+        f = self.unpacked()
+        return KroneckerFactors(A=f.A.to(dtype), G=None if f.G is None else f.G.to(dtype), tokens=f.tokens)
+
     def unpacked(self) -> KroneckerFactors:
         """The factors as matrices (themselves when they are not packed)."""
         if not self.packed:

@@ -10,10 +10,11 @@ from llm_surgeon.methods.magnitude import MagnitudePruning
 from llm_surgeon.methods.obd import KroneckerOBD, LayerOBD
 from llm_surgeon.methods.registry import get_method, method_class, method_names, methods_help, register_method
 from llm_surgeon.methods.surgeon import SurgeonPruning
+from llm_surgeon.methods.ziplm import ZipLMPruning
 
-for _method in (SurgeonPruning, SparseGPT, Wanda, KroneckerOBD, LayerOBD, MagnitudePruning):
+for _method in (SurgeonPruning, SparseGPT, Wanda, KroneckerOBD, LayerOBD, MagnitudePruning, ZipLMPruning):
     register_method(_method)
 
 __all__ = ["MethodBase", "PruningMethod", "LayerwiseMethod", "get_method", "method_class", "method_names",
            "methods_help", "register_method", "MagnitudePruning", "SurgeonPruning", "LayerOBD", "KroneckerOBD",
-           "SparseGPT", "Wanda", "UNSTRUCTURED", "NM", "STRUCTURED"]
+           "SparseGPT", "Wanda", "ZipLMPruning", "UNSTRUCTURED", "NM", "STRUCTURED"]

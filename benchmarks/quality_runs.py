@@ -1,12 +1,13 @@
-"""What ``--reconstruct`` adds: the same prune with and without it, side by side, under the core protocol.
+"""Prune runs side by side under the core protocol: what ``--reconstruct`` adds, and the structured peers.
 
 Each row is one ``llm-surgeon prune ... --eval`` run in its own process (its own folder under ``--work``;
 a finished folder is read back, not rerun), so time and peak memory come from its ``report.json``; the
 table gives perplexity, pruning seconds (reconstruction's share apart), peak memory and the mean relative
 block-output error before and after the last shot's reconstruction.
 
-    python benchmarks/reconstruction_gain.py --data-dir ../shared/data --work runs/reconstruct \\
+    python benchmarks/quality_runs.py --data-dir ../shared/data --work runs/reconstruct \\
         --runs sparsegpt-50,sparsegpt-50-rec,surgeon-50-rec
+    python benchmarks/quality_runs.py --data-dir ../shared/data --work runs/reconstruct --runs ziplm-struct-80
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ RUNS: dict[str, list[str]] = {
     "sparsegpt-2:4": ["--method", "sparsegpt", "--granularity", "2:4"],
     "sparsegpt-2:4-rec": ["--method", "sparsegpt", "--granularity", "2:4", "--reconstruct"],
     "surgeon-2:4-rec": ["--method", "surgeon", "--granularity", "2:4", "--shots", "5", "--reconstruct"],
+    # structured, 80% of the prunable parameters kept
+    "ziplm-struct-80": ["--method", "ziplm", "--granularity", "structured", "--sparsity", "0.2", "--shots", "5"],
+    "surgeon-struct-80": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2", "--shots", "5"],
+    "surgeon-struct-80-rec": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2", "--shots",
+                              "5", "--reconstruct"],
 }
 
 
