@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.resources import raw_factor_bytes
@@ -112,3 +113,31 @@ def test_plan_over_ranks_shares_the_time_and_says_what_moves(tmp_path):
     assert four["ranks"] == 4 and four["peak_bytes"] == one["peak_bytes"]
     assert four["seconds_per_shot"] == pytest.approx(one["seconds_per_shot"] / 4)
     assert four["communication_bytes"]["factor_reduce"] > 0 == one["communication_bytes"]["factor_reduce"]
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_opt], ids=["llama", "opt"])
+def test_planned_reconstruction_bytes_equal_what_the_refit_holds(make, calibration, monkeypatch):
+    """The dense copy, the block states and the largest stage's sums of the plan are what ``reconstruct``
+    allocates (its sums recorded stage by stage here)."""
+    from llm_surgeon import reconstruction
+    from llm_surgeon.resources import reconstruction_bytes
+
+    model = make()
+    adapter = get_adapter(model)
+    linears = adapter.prunable_linears(model)
+    seen = []
+    collect = reconstruction._collect
+
+    def recording(*args, **kwargs):
+        out = collect(*args, **kwargs)
+        seen.append(sum(t.nbytes for s in out[0].values() for t in (s.H, s.D, s.s) if t is not None))
+        return out
+
+    monkeypatch.setattr(reconstruction, "_collect", recording)
+    dense = reconstruction.snapshot_dense(linears)
+    planned = reconstruction_bytes(model, adapter, linears, len(calibration), calibration.shape[1], 4)
+    masks = {name: torch.zeros_like(lin.weight, dtype=torch.bool) for name, lin in linears.items()}
+    reconstruction.reconstruct(model, adapter, masks, dense, calibration, batch_size=4, progress=False)
+    assert planned["stage_sums"] == max(seen)
+    assert planned["dense_copy"] == sum(w.nbytes + (0 if b is None else b.nbytes) for w, b in dense.values())
+    assert planned["block_states"] == 4 * calibration.numel() * model.config.hidden_size * 4

@@ -21,7 +21,13 @@ from llm_surgeon.errors import ConfigError, ModelLoadError
 from llm_surgeon.factor_groups import block_ranges
 from llm_surgeon.methods import get_method
 from llm_surgeon.models.adapters import ArchitectureAdapter, checked_meta_model, get_adapter
-from llm_surgeon.resources import ShotMemory, fewest_block_groups, raw_factor_bytes, shot_memory
+from llm_surgeon.resources import (
+    ShotMemory,
+    fewest_block_groups,
+    raw_factor_bytes,
+    reconstruction_bytes,
+    shot_memory,
+)
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 RUNTIME_BYTES = 300 * 2**20
@@ -58,6 +64,9 @@ class ShotPlan:
     """``torchrun`` processes sharing the calibration windows (each holds the model on its ``devices``)."""
     communication_bytes: dict[str, int] | None = None
     """Bytes each rank sends or receives in one shot, by kind (see :func:`communication_bytes`)."""
+    reconstruction_bytes: dict[str, int] | None = None
+    """``--reconstruct``: the dense copy (held all run) and the re-fit's own needs, by part
+    (:func:`~llm_surgeon.resources.reconstruction_bytes`)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -196,9 +205,11 @@ def plan_shot(model_or_config: str, config: PruneConfig, dtype: str = "float32",
     seconds = flops["pass"] / (pass_rate * 1e12) + (sum(flops.values()) - flops["pass"]) / (rate * 1e12)
     communication = communication_bytes(model, linears, widths, config, dtype, devices, ranks,
                                          _pass_share(blocks, min(blocks, groups)))
+    refit = reconstruction_bytes(model, adapter, linears, config.calib_samples, config.calib_seqlen,
+                                 DTYPE_BYTES[dtype]) if config.reconstruct else None
     return ShotPlan(model_config.model_type, parameters, devices, weights, memory.factors, memory.activations,
                     memory.logits, weights + memory.total, flops, rate, pass_rate, seconds / ranks,
-                    device_bytes, None if device_bytes is None else fits, groups, batch, ranks, communication)
+                    device_bytes, None if device_bytes is None else fits, groups, batch, ranks, communication, refit)
 
 
 def describe(plan: ShotPlan) -> str:
@@ -223,4 +234,13 @@ def describe(plan: ShotPlan) -> str:
         f"  time per shot {plan.seconds_per_shot:.0f} s at {plan.tflops:.2f} TFLOP/s (passes at "
         f"{plan.pass_tflops:.2f}; {parts} TFLOP)",
         *([f"  moved / rank  {moved} GiB per shot"] if moved else []),
+        *([_describe_reconstruction(plan.reconstruction_bytes)] if plan.reconstruction_bytes else []),
     ])
+
+
+def _describe_reconstruction(parts: dict[str, int]) -> str:
+    gib = 2**30
+    refit = parts["block_states"] + parts["stage_sums"] + parts["dense_block"]
+    return (f"  reconstruct   dense copy {parts['dense_copy'] / gib:.2f} GiB on the host for the whole run; the re-fit "
+            f"after each shot {refit / gib:.2f} GiB (block states {parts['block_states'] / gib:.2f}, stage sums "
+            f"{parts['stage_sums'] / gib:.2f}, dense block {parts['dense_block'] / gib:.2f})")

@@ -140,6 +140,41 @@ def shot_memory(model: nn.Module, linears: dict[str, nn.Linear], blocks: int, ba
     return ShotMemory(factors=factors, activations=activations, logits=logits)
 
 
+def reconstruction_bytes(model: nn.Module, adapter, linears: dict[str, nn.Linear], windows: int, seqlen: int,
+                         dtype_bytes: int) -> dict[str, int]:
+    """What ``--reconstruct`` holds, by part: the dense copy of the prunable weights (host, for the whole run),
+    and during the re-fit the block states (pruned and dense block inputs and outputs of every calibration
+    window: four hidden-state tensors), the float32 sums ``Σ x xᵀ`` and ``Σ x̄ xᵀ`` of the largest stage of
+    layers fed one input, and one block's dense twin."""
+    blocks = adapter.blocks(model)
+    return {"dense_copy": sum(lin.weight.numel() + (lin.bias.numel() if lin.bias is not None else 0)
+                              for lin in linears.values()) * dtype_bytes,
+            "block_states": 4 * windows * seqlen * model.config.hidden_size * dtype_bytes,
+            "stage_sums": max(_stage_sum_bytes(adapter, block) for block in blocks),
+            "dense_block": max(sum(p.numel() for p in block.parameters()) for block in blocks) * dtype_bytes}
+
+
+def _stage_sum_bytes(adapter, block: nn.Module) -> int:
+    """The largest stage of a block's re-fit: layers fed one input (q/k/v, gate/up) or all experts' gate_up
+    (or down) at once, each with ``Σ x xᵀ``, ``Σ x̄ xᵀ`` (not for experts) and ``Σ x`` in float32."""
+    linear = {rel: block.get_submodule(rel) for rel in adapter.block_linear_names(block)}
+    experts = [rel for rel in linear if adapter.experts_path and rel.startswith(adapter.experts_path + ".")]
+
+    def size(rels: list[str], cross: bool = True) -> int:
+        width = linear[rels[0]].in_features
+        return len(rels) * ((2 if cross else 1) * width * width + width) * 4
+
+    grouped = {rel for group in adapter.input_groups for rel in group}
+    stages = [[rel for rel in group if rel in linear] for group in adapter.input_groups]
+    stages += [[rel] for rel in linear if rel not in grouped and rel not in experts]
+    sizes = [size(stage) for stage in stages if stage]
+    for part in ("gate_up", "down"):
+        rels = [rel for rel in experts if f".{part}." in rel]
+        if rels:
+            sizes.append(size(rels, cross=False))
+    return max(sizes)
+
+
 def fewest_block_groups(needs: Callable[[int], ShotMemory], room: int | None, max_groups: int
                         ) -> tuple[int, ShotMemory] | None:
     """The fewest block groups (1..``max_groups``) whose shot fits ``room`` bytes, with its estimate; None if
