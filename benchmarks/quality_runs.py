@@ -22,6 +22,8 @@ from pathlib import Path
 RUNS: dict[str, list[str]] = {
     "sparsegpt-50": ["--method", "sparsegpt", "--sparsity", "0.5"],
     "sparsegpt-50-rec": ["--method", "sparsegpt", "--sparsity", "0.5", "--reconstruct"],
+    "surgeon-50-1shot": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "1"],
+    "surgeon-50-1shot-rec": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "1", "--reconstruct"],
     "surgeon-50": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "5"],
     "surgeon-50-rec": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "5", "--reconstruct"],
     "sparsegpt-2:4": ["--method", "sparsegpt", "--granularity", "2:4"],
