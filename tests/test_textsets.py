@@ -31,7 +31,7 @@ def write_c4(folder: Path, splits=("train", "validation"), compressed: bool = Tr
     c4.mkdir(parents=True, exist_ok=True)
     for split in splits:
         lines = "".join(json.dumps({"text": f"{split} {doc}", "timestamp": "x"}) + "\n" for doc in DOCS)
-        name = textsets._c4_files(split)[0 if compressed else 1]
+        name = textsets._split_files("c4", split)[0 if compressed else 1]
         if compressed:
             (folder / name).write_bytes(gzip.compress(lines.encode()))
         else:

@@ -103,13 +103,20 @@ def test_unknown_tasks_and_folders_are_refused(tasks_dir, tmp_path):
     assert parse_tasks("") == [] and parse_tasks("a, b") == ["a", "b"]
 
 
-def test_prune_and_eval_put_the_accuracy_in_the_report(tasks_dir, tmp_path):
-    from tests.conftest import run_cli, write_fake_wikitext
+def write_harness_model(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny Llama folder with the harness's tokenizer, and a fake WikiText-2 data folder."""
+    from tests.conftest import write_fake_wikitext
 
     model = tmp_path / "model"
     tiny_llama().save_pretrained(model)
     harness_tokenizer().save_pretrained(model)
-    data = write_fake_wikitext(tmp_path / "data")
+    return model, write_fake_wikitext(tmp_path / "data")
+
+
+def test_prune_and_eval_put_the_accuracy_in_the_report(tasks_dir, tmp_path):
+    from tests.conftest import run_cli
+
+    model, data = write_harness_model(tmp_path)
     out = tmp_path / "out"
     run_cli("prune", str(model), "--out", str(out), "--method", "magnitude", "--sparsity", "0.5",
             "--data-dir", str(data), "--eval-tasks", "tiny_choice", "--tasks-dir", str(tasks_dir), "--no-progress")
@@ -135,12 +142,7 @@ def test_bench_tables_the_zero_shot_accuracy(tasks_dir, tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import write_fake_wikitext
-
-    model = tmp_path / "model"
-    tiny_llama().save_pretrained(model)
-    harness_tokenizer().save_pretrained(model)
-    data = write_fake_wikitext(tmp_path / "data")
+    model, data = write_harness_model(tmp_path)
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "llm_surgeon.cli", "bench", str(model), "--out", str(out), "--methods", "magnitude",
            "--sparsities", "0.5", "--eval-seqlen", "32", "--eval-max-windows", "1", "--eval-tasks", "tiny_choice",

@@ -101,8 +101,8 @@ def evaluation_text(text_set: TextSet, data_dir: Path | None) -> str:
     if text_set.name == "wikitext2":
         return "\n\n".join(wikitext2_rows("test", data_dir))
     if text_set.name == "ptb":
-        return " ".join(_ptb_sentences(_named_file(data_dir, "ptb", ["ptb/ptb.test.txt"])))
-    documents = _records(_named_file(data_dir, "c4", _c4_files("validation")), "text")
+        return " ".join(_ptb_sentences(_named_file(data_dir, "ptb", _split_files("ptb", "test"))))
+    documents = _records(_named_file(data_dir, "c4", _split_files("c4", "validation")), "text")
     return "\n\n".join(doc for _, doc in zip(range(C4_EVAL_DOCUMENTS), documents, strict=False))
 
 
@@ -110,8 +110,7 @@ def evaluation_files(text_set: TextSet, data_dir: Path | None) -> list[Path]:
     """The files the set's evaluation text is read from (those that exist), e.g. to fingerprint it."""
     if text_set.path is not None:
         return [text_set.path]
-    relative = {"wikitext2": ["wikitext-2-raw/wiki.test.raw"], "ptb": ["ptb/ptb.test.txt"]}.get(
-        text_set.name, _c4_files("validation"))
+    relative = _split_files(text_set.name, EVALUATION_SPLIT[text_set.name])
     return [data_dir / r for r in relative if data_dir is not None and (data_dir / r).is_file()]
 
 
@@ -119,8 +118,7 @@ def check_evaluation_files(text_set: TextSet, data_dir: Path | None) -> None:
     """Refuse, before any model is loaded, a named set whose evaluation file is not in the data folder."""
     if text_set.path is None and not (data_dir is None and text_set.name == "wikitext2") \
             and not evaluation_files(text_set, data_dir):
-        wanted = {"wikitext2": "wikitext-2-raw/wiki.test.raw", "ptb": "ptb/ptb.test.txt"}.get(
-            text_set.name, " or ".join(_c4_files("validation")))
+        wanted = " or ".join(_split_files(text_set.name, EVALUATION_SPLIT[text_set.name]))
         raise DataError(f"{text_set.name} evaluation text not found: expected {wanted} in {_where(data_dir)}")
 
 
@@ -133,11 +131,7 @@ def check_calibration_files(text_set: TextSet, data_dir: Path | None) -> None:
 
 
 def _calibration_split(name: str, data_dir: Path | None) -> str:
-    if name == "wikitext2":
-        return _first_split(data_dir, name, {s: [f"wikitext-2-raw/wiki.{s}.raw"] for s in ("train", "valid")})
-    if name == "ptb":
-        return _first_split(data_dir, name, {s: [f"ptb/ptb.{s}.txt"] for s in ("train", "valid")})
-    return _first_split(data_dir, name, {s: _c4_files(s) for s in ("train", "validation")})
+    return _first_split(data_dir, name, {split: _split_files(name, split) for split in CALIBRATION_SPLITS[name]})
 
 
 def calibration_text(text_set: TextSet, data_dir: Path | None, needed_tokens: int, seed: int) -> tuple[str, str]:
@@ -148,12 +142,23 @@ def calibration_text(text_set: TextSet, data_dir: Path | None, needed_tokens: in
     if text_set.name == "wikitext2":
         return " ".join(wikitext2_rows(split, data_dir)), split
     if text_set.name == "ptb":
-        return " ".join(_ptb_sentences(_named_file(data_dir, "ptb", [f"ptb/ptb.{split}.txt"]))), split
-    path = _named_file(data_dir, "c4", _c4_files(split))
+        return " ".join(_ptb_sentences(_named_file(data_dir, "ptb", _split_files("ptb", split)))), split
+    path = _named_file(data_dir, "c4", _split_files("c4", split))
     return "\n\n".join(_sampled_documents(path, needed_tokens * CHARS_PER_TOKEN * 2, seed)), split
 
 
-def _c4_files(split: str) -> list[str]:
+EVALUATION_SPLIT = {"wikitext2": "test", "ptb": "test", "c4": "validation"}
+CALIBRATION_SPLITS = {"wikitext2": ("train", "valid"), "ptb": ("train", "valid"), "c4": ("train", "validation")}
+"""A named set's splits: calibration tries them in order (the training split when the folder has it)."""
+
+
+def _split_files(name: str, split: str) -> list[str]:
+    """The candidate files of one split of a named set, relative to the data folder: the one table of where
+    each set lives, read by evaluation, calibration and their checks."""
+    if name == "wikitext2":
+        return [f"wikitext-2-raw/wiki.{split}.raw"]
+    if name == "ptb":
+        return [f"ptb/ptb.{split}.txt"]
     shard = "00000-of-01024" if split == "train" else "00000-of-00008"
     return [f"c4/c4-{split}.{shard}.json.gz", f"c4/c4-{split}.{shard}.json"]
 
@@ -188,7 +193,7 @@ def wikitext2_rows(split: str, data_dir: Path | None) -> list[str]:
     """The rows of one WikiText-2 raw split, as the Hugging Face dataset gives them."""
     if data_dir is None:
         return _rows_from_hub(split)
-    path = data_dir / "wikitext-2-raw" / f"wiki.{split}.raw"
+    path = data_dir / _split_files("wikitext2", split)[0]
     if not path.is_file():
         raise DataError(f"WikiText-2 {split} split not found: {path}")
     with open(path, encoding="utf-8") as handle:  # whitespace-only lines are "", others keep their newline
