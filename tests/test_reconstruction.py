@@ -107,3 +107,22 @@ def test_the_stages_of_a_block_follow_its_data_flow(calibration):
     assert fit_stages(block, adapter.block_linear_names(block), probe) == [
         ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
         ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+
+
+def test_the_cli_reconstructs_and_reports_it_beside_its_memory_estimate(tmp_path):
+    import json
+
+    from tests.conftest import run_cli, write_fake_wikitext, write_tiny_checkpoint
+
+    model = write_tiny_checkpoint(tmp_path / "model")
+    data = write_fake_wikitext(tmp_path / "data")
+    out = tmp_path / "out"
+    proc = run_cli("prune", str(model), "--out", str(out), "--method", "sparsegpt", "--sparsity", "0.5",
+                   "--calib-samples", "4", "--calib-seqlen", "32", "--data-dir", str(data), "--reconstruct",
+                   "--reconstruct-iterations", "5", "--no-progress")
+    report = json.loads((out / "report.json").read_text())
+    shot = report["shot_records"][0]
+    assert shot["seconds_reconstruction"] > 0 and 0 < shot["reconstruction_iterations_mean"] <= 5
+    assert report["config"]["reconstruct"] and report["seconds"]["reconstruction"] > 0
+    assert report["memory_estimate"]["reconstruction_mb"] > 0
+    assert "reconstruction" in proc.stdout + proc.stderr

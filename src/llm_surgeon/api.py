@@ -39,6 +39,7 @@ from llm_surgeon.resources import (
     fewest_block_groups,
     in_use_bytes,
     parse_bytes,
+    reconstruction_bytes,
     shot_memory,
 )
 from llm_surgeon.sparse_files import SAVE_FORMATS
@@ -270,12 +271,16 @@ class PreparedRun:
 
 
 def _estimate_dict(estimate: ShotMemory | None, loaded_mb: float, layout: MemoryLayout, max_memory: int | None,
-                   attention: str | None) -> dict | None:
+                   attention: str | None, refit: dict[str, int] | None = None) -> dict | None:
+    """The shot's predicted needs over the loaded model (which holds the dense copy of a reconstructing run);
+    the re-fit after a shot comes when the shot's factors are gone, so the peak is the larger of the two."""
     if estimate is None:
         return None
     mb = 2**20
+    refit_mb = sum(v for k, v in (refit or {}).items() if k != "dense_copy") / mb
     return {"loaded_mb": loaded_mb, "factors_mb": estimate.factors / mb, "activations_mb": estimate.activations / mb,
-            "logits_mb": estimate.logits / mb, "predicted_peak_mb": loaded_mb + estimate.total / mb,
+            "logits_mb": estimate.logits / mb, "reconstruction_mb": refit_mb,
+            "predicted_peak_mb": loaded_mb + max(estimate.total / mb, refit_mb),
             "max_memory_mb": None if max_memory is None else max_memory / mb, "attention": attention,
             **layout.to_dict()}
 
@@ -321,13 +326,17 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
         out.mkdir(parents=True, exist_ok=True)
     ranks.barrier()
     loaded_mb = peak_memory_mb(options.device)
+    refit = None
+    if config.reconstruct and calibration is not None:
+        refit = reconstruction_bytes(model, adapter, linears, len(calibration), calibration.shape[1],
+                                     next(model.parameters()).element_size())
     layout = MemoryLayout(layout.factor_device, layout.block_groups, scratch_dir=str(out))
     return PreparedRun(model_name, config, options, out, data_dir, model, tokenizer, adapter, linears, calibration,
                        spec, resumed, resumed_from_shot, started, layout=layout, ranks=ranks,
                        every_layer_on_every_rank=selector.needs_every_layer, dense=dense,
                        block_devices=block_devices(model, adapter),
                        memory_estimate=_estimate_dict(estimate, loaded_mb, layout, options.budget_bytes(),
-                                                      getattr(model.config, "_attn_implementation", None)))
+                                                      getattr(model.config, "_attn_implementation", None), refit))
 
 
 def execute_run(run: PreparedRun) -> PruneResult:
