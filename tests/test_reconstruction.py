@@ -126,3 +126,15 @@ def test_the_cli_reconstructs_and_reports_it_beside_its_memory_estimate(tmp_path
     assert report["config"]["reconstruct"] and report["seconds"]["reconstruction"] > 0
     assert report["memory_estimate"]["reconstruction_mb"] > 0
     assert "reconstruction" in proc.stdout + proc.stderr
+
+
+def test_experts_are_refitted_on_their_own_tokens_with_their_zeros_kept(calibration):
+    from tests.test_experts import tiny_mixtral
+
+    model = tiny_mixtral(seed=6)
+    result = prune(model, calibration, PruneConfig(sparsity=0.5, shots=1, reconstruct=True), progress=False)
+    linears = get_adapter(model).prunable_linears(model)
+    experts = [name for name in linears if ".experts." in name]
+    assert experts and all(bool((linears[n].weight[result.masks[n]] == 0).all()) for n in experts)
+    shot = result.shots[0]
+    assert 0 < shot.reconstruction_error_after < shot.reconstruction_error_before
