@@ -30,7 +30,9 @@ RUNS: dict[str, list[str]] = {
     "sparsegpt-2:4-rec": ["--method", "sparsegpt", "--granularity", "2:4", "--reconstruct"],
     "surgeon-2:4-rec": ["--method", "surgeon", "--granularity", "2:4", "--shots", "5", "--reconstruct"],
     # structured, 80% of the prunable parameters kept
+    "ziplm-struct-90": ["--method", "ziplm", "--granularity", "structured", "--sparsity", "0.1", "--shots", "5"],
     "ziplm-struct-80": ["--method", "ziplm", "--granularity", "structured", "--sparsity", "0.2", "--shots", "5"],
+    "ziplm-struct-70": ["--method", "ziplm", "--granularity", "structured", "--sparsity", "0.3", "--shots", "5"],
     "surgeon-struct-80": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2", "--shots", "5"],
     "surgeon-struct-80-rec": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2", "--shots",
                               "5", "--reconstruct"],
