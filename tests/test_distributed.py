@@ -53,6 +53,10 @@ def _windows() -> torch.Tensor:
     return torch.randint(0, 128, (8, 16), generator=torch.Generator().manual_seed(1))
 
 
+_REQUEST = CurvatureRequest(input_means=True)
+"""Factors with the layers' mean inputs (FLAP's), so their reduction is compared too."""
+
+
 def _rank_main(rank: int, world: int, rendezvous: str, family: str, out: str, scratch: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
@@ -60,12 +64,12 @@ def _rank_main(rank: int, world: int, rendezvous: str, family: str, out: str, sc
         model = _make(family)
         adapter = get_adapter(model)
         collector = DataParallelCollector(batch_size=3, progress=False)
-        factors = collector.collect(model, adapter, adapter.prunable_linears(model), _windows(), CurvatureRequest(), 0)
+        factors = collector.collect(model, adapter, adapter.prunable_linears(model), _windows(), _REQUEST, 0)
         owner_collector = OwnerCollector(batch_size=3, progress=False)
-        owned = owner_collector.collect(model, adapter, adapter.prunable_linears(model), _windows(),
-                                        CurvatureRequest(), 0)
-        saved = {"factors": {n: (f.A, f.G, f.tokens) for n, f in factors.items()}, "masks": {}, "weights": {},
-                 "owned": {n: (f.A, f.G) for n, f in owned.items()}, "owners": owner_collector.owners}
+        owned = owner_collector.collect(model, adapter, adapter.prunable_linears(model), _windows(), _REQUEST, 0)
+        saved = {"factors": {n: (f.A, f.G, f.tokens, f.mean) for n, f in factors.items()}, "masks": {},
+                 "weights": {}, "owned": {n: (f.A, f.G, f.mean) for n, f in owned.items()},
+                 "owners": owner_collector.owners}
         for granularity in GRANULARITIES:
             model = _make(family)
             config = PruneConfig(granularity=granularity, sparsity=0.3 if granularity == "structured" else 0.5,
@@ -90,12 +94,13 @@ def test_two_gloo_ranks_give_the_factors_masks_and_weights_of_one_process(family
     model = _make(family)
     adapter = get_adapter(model)
     alone = LocalCollector(batch_size=3, progress=False).collect(
-        model, adapter, adapter.prunable_linears(model), _windows(), CurvatureRequest(), 0)
+        model, adapter, adapter.prunable_linears(model), _windows(), _REQUEST, 0)
     for name, f in alone.items():
-        A, G, tokens = ranks[0]["factors"][name]
+        A, G, tokens, mean = ranks[0]["factors"][name]
         assert tokens == f.tokens
         torch.testing.assert_close(A, f.A, rtol=1e-5, atol=1e-7, msg=name)
         torch.testing.assert_close(G, f.G, rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(mean, f.mean, rtol=1e-5, atol=1e-7, msg=name)
     owners = [set(rank["owned"]) for rank in ranks]
     assert owners[0] | owners[1] == set(alone) and not owners[0] & owners[1] and all(owners)
     assert ranks[0]["owners"] == ranks[1]["owners"]
@@ -105,9 +110,10 @@ def test_two_gloo_ranks_give_the_factors_masks_and_weights_of_one_process(family
             if name.endswith(sibling):
                 assert ranks[0]["owners"][name.replace(sibling, first)] == owner, name
     for rank in ranks:  # an owner's reduced sums are the all-reduced ones
-        for name, (A, G) in rank["owned"].items():
+        for name, (A, G, mean) in rank["owned"].items():
             torch.testing.assert_close(A, ranks[0]["factors"][name][0], rtol=1e-6, atol=1e-8, msg=name)
             torch.testing.assert_close(G, ranks[0]["factors"][name][1], rtol=1e-6, atol=1e-8, msg=name)
+            torch.testing.assert_close(mean, ranks[0]["factors"][name][3], rtol=1e-6, atol=1e-8, msg=name)
     for granularity in GRANULARITIES:
         model = _make(family)
         config = PruneConfig(granularity=granularity, sparsity=0.3 if granularity == "structured" else 0.5,

@@ -317,7 +317,7 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
         checkpoint = list_checkpoints(out)[-1]
         resumed = load_checkpoint(checkpoint, config, linears)
         resumed_from_shot = len(resumed.shots)
-        print(f"llm-surgeon: resuming from {checkpoint.path} (shot {checkpoint.shot} of {config.shots})",
+        print(f"llm-surgeon: resuming from {checkpoint.path} (shot {checkpoint.shot} of {config.effective_shots})",
               file=sys.stderr)
     if state == "replace" and ranks.writes:
         (out / REPORT_NAME).unlink(missing_ok=True)

@@ -41,27 +41,33 @@ class KroneckerFactors:
     packed: bool = False
     """``A`` and ``G`` hold only their upper triangles (:mod:`llm_surgeon.math.symmetric`): how a
     collector keeps them; :meth:`unpacked` gives the matrices."""
+    mean: torch.Tensor | None = None
+    """``E[a]``, the mean input, when the method asked for it (FLAP's fluctuation and bias compensation)."""
 
     def to(self, dtype: torch.dtype) -> KroneckerFactors:
         """The factors in ``dtype`` (as matrices)."""
         f = self.unpacked()
-        return KroneckerFactors(A=f.A.to(dtype), G=None if f.G is None else f.G.to(dtype), tokens=f.tokens)
+        return KroneckerFactors(A=f.A.to(dtype), G=None if f.G is None else f.G.to(dtype), tokens=f.tokens,
+                                mean=None if f.mean is None else f.mean.to(dtype))
 
     def unpacked(self) -> KroneckerFactors:
         """The factors as matrices (themselves when they are not packed)."""
         if not self.packed:
             return self
         return KroneckerFactors(A=unpack_upper(self.A), G=None if self.G is None else unpack_upper(self.G),
-                                tokens=self.tokens)
+                                tokens=self.tokens, mean=self.mean)
 
 
 class FactorAccumulator:
     """Forward and output-gradient hooks that sum ``aᵀa`` and ``gᵀg`` (or their diagonals) in float32."""
 
     def __init__(self, linears: dict[str, nn.Linear], diagonal_only: bool = False,
-                 factor_device: torch.device | str | None = None):
+                 factor_device: torch.device | str | None = None, input_means: bool = False):
         self.linears = linears
         self.diagonal_only = diagonal_only
+        self.input_means = input_means
+        self.M: dict[str, torch.Tensor] = {}
+        """Per layer, the sum of its input rows (only when ``input_means``): d numbers, one per layer."""
         self.factor_device = None if factor_device is None else torch.device(factor_device)
         """Where the sums live (None: where the layer computes): host memory when the device has no room."""
         self.A: dict[str, torch.Tensor] = {}
@@ -108,6 +114,9 @@ class FactorAccumulator:
             elif self._added.get(id(self.A[name])) != key:
                 self.A[name] += self._stored(stat)
             self._added[id(self.A[name])] = key
+            if self.input_means:
+                row_sum = self._stored(x.detach().reshape(-1, x.shape[-1]).float().sum(0))
+                self.M[name] = self.M[name] + row_sum if name in self.M else row_sum
             if output.requires_grad:
                 output.register_hook(self._grad_hook(name))
 
@@ -197,6 +206,8 @@ class CurvatureRequest:
     diagonal_only: bool = False
     from_block: int = 0
     """The first block whose layers are collected: the backward pass stops at its input."""
+    input_means: bool = False
+    """Also the mean input of every layer (``KroneckerFactors.mean``)."""
 
 
 def input_device(model: nn.Module) -> torch.device:
@@ -248,7 +259,7 @@ class LocalCollector(CurvatureCollector):
         self._rows: dict[str, int] = {}
 
     def collect(self, model, adapter, linears, windows, request, seed, label=""):
-        accumulator = FactorAccumulator(linears, request.diagonal_only, self.factor_device)
+        accumulator = FactorAccumulator(linears, request.diagonal_only, self.factor_device, request.input_means)
         self.accumulate(model, adapter, accumulator, self.windows_of(windows), request, self.seed_of(seed), label)
         self.reduce(accumulator)
         self._rows.update({name: accumulator.rows.get(name, 0) for name in linears})
@@ -322,7 +333,8 @@ def _normalised(accumulator: FactorAccumulator, linears: dict[str, nn.Linear], w
             A.div_(accumulator.rows[name])
             divided.add(id(A))
         G = accumulator.G[name].div_(accumulator.tokens) if with_gradients else None
-        factors[name] = KroneckerFactors(A=A, G=G, tokens=accumulator.rows[name], packed=packed)
+        mean = accumulator.M[name].div_(accumulator.rows[name]) if name in accumulator.M else None
+        factors[name] = KroneckerFactors(A=A, G=G, tokens=accumulator.rows[name], packed=packed, mean=mean)
     _raise_on_non_finite(factors)
     return factors
 

@@ -101,7 +101,7 @@ class DataParallelCollector(LocalCollector):
         """Sum every distinct sum tensor (a shared ``A`` once) and the token count over the ranks, in place."""
         with self.clock.collective("the curvature sums were being reduced"):
             _agree_on_layers(accumulator)
-            for tensor in _distinct(list(accumulator.A.values()) + list(accumulator.G.values())):
+            for tensor in _distinct([*accumulator.A.values(), *accumulator.G.values(), *accumulator.M.values()]):
                 dist.all_reduce(tensor)
             _sum_tokens(accumulator)
 
@@ -118,6 +118,9 @@ def _agree_on_layers(accumulator: FactorAccumulator) -> None:
             accumulator.A[name] = _zero_sum(accumulator, name, accumulator.linears[name].in_features)
             if accumulator.G:  # gradients were collected
                 accumulator.G[name] = _zero_sum(accumulator, name, accumulator.linears[name].out_features)
+            if accumulator.input_means:
+                width = accumulator.linears[name].in_features
+                accumulator.M[name] = torch.zeros(width, device=accumulator.A[name].device)
     accumulator.rows = {name: int(count) for name, count in zip(names, rows.tolist(), strict=True) if count}
 
 
@@ -178,7 +181,8 @@ class OwnerCollector(DataParallelCollector):
         with self.clock.collective("the curvature sums were being reduced to their owners"):
             for unit in units:
                 owner = unit_owner[unit[0]]
-                for tensor in [accumulator.A[unit[0]]] + [accumulator.G[n] for n in unit if n in accumulator.G]:
+                for tensor in ([accumulator.A[unit[0]]] + [accumulator.G[n] for n in unit if n in accumulator.G]
+                               + [accumulator.M[n] for n in unit if n in accumulator.M]):
                     dist.reduce(tensor, owner)
             _sum_tokens(accumulator)
         for unit in units:
@@ -187,6 +191,7 @@ class OwnerCollector(DataParallelCollector):
                 for name in unit:
                     accumulator.A.pop(name)
                     accumulator.G.pop(name, None)
+                    accumulator.M.pop(name, None)
 
     def kept(self, linears: dict[str, nn.Linear]) -> dict[str, nn.Linear]:
         return {name: lin for name, lin in linears.items() if self.owners.get(name) == self.rank}

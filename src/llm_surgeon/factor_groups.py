@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -54,7 +55,7 @@ class SpilledFactors(Mapping[str, KroneckerFactors]):
         """Write one group's factors (atomically: a stopped run never leaves half a group readable)."""
         path = self.folder / f"group-{group:04d}.pt"
         leaders: dict[int, str] = {}
-        payload: dict = {"A": {}, "A_of": {}, "G": {}, "tokens": {}, "packed": {}}
+        payload: dict = {"A": {}, "A_of": {}, "G": {}, "tokens": {}, "packed": {}, "mean": {}}
         for name, f in factors.items():
             leader = leaders.setdefault(id(f.A), name)
             if leader == name:
@@ -64,6 +65,8 @@ class SpilledFactors(Mapping[str, KroneckerFactors]):
             payload["packed"][name] = f.packed
             if f.G is not None:
                 payload["G"][name] = f.G
+            if f.mean is not None:
+                payload["mean"][name] = f.mean
         tmp = path.with_suffix(".tmp")
         torch.save(payload, tmp)
         os.replace(tmp, path)
@@ -72,7 +75,8 @@ class SpilledFactors(Mapping[str, KroneckerFactors]):
     def _read(self, path: Path) -> dict[str, KroneckerFactors]:
         payload = torch.load(path, weights_only=True)
         return {name: KroneckerFactors(A=payload["A"][leader], G=payload["G"].get(name),
-                                       tokens=payload["tokens"][name], packed=payload["packed"][name])
+                                       tokens=payload["tokens"][name], packed=payload["packed"][name],
+                                       mean=payload["mean"].get(name))
                 for name, leader in payload["A_of"].items()}
 
     def __getitem__(self, name: str) -> KroneckerFactors:
@@ -99,7 +103,7 @@ def collect_in_groups(collector: CurvatureCollector, model: nn.Module, adapter: 
     spilled = SpilledFactors(folder)
     for index, blocks in enumerate(ranges):
         members = group_linears(linears, adapter, blocks)
-        part = CurvatureRequest(request.with_gradients, request.diagonal_only, from_block=blocks.start)
+        part = replace(request, from_block=blocks.start)
         where = f"blocks {blocks.start}-{blocks.stop - 1} ({index + 1}/{len(ranges)})"
         factors = collector.collect(model, adapter, members, windows, part, seed,
                                     label=f"{label}, {where}" if label else where)

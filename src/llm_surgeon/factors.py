@@ -81,5 +81,5 @@ class RawFactorsOnDevice:
             return None
         device = self.device_of(name)
         moved = KroneckerFactors(A=f.A.to(device), G=None if f.G is None else f.G.to(device), tokens=f.tokens,
-                                 packed=f.packed)
+                                 packed=f.packed, mean=None if f.mean is None else f.mean.to(device))
         return moved.unpacked()

@@ -167,7 +167,8 @@ def _raw_factors(job: PruneJob, method: PruningMethod, collector: CurvatureColle
     groups one pass per group, the sums waiting in ``scratch``."""
     if method.curvature == "none":
         return {}
-    request = CurvatureRequest(with_gradients=method.curvature != "inputs", diagonal_only=method.diagonal_only)
+    request = CurvatureRequest(with_gradients=method.curvature != "inputs", diagonal_only=method.diagonal_only,
+                               input_means=method.input_means)
     seed = job.config.seed + shot
     if scratch is None:
         return collector.collect(job.model, job.adapter, job.linears, job.calibration, request, seed, label)
@@ -203,7 +204,7 @@ def _one_shot(job: PruneJob, method: PruningMethod, selector: UnitSelector, coll
 
 def _shot_with_scratch(job: PruneJob, method: PruningMethod, selector: UnitSelector, collector: CurvatureCollector,
                        result: PruneResult, shot: int, fraction: float, scratch: Path | None) -> None:
-    label = f"shot {shot + 1}/{job.config.shots}"
+    label = f"shot {shot + 1}/{job.config.effective_shots}"
     t0 = time.perf_counter()
     raw = _raw_factors(job, method, collector, shot, label, scratch)
     t1 = time.perf_counter()
@@ -255,6 +256,7 @@ def setup(model: nn.Module, config: PruneConfig, adapter: ArchitectureAdapter, p
     config cannot apply to this model (N:M widths, no structure description). Cheap: call it early."""
     config.validate()
     method = get_method(config.method, config)
+    method.prepare_model(model, adapter)
     linears = adapter.prunable_linears(model)
     selector = make_selector(config.granularity, config.nm, method.selection_scope(), model, adapter, linears,
                              progress, config.width_multiple)
@@ -273,7 +275,7 @@ def prune_model(
     layout: MemoryLayout | None = None,
     dense: DenseWeights | None = None,
 ) -> PruneResult:
-    """Prune ``model`` in place over ``config.shots`` shots and return masks and timings.
+    """Prune ``model`` in place over ``config.effective_shots`` shots and return masks and timings.
 
     ``calibration`` is a (samples, seqlen) tensor of token ids; it may be ``None`` only for
     methods that need no data. ``start`` resumes from the masks and records of a checkpoint.
@@ -302,8 +304,9 @@ def prune_model(
             _layerwise_shot(job, method, result)
     else:
         collector = collector or LocalCollector(config.batch_size, config.fisher, progress, layout.factor_device)
-        schedule = selector.schedule(config.sparsity, config.shots)
-        for shot in range(len(result.shots), config.shots):
+        shots = config.effective_shots  # a one-shot method (FLAP) runs one whatever --shots says
+        schedule = selector.schedule(config.sparsity, shots)
+        for shot in range(len(result.shots), shots):
             _one_shot(job, method, selector, collector, result, shot, schedule[shot])
     if config.nm:
         result.nm_validation = validate_nm(linears, *config.nm)

@@ -15,8 +15,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from llm_surgeon.biases import add_to_bias, declare_biases
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.math.costs import nm_group_costs
+from llm_surgeon.math.flap import standardized
 from llm_surgeon.math.selection import force_removed, nm_layer_mask
 from llm_surgeon.math.streaming_threshold import streaming_select_cheapest
 from llm_surgeon.math.structured import equal_width_slots, remove_cheapest, round_kept_counts, select_structures
@@ -209,6 +211,7 @@ class StructureSelector(UnitSelector):
                  width_multiple: int = 1):
         super().__init__(linears)
         self.width_multiple = width_multiple
+        self.model = model
         self.units = block_structures(model, adapter)
         self.name_of = adapter.module_name
         self.total = sum(u.parameter_count() for u in self.units)
@@ -228,8 +231,12 @@ class StructureSelector(UnitSelector):
         _every_layer_here(placement)
         neurons, groups = state_from_masks(self.units, self.name_of, removed)
         costs, params, already, neuron_costs = [], [], [], []
+        standardize = method.structure_ranking == "standardized"
         for b, u in enumerate(tqdm(self.units, desc=f"{label}: costs", disable=not self.progress)):
             n_cost, g_cost = structure_costs(u, method, self._factors_of(factors, b, torch.float64))
+            if standardize:  # each block's scores per kind, comparable across blocks (FLAP)
+                n_cost = standardized(n_cost.cpu(), neurons[b].cpu())
+                g_cost = standardized(g_cost.cpu(), groups[b].cpu())
             neuron_costs.append(n_cost.cpu())  # blocks may sit on several devices: chosen on the host
             slot_cost, slot_removed = equal_width_slots(n_cost.cpu(), neurons[b].cpu())
             costs += [slot_cost, g_cost.cpu()]
@@ -237,7 +244,7 @@ class StructureSelector(UnitSelector):
                        torch.full((u.layout.kv_heads,), float(u.group_params()))]
             already += [slot_removed, groups[b].cpu()]
         target = round(fraction * self.total)
-        chosen = select_structures(costs, params, already, target)
+        chosen = select_structures(costs, params, already, target, per_parameter=not standardize)
         if self.width_multiple > 1:  # FFN neuron groups are the even ones; heads keep their counts
             ffn = [i % 2 == 0 for i in range(len(costs))]
             chosen = round_kept_counts(costs, params, already, chosen, self.width_multiple, target, ffn)
@@ -248,16 +255,23 @@ class StructureSelector(UnitSelector):
     def apply(self, method, factors, masks, label, progress, placement=EVERY_LAYER_HERE):
         _every_layer_here(placement)
         neurons, groups = state_from_masks(self.units, self.name_of, masks)
+        shifted = False
         for b, u in enumerate(tqdm(self.units, desc=f"{label}: update", disable=not progress)):
             lookup = self._factors_of(factors, b, None)
             for rel, (kind, idx) in u.removed_indices(neurons[b], groups[b]).items():
                 lin = u.linears[rel]
                 W, f = lin.weight.detach(), lookup(rel)
+                shift = method.column_bias_shift(W, idx, f) if kind == "cols" else None
                 new = method.remove_rows(W, idx, f) if kind == "rows" else method.remove_columns(W, idx, f)
                 with torch.no_grad():
                     lin.weight.copy_(new)
                     if kind == "rows" and lin.bias is not None:
                         lin.bias[idx] = 0
+                if shift is not None:
+                    add_to_bias(lin, shift)
+                    shifted = True
+        if shifted:
+            declare_biases(self.model)
         return UpdateTotals(iterations=[])
 
     def summary(self, masks):

@@ -71,17 +71,20 @@ def select_structures(
     params: list[torch.Tensor],
     removed: list[torch.Tensor],
     target_params: int,
+    per_parameter: bool = True,
 ) -> list[torch.Tensor]:
     """Cheapest-per-parameter structures until ``target_params`` parameters are removed.
 
     ``costs[i]``, ``params[i]`` and ``removed[i]`` describe one group of interchangeable
     structures (e.g. the FFN neurons of one block). Already-removed structures stay
     removed; the most expensive structure of every group is always kept, so no layer is
-    emptied. Returns the new removal masks.
+    emptied. With ``per_parameter=False`` the costs are ranked as they are (scores already
+    comparable across groups, e.g. standardised); the parameters still set the count.
+    Returns the new removal masks.
     """
     ratios = []
     for c, p, r in zip(costs, params, removed, strict=True):
-        ratio = c.double() / p.double()
+        ratio = c.double() / p.double() if per_parameter else c.double().clone()
         ratio = ratio.masked_fill(r, float("-inf"))
         keep = torch.where(r, torch.full_like(ratio, float("-inf")), ratio).argmax()
         ratio[keep] = float("inf")

@@ -5,6 +5,7 @@ a new method is one small class and one :func:`register_method` line here.
 """
 
 from llm_surgeon.methods.base import NM, STRUCTURED, UNSTRUCTURED, LayerwiseMethod, MethodBase, PruningMethod
+from llm_surgeon.methods.flap import FLAPPruning
 from llm_surgeon.methods.layerwise import SparseGPT, Wanda
 from llm_surgeon.methods.magnitude import MagnitudePruning
 from llm_surgeon.methods.obd import KroneckerOBD, LayerOBD
@@ -12,9 +13,10 @@ from llm_surgeon.methods.registry import get_method, method_class, method_names,
 from llm_surgeon.methods.surgeon import SurgeonPruning
 from llm_surgeon.methods.ziplm import ZipLMPruning
 
-for _method in (SurgeonPruning, SparseGPT, Wanda, KroneckerOBD, LayerOBD, MagnitudePruning, ZipLMPruning):
+for _method in (SurgeonPruning, SparseGPT, Wanda, KroneckerOBD, LayerOBD, MagnitudePruning, ZipLMPruning,
+                FLAPPruning):
     register_method(_method)
 
 __all__ = ["MethodBase", "PruningMethod", "LayerwiseMethod", "get_method", "method_class", "method_names",
            "methods_help", "register_method", "MagnitudePruning", "SurgeonPruning", "LayerOBD", "KroneckerOBD",
-           "SparseGPT", "Wanda", "ZipLMPruning", "UNSTRUCTURED", "NM", "STRUCTURED"]
+           "SparseGPT", "Wanda", "ZipLMPruning", "FLAPPruning", "UNSTRUCTURED", "NM", "STRUCTURED"]

@@ -31,6 +31,8 @@ class MethodBase(ABC):
     or ``"kfac_inverse"`` (damped A, G and their inverses)."""
     diagonal_only: ClassVar[bool] = False
     """The costs read only diag(A) and diag(G), so only those are collected (O(d) per token, not O(d²))."""
+    input_means: ClassVar[bool] = False
+    """The costs or the update also read each layer's mean input (``factors.mean``)."""
     multi_shot: ClassVar[bool] = True
     """Whether ``shots`` applies; a one-shot method runs a single shot whatever it says."""
     granularities: ClassVar[frozenset[str]] = frozenset({UNSTRUCTURED, NM})
@@ -56,6 +58,10 @@ class MethodBase(ABC):
         """``"global"`` (one threshold across layers) or ``"layer"`` (the same fraction in every layer)."""
         return "global"
 
+    def prepare_model(self, model, adapter) -> None:  # noqa: B027 - an optional hook
+        """Before any pass: raise a clear error when the method cannot apply to this model, or make it ready
+        without changing what it computes (FLAP: the zero biases its compensation will fill)."""
+
 
 class PruningMethod(MethodBase):
     """Per-layer costs and compensation; selection and scheduling are not its business.
@@ -64,6 +70,10 @@ class PruningMethod(MethodBase):
     ``structured`` implements the row/column costs and removals below; ``factors`` are then
     the layer's damped factors in float64 (or ``None`` for a method without curvature).
     """
+
+    structure_ranking: ClassVar[str] = "per_parameter"
+    """How structures of different blocks compare: ``"per_parameter"`` (cost over the parameters a structure
+    removes) or ``"standardized"`` (each block's scores standardised per kind, ranked as they are: FLAP)."""
 
     @abstractmethod
     def element_costs(self, W: torch.Tensor, factors) -> torch.Tensor:
@@ -106,6 +116,10 @@ class PruningMethod(MethodBase):
         new = W.clone()
         new[:, cols] = 0
         return new
+
+    def column_bias_shift(self, W: torch.Tensor, cols: torch.Tensor, factors) -> torch.Tensor | None:
+        """What the layer's bias gains when ``cols`` go (``None``: no bias compensation)."""
+        return None
 
 
 class LayerwiseMethod(MethodBase):
