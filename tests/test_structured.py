@@ -157,3 +157,35 @@ def test_width_multiple_is_refused_outside_structured():
         PruneConfig(granularity="2:4", width_multiple=64).validate()
     with pytest.raises(ConfigError, match="width multiple must be at least 1"):
         PruneConfig(granularity="structured", width_multiple=0).validate()
+
+
+def test_outputs_only_structure_costs_price_the_output_columns_and_leave_the_other_rows(calibration):
+    """``--structure-costs outputs``: a structure costs its output-projection columns' OBS cost alone, the
+    rows that fed them are zeroed and every other row keeps its dense value; the columns get the update."""
+    from llm_surgeon.math import structured as rows_cols
+    from llm_surgeon.math.kfac import DampedFactors
+    from llm_surgeon.methods.surgeon import SurgeonPruning
+    from tests.conftest import spd
+
+    config = PruneConfig(granularity="structured", structure_costs="outputs")
+    method = SurgeonPruning(config)
+    W = torch.randn(5, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    G, A = spd(5, seed=3), spd(6, seed=4)
+    f = DampedFactors(G=G, A=A, G_inv=torch.linalg.inv(G), A_inv=torch.linalg.inv(A))
+    rows, cols = torch.tensor([1, 3]), torch.tensor([0, 4])
+    assert float(method.row_set_cost(W, rows, f)) == 0.0 and not method.row_costs(W, None, f).any()
+    assert float(method.column_set_cost(W, cols, f)) == float(rows_cols.column_set_cost(W, cols, G, f.A_inv))
+    kept = torch.tensor([0, 2, 4])
+    assert torch.equal(method.remove_rows(W, rows, f)[kept], W[kept])
+    assert not method.remove_rows(W, rows, f)[rows].any()
+    model = tiny_llama(seed=7)
+    dense = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = prune(model, calibration, PruneConfig(granularity="structured", sparsity=0.3, shots=2,
+                                                   structure_costs="outputs"), progress=False)
+    assert result.structure["removed_fraction"] >= 0.3
+    for name, lin in get_adapter(model).prunable_linears(model).items():
+        if not name.endswith(("o_proj", "down_proj")):
+            removed = result.masks[name]
+            assert torch.equal(lin.weight.detach()[~removed], dense[f"{name}.weight"][~removed]), name
+    with pytest.raises(Exception, match="structure-costs"):
+        prune(tiny_llama(), calibration, PruneConfig(structure_costs="outputs"), progress=False)

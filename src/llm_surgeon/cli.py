@@ -89,6 +89,9 @@ def _add_method_flags(parser: argparse.ArgumentParser) -> None:
                              "(layer-wise least squares on the calibration windows, masks kept)")
     parser.add_argument("--reconstruct-iterations", type=int, default=d.reconstruct_iterations,
                         help="conjugate-gradient steps of each layer's reconstruction")
+    parser.add_argument("--structure-costs", default=d.structure_costs, choices=["all", "outputs"],
+                        help="structured surgeon: price and update every member of a structure (all) or only the "
+                             "output projection's columns, the rows that fed them zeroed (outputs)")
     parser.add_argument("--width-multiple", type=int, default=d.width_multiple, metavar="K",
                         help="structured: every block keeps a multiple of K FFN neurons (e.g. 64 for GEMM-friendly "
                              "shapes), chosen inside the global selection (1: widths as the costs fall)")
@@ -139,7 +142,7 @@ def _config_from_args(args: argparse.Namespace) -> PruneConfig:
         batch_size=args.batch_size, sparsegpt_damp=args.sparsegpt_damp,
         lora_rank=args.lora_rank, lora_lr=args.lora_lr, lora_epochs=args.lora_epochs,
         prune_unrouted=args.prune_unrouted, width_multiple=args.width_multiple, reconstruct=args.reconstruct,
-        reconstruct_iterations=args.reconstruct_iterations,
+        reconstruct_iterations=args.reconstruct_iterations, structure_costs=args.structure_costs,
     )
 
 

@@ -11,6 +11,7 @@ from llm_surgeon.textsets import parse_text_set
 
 FISHER_TYPES = ("empirical", "true")
 MAGNITUDE_SCOPES = ("global", "layer")
+STRUCTURE_COSTS = ("all", "outputs")
 _NM = re.compile(r"^(\d+):(\d+)$")
 
 
@@ -60,6 +61,11 @@ class PruneConfig:
     """Conjugate-gradient steps of each layer's masked least squares."""
     reconstruct_damp: float = 0.01
     """Damping of ``Σ x xᵀ`` in the reconstruction, relative to its mean diagonal."""
+    structure_costs: str = "all"
+    """Structured LLM Surgeon: ``"all"`` prices and updates every member of a structure (rows of q/k/v and
+    gate/up, columns of o/down, as coupled OBS removals); ``"outputs"`` only the output projection's columns
+    (with their correlated update), the rows that fed them zeroed as they are: once the columns are gone,
+    those rows reach nothing, so their costs and their compensation of the other rows are beside the point."""
     width_multiple: int = 1
     """Structured: every block keeps a multiple of this many FFN neurons (e.g. 64, for GEMM-friendly shapes),
     chosen inside the global selection; 1 leaves the widths as the costs fall."""
@@ -126,6 +132,11 @@ class PruneConfig:
             raise ConfigError("damping must be positive")
         if self.batch_size < 1 or self.update_iterations < 0:
             raise ConfigError("batch size must be >= 1 and update iterations >= 0")
+        if self.structure_costs not in STRUCTURE_COSTS:
+            raise ConfigError(f"structure costs must be one of {', '.join(STRUCTURE_COSTS)}")
+        if self.structure_costs != "all" and self.granularity != STRUCTURED:
+            raise ConfigError("--structure-costs chooses how structured pruning prices a structure; use "
+                              "--granularity structured or drop it")
         if self.width_multiple < 1:
             raise ConfigError(f"width multiple must be at least 1, got {self.width_multiple}")
         if self.width_multiple > 1 and self.granularity != STRUCTURED:

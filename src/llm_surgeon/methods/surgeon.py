@@ -30,6 +30,8 @@ class SurgeonPruning(PruningMethod):
     def __init__(self, config=None):
         self.update_iterations = config.update_iterations if config else 20
         self.update_tolerance = config.update_tolerance if config else 1e-3
+        self.outputs_only = config is not None and config.structure_costs == "outputs"
+        """Structured: only the output projections' columns are priced and compensated (``--structure-costs``)."""
 
     def cost_inputs(self, factors: DampedFactors) -> InverseDiagonals:
         """The costs read only the inverses' diagonals: two vectors per layer instead of four matrices."""
@@ -48,18 +50,24 @@ class SurgeonPruning(PruningMethod):
         )
 
     def row_costs(self, W, bias, factors):
+        if self.outputs_only:
+            return torch.zeros(W.shape[0], dtype=W.dtype, device=W.device)
         return rows_cols.row_costs(W, factors.A, factors.G_inv)
 
     def column_costs(self, W, factors):
         return rows_cols.column_costs(W, factors.G, factors.A_inv)
 
     def row_set_cost(self, W, rows, factors):
+        if self.outputs_only:
+            return torch.zeros((), dtype=W.dtype, device=W.device)
         return rows_cols.row_set_cost(W, rows, factors.A, factors.G_inv)
 
     def column_set_cost(self, W, cols, factors):
         return rows_cols.column_set_cost(W, cols, factors.G, factors.A_inv)
 
     def remove_rows(self, W, rows, factors):
+        if self.outputs_only:  # these rows feed only removed columns: nothing to compensate
+            return super().remove_rows(W, rows, factors)
         return rows_cols.remove_rows(W, rows, factors.G_inv)
 
     def remove_columns(self, W, cols, factors):

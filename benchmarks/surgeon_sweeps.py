@@ -1,0 +1,107 @@
+"""Issue 17's sweeps of LLM Surgeon's own settings, on the first 40 WikiText-2 test windows.
+
+Every row is one ``llm-surgeon prune ... --eval --eval-max-windows 40`` process (its own folder under
+``--work``; a finished folder is read back, not rerun), from the core protocol (SmolLM2-135M, 64 x 512
+calibration tokens of WikiText-2 valid, seed 0, float32) with one setting changed. The base of the
+unstructured sweeps is one shot to 50% (a 5-shot row costs five curvature passes); the table gives
+perplexity, the seconds of each phase and peak memory, so each setting is shown with its cost.
+
+    python benchmarks/surgeon_sweeps.py --data-dir ../shared/data --work runs/sweeps --sweeps damping,pcg
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+UNSTRUCTURED_BASE = ["--method", "surgeon", "--sparsity", "0.5", "--shots", "1"]
+STRUCTURED_BASE = ["--granularity", "structured", "--sparsity", "0.2", "--shots", "1"]
+
+SWEEPS: dict[str, dict[str, list[str]]] = {
+    "damping": {
+        "base (A 0.1, G 0.1)": UNSTRUCTURED_BASE,
+        "A 0.01, G 0.01": [*UNSTRUCTURED_BASE, "--damp-a", "0.01", "--damp-g", "0.01"],
+        "A 1.0, G 1.0": [*UNSTRUCTURED_BASE, "--damp-a", "1.0", "--damp-g", "1.0"],
+        "A 0.01, G 0.1": [*UNSTRUCTURED_BASE, "--damp-a", "0.01"],
+        "A 0.1, G 0.01": [*UNSTRUCTURED_BASE, "--damp-g", "0.01"],
+    },
+    "pcg": {
+        "10 iterations": [*UNSTRUCTURED_BASE, "--update-iterations", "10"],
+        "base (20 iterations)": UNSTRUCTURED_BASE,
+        "50 iterations": [*UNSTRUCTURED_BASE, "--update-iterations", "50"],
+        "100 iterations": [*UNSTRUCTURED_BASE, "--update-iterations", "100"],
+    },
+    "fisher": {
+        "base (empirical)": UNSTRUCTURED_BASE,
+        "true (labels sampled)": [*UNSTRUCTURED_BASE, "--fisher", "true"],
+    },
+    "rank": {
+        "base (no correction)": UNSTRUCTURED_BASE,
+        "rank 4": [*UNSTRUCTURED_BASE, "--lora-rank", "4"],
+        "rank 16": [*UNSTRUCTURED_BASE, "--lora-rank", "16"],
+    },
+    "shots": {
+        "base (1 shot)": UNSTRUCTURED_BASE,
+        "5 shots": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "5"],
+    },
+    "structured-costs": {  # 80% kept in one shot: how a structure is priced
+        "surgeon, all members (base)": ["--method", "surgeon", *STRUCTURED_BASE],
+        "surgeon, output columns only": ["--method", "surgeon", *STRUCTURED_BASE, "--structure-costs", "outputs"],
+        "ziplm (G = I)": ["--method", "ziplm", *STRUCTURED_BASE],
+        "flap": ["--method", "flap", *STRUCTURED_BASE],
+    },
+}
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--data-dir", default=os.environ.get("LLM_SURGEON_DATA"))
+    parser.add_argument("--work", default="runs/sweeps")
+    parser.add_argument("--sweeps", default="damping", help="comma-separated subset of: " + ", ".join(SWEEPS))
+    parser.add_argument("--eval-max-windows", type=int, default=40)
+    return parser.parse_args()
+
+
+def folder_name(flags: list[str]) -> str:
+    """One folder per distinct setting, so a row shared by two sweeps (the base) runs once."""
+    return "_".join(flag.lstrip("-").replace(".", "p").replace(":", "-") for flag in flags)
+
+
+def run(flags: list[str], args: argparse.Namespace) -> dict:
+    out = Path(args.work) / folder_name(flags)
+    if not (out / "report.json").is_file():
+        command = [sys.executable, "-m", "llm_surgeon", "prune", args.model, "--out", str(out), "--eval",
+                   "--calib-samples", "64", "--calib-seqlen", "512", "--data-dir", args.data_dir,
+                   "--eval-max-windows", str(args.eval_max_windows), *flags]
+        print("+", " ".join(command), file=sys.stderr, flush=True)
+        subprocess.run(command, check=True)
+    return json.loads((out / "report.json").read_text())
+
+
+def row(label: str, report: dict) -> str:
+    s, shots = report["seconds"], report["shot_records"]
+    iterations = [r["update_iterations_mean"] for r in shots if r.get("update_iterations_mean")]
+    pcg = f"{sum(iterations) / len(iterations):.1f}" if iterations else ""
+    return (f"| {label} | {report['ppl']['wikitext2']:.2f} | {s['total']:.0f} | {s.get('curvature', 0):.0f} | "
+            f"{s.get('update', 0):.0f} | {s.get('correction', 0):.0f} | {report['peak_memory_mb']:,.0f} | {pcg} |")
+
+
+def main() -> int:
+    args = _arguments()
+    for sweep in args.sweeps.split(","):
+        rows = [row(label, run(flags, args)) for label, flags in SWEEPS[sweep].items()]
+        print(f"\n### {sweep} (first {args.eval_max_windows} test windows)\n")
+        print("| setting | wikitext2 ppl | pruning s | curvature s | update s | correction s | peak MB | PCG "
+              "iterations (mean) |")
+        print("|---|---|---|---|---|---|---|---|")
+        print("\n".join(rows), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
