@@ -26,14 +26,11 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         "base (A 0.1, G 0.1)": UNSTRUCTURED_BASE,
         "A 0.01, G 0.01": [*UNSTRUCTURED_BASE, "--damp-a", "0.01", "--damp-g", "0.01"],
         "A 1.0, G 1.0": [*UNSTRUCTURED_BASE, "--damp-a", "1.0", "--damp-g", "1.0"],
-        "A 0.01, G 0.1": [*UNSTRUCTURED_BASE, "--damp-a", "0.01"],
-        "A 0.1, G 0.01": [*UNSTRUCTURED_BASE, "--damp-g", "0.01"],
     },
     "pcg": {
         "10 iterations": [*UNSTRUCTURED_BASE, "--update-iterations", "10"],
         "base (20 iterations)": UNSTRUCTURED_BASE,
         "50 iterations": [*UNSTRUCTURED_BASE, "--update-iterations", "50"],
-        "100 iterations": [*UNSTRUCTURED_BASE, "--update-iterations", "100"],
     },
     "fisher": {
         "base (empirical)": UNSTRUCTURED_BASE,
