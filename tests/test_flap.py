@@ -91,6 +91,19 @@ def test_collector_means_are_the_layers_mean_inputs(calibration):
         torch.testing.assert_close(f.A, x.pow(2).mean(0), rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_prepared_biases_are_zero_on_every_projection_and_change_nothing(calibration):
+    from llm_surgeon.biases import prepare_output_biases
+
+    model = tiny_llama(seed=5)
+    with torch.no_grad():
+        before = model(input_ids=calibration).logits
+    assert prepare_output_biases(model, get_adapter(model)) == {"attention_bias": True, "mlp_bias": True}
+    for name, lin in get_adapter(model).prunable_linears(model).items():
+        assert lin.bias is not None and not lin.bias.detach().any(), name
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=calibration).logits, before)
+
+
 def test_flap_prune_compensates_with_biases_that_save_and_reload(tmp_path, calibration):
     model = tiny_llama(seed=5)
     result = prune(model, calibration, PruneConfig(method="flap", granularity="structured", sparsity=0.3),

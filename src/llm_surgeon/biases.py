@@ -81,12 +81,12 @@ def declare_biases(model: nn.Module, also: set[str] = frozenset()) -> dict[str, 
     """Switch on the config flags under which every biased Linear of ``model`` (and every layer in ``also``)
     is built with a bias, and give the layers those flags bias a zero one where they have none, so the saved
     model reloads with the same function. Returns the flags set."""
-    names = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)
-             and module.bias is not None} | set(also)
-    flags = flags_for_biases(model.config, names)
+    have = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)
+            and module.bias is not None}
+    flags = flags_for_biases(model.config, have | set(also))
     for flag, value in flags.items():
         setattr(model.config, flag, value)
-    for name in _biased(model.config) - names:
+    for name in _biased(model.config) - have:
         linear = model.get_submodule(name)
         add_to_bias(linear, torch.zeros(linear.out_features))
     return flags

@@ -88,7 +88,7 @@ def compact(model: nn.Module, masks: dict[str, torch.Tensor], adapter: Architect
     shapes = []
     for b, (block, u) in enumerate(zip(adapter.blocks(model), units, strict=True)):
         for rel, (kind, idx) in u.removed_indices(neurons[b], groups[b]).items():
-            if experts_path is not None and rel.startswith(experts_path + "."):
+            if adapter.is_expert_layer(rel):
                 continue
             lin = u.linears[rel]
             if kind == "rows":
@@ -131,7 +131,7 @@ def apply_shapes(model: nn.Module, shapes: list[dict], adapter: ArchitectureAdap
     for block, u, shape in zip(adapter.blocks(model), units, shapes, strict=True):
         after = BlockLayout(shape["heads"], shape["kv_heads"], u.layout.head_dim, shape["ffn_width"])
         for rel, lin in u.linears.items():
-            if experts_path is not None and rel.startswith(experts_path + "."):
+            if adapter.is_expert_layer(rel):
                 continue
             rows, cols = _compact_shape(u, rel, lin, after)
             _replace(block, rel, nn.Linear(cols, rows, bias=lin.bias is not None, dtype=lin.weight.dtype))

@@ -188,8 +188,6 @@ def reconstruct(model: nn.Module, adapter: ArchitectureAdapter, masks: dict[str,
     inputs = capture_block_inputs(model, adapter, windows, batch_size)  # embeddings are never pruned
     dense_inputs = [(hidden.clone(), kwargs) for hidden, kwargs in inputs]
     record, steps = ReconstructionRecord(seconds=0.0, mean_iterations=0.0), []
-    experts = f"{adapter.experts_path}." if adapter.experts_path else None
-    same_input = lambda rel: experts is not None and rel.startswith(experts)  # noqa: E731
     with torch.no_grad():
         for index, block in enumerate(tqdm(adapter.blocks(model), desc="reconstruction", disable=not progress)):
             rels = adapter.block_linear_names(block)
@@ -197,7 +195,8 @@ def reconstruct(model: nn.Module, adapter: ArchitectureAdapter, masks: dict[str,
             twin = _dense_block(block, rels, dense, names)
             errors = []
             for stage in fit_stages(block, rels, inputs[0]):
-                sums, _, dense_outputs, error = _collect(block, twin, tuple(stage), same_input, inputs, dense_inputs)
+                sums, _, dense_outputs, error = _collect(block, twin, tuple(stage), adapter.is_expert_layer,
+                                                         inputs, dense_inputs)
                 errors.append(error)
                 for rel, layer_sums in sums.items():  # an expert no token reached has no sums: left as it is
                     steps.append(_fit(block.get_submodule(rel), layer_sums, dense[names[rel]], ~masks[names[rel]],

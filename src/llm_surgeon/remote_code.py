@@ -163,7 +163,7 @@ def block_layout(model: nn.Module, adapter: ArchitectureAdapter) -> dict:
     for block in adapter.blocks(model):
         linears, parameters = {}, {}
         for rel in adapter.block_linear_names(block):
-            if spec.experts is not None and rel.startswith(spec.experts + "."):
+            if adapter.is_expert_layer(rel):
                 continue
             lin = block.get_submodule(rel)
             linears[rel] = [lin.out_features, lin.in_features, lin.bias is not None]

@@ -158,7 +158,7 @@ def _stage_sum_bytes(adapter, block: nn.Module) -> int:
     """The largest stage of a block's re-fit: layers fed one input (q/k/v, gate/up) or all experts' gate_up
     (or down) at once, each with ``Σ x xᵀ``, ``Σ x̄ xᵀ`` (not for experts) and ``Σ x`` in float32."""
     linear = {rel: block.get_submodule(rel) for rel in adapter.block_linear_names(block)}
-    experts = [rel for rel in linear if adapter.experts_path and rel.startswith(adapter.experts_path + ".")]
+    experts = [rel for rel in linear if adapter.is_expert_layer(rel)]
 
     def size(rels: list[str], cross: bool = True) -> int:
         width = linear[rels[0]].in_features

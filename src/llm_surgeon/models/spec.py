@@ -192,6 +192,10 @@ class ArchitectureAdapter:
         return names + tuple(f"{self.experts_path}.{part}.{e}" for e in range(self.expert_count(block))
                              for part in ("gate_up", "down"))
 
+    def is_expert_layer(self, rel: str) -> bool:
+        """Whether ``rel`` (relative to a block) is one expert's slice of the fused experts module."""
+        return self.experts_path is not None and rel.startswith(self.experts_path + ".")
+
     def expert_count(self, block: nn.Module) -> int:
         """How many experts ``block`` holds (0 for a dense block or family)."""
         if self.experts_path is None or not _has_module(block, self.experts_path):
