@@ -45,6 +45,12 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         "base (1 shot)": UNSTRUCTURED_BASE,
         "5 shots": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "5"],
     },
+    "calibration": {  # later flags win: --calib-samples here overrides the protocol's 64
+        "64 x 512, 1 shot (base)": UNSTRUCTURED_BASE,
+        "128 x 512, 1 shot (2x the pass)": [*UNSTRUCTURED_BASE, "--calib-samples", "128"],
+        "32 x 512, 2 shots (the same passes)": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "2",
+                                                "--calib-samples", "32"],
+    },
     "structured-costs": {  # 80% kept in one shot: how a structure is priced
         "surgeon, all members (base)": ["--method", "surgeon", *STRUCTURED_BASE],
         "surgeon, output columns only": ["--method", "surgeon", *STRUCTURED_BASE, "--structure-costs", "outputs"],
