@@ -294,11 +294,12 @@ class LocalCollector(CurvatureCollector):
         prefix = f"{label}: " if label else ""
         try:
             if not request.with_gradients:
+                body = adapter.body(model)  # the blocks only: input statistics need no logits (49k wide)
                 with torch.no_grad(), accumulator.attached():
                     for batch in tqdm(windows.split(self.batch_size), desc=f"{prefix}input statistics (forward)",
                                       disable=not self.progress):
                         accumulator.new_batch()
-                        model(input_ids=batch.to(device), use_cache=False)
+                        body(input_ids=batch.to(device), use_cache=False)
                         accumulator.tokens += batch.numel()
                 return
             with _activation_gradients_only(model, adapter, request.from_block), accumulator.attached():
