@@ -71,22 +71,28 @@ def test_select_structures_ranks_raw_scores_when_not_per_parameter():
     assert chosen[1].tolist() == [True, False] and not chosen[0].any()
 
 
-def test_collector_means_are_the_layers_mean_inputs(calibration):
-    model = tiny_llama(seed=4)
-    adapter = get_adapter(model)
-    linears = adapter.prunable_linears(model)
+def _inputs_seen(model, linears: dict, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every token row of input each layer saw in one forward of ``ids`` (a reference for the collector)."""
     seen: dict[str, list[torch.Tensor]] = {}
     handles = [lin.register_forward_hook(lambda m, i, o, n=name: seen.setdefault(n, []).append(i[0].detach()))
                for name, lin in linears.items()]
     with torch.no_grad():
-        model(input_ids=calibration)
+        model(input_ids=ids)
     for handle in handles:
         handle.remove()
+    return {name: torch.cat(xs).reshape(-1, linears[name].in_features) for name, xs in seen.items()}
+
+
+def test_collector_means_are_the_layers_mean_inputs(calibration):
+    model = tiny_llama(seed=4)
+    adapter = get_adapter(model)
+    linears = adapter.prunable_linears(model)
+    seen = _inputs_seen(model, linears, calibration)
     factors = LocalCollector(batch_size=3, progress=False).collect(
         model, adapter, linears, calibration, CurvatureRequest(with_gradients=False, diagonal_only=True,
                                                                input_means=True), 0)
     for name, f in factors.items():
-        x = torch.cat(seen[name]).reshape(-1, linears[name].in_features)
+        x = seen[name]
         torch.testing.assert_close(f.mean, x.mean(0), rtol=1e-5, atol=1e-6, msg=name)
         torch.testing.assert_close(f.A, x.pow(2).mean(0), rtol=1e-5, atol=1e-6, msg=name)
 
@@ -135,13 +141,7 @@ def test_flap_biases_are_the_dense_mean_outputs_of_the_removed_columns(calibrati
     adapter = get_adapter(model)
     outputs = {n: lin for n, lin in adapter.prunable_linears(model).items() if n.endswith(("o_proj", "down_proj"))}
     dense = {n: lin.weight.detach().clone() for n, lin in outputs.items()}
-    seen: dict[str, list[torch.Tensor]] = {}
-    handles = [lin.register_forward_hook(lambda m, i, o, n=name: seen.setdefault(n, []).append(i[0].detach()))
-               for name, lin in outputs.items()]
-    with torch.no_grad():
-        model(input_ids=calibration)
-    for handle in handles:
-        handle.remove()
+    seen = _inputs_seen(model, outputs, calibration)
     result = prune(model, calibration, PruneConfig(method="flap", granularity="structured", sparsity=0.5,
                                                    batch_size=3), progress=False)
     assert len(result.shots) == 1  # FLAP is one shot whatever --shots says
@@ -149,7 +149,7 @@ def test_flap_biases_are_the_dense_mean_outputs_of_the_removed_columns(calibrati
         assert any(result.masks[n].any() for n in outputs if n.endswith(kind)), kind
     for name, lin in outputs.items():
         cols = result.masks[name].all(0).nonzero().squeeze(1)
-        mean = torch.cat(seen[name]).reshape(-1, lin.in_features).mean(0)
+        mean = seen[name].mean(0)
         torch.testing.assert_close(lin.bias.detach(), dense[name][:, cols] @ mean[cols], rtol=1e-4, atol=1e-6,
                                    msg=name)
 
