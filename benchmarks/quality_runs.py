@@ -37,6 +37,10 @@ RUNS: dict[str, list[str]] = {
     "flap-struct-80": ["--method", "flap", "--granularity", "structured", "--sparsity", "0.2"],
     "flap-struct-70": ["--method", "flap", "--granularity", "structured", "--sparsity", "0.3"],
     "surgeon-struct-80": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2", "--shots", "5"],
+    "surgeon-struct-80-outputs-1shot": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2",
+                                        "--shots", "1", "--structure-costs", "outputs"],
+    "surgeon-struct-80-outputs": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2",
+                                  "--shots", "5", "--structure-costs", "outputs"],
     "surgeon-struct-80-rec": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2", "--shots",
                               "5", "--reconstruct"],
 }
