@@ -184,3 +184,24 @@ def test_cli_flap_folder_reloads_with_its_biases_and_the_same_perplexity(tmp_pat
     evaluated = json.loads(run_cli("eval", str(out), "--data-dir", str(data), "--seqlen", "32", "--max-windows", "2",
                                    "--json", "--no-progress").stdout)
     assert abs(evaluated["ppl"] - report["ppl"]["wikitext2"]) < 1e-3 * evaluated["ppl"]
+
+
+def test_a_run_prepares_the_model_for_its_method_once(tmp_path, monkeypatch):
+    """The run builds the method, layers and selector while checking its input and hands them to the shots,
+    so FLAP's model preparation (zero biases) and the selector are made once, not again in the shot loop."""
+    from llm_surgeon import api, pruner
+    from llm_surgeon.methods.flap import FLAPPruning
+    from tests.conftest import write_fake_wikitext, write_tiny_checkpoint
+
+    prepared, built = [], []
+    original_prepare, original_setup = FLAPPruning.prepare_model, pruner.setup
+    monkeypatch.setattr(FLAPPruning, "prepare_model", lambda self, *a: prepared.append(1) or original_prepare(self, *a))
+    monkeypatch.setattr(api, "setup", lambda *a, **k: built.append(1) or original_setup(*a, **k))
+    monkeypatch.setattr(pruner, "setup", lambda *a, **k: built.append(1) or original_setup(*a, **k))
+    model_dir = write_tiny_checkpoint(tmp_path / "model", "llama")
+    options = api.RunOptions(out=str(tmp_path / "out"), data_dir=str(write_fake_wikitext(tmp_path / "data")),
+                             progress=False)
+    config = PruneConfig(method="flap", granularity="structured", sparsity=0.3, calib_samples=4, calib_seqlen=32)
+    report = api.run_prune(str(model_dir), config, options)
+    assert report["structure"]["removed_fraction"] >= 0.3
+    assert prepared == [1] and built == [1]

@@ -29,7 +29,7 @@ from llm_surgeon.models.adapters import ArchitectureAdapter, check_family, get_a
 from llm_surgeon.models.experts import expert_summary
 from llm_surgeon.models.loading import DEVICE_MAPS, load_config, load_model_and_tokenizer
 from llm_surgeon.outputs import inspect_output, load_report, save_model_files
-from llm_surgeon.pruner import PruneResult, needs_calibration, prune_model, setup, sparsity_stats
+from llm_surgeon.pruner import PruneResult, RunParts, needs_calibration, prune_model, setup, sparsity_stats
 from llm_surgeon.reconstruction import DenseWeights, snapshot_dense
 from llm_surgeon.report import build_report, peak_memory_mb
 from llm_surgeon.resources import (
@@ -265,9 +265,11 @@ class PreparedRun:
     every_layer_on_every_rank: bool = False
     """The selection reads every layer's whole factors (structured): ranks replicate instead of owning layers."""
     rank_stats: list[dict] | None = None
+    """Per rank after the shots: its peak memory and the seconds it spent in collectives."""
     dense: DenseWeights | None = None
     """The dense weights a reconstructing run fits to, copied before a checkpoint's were loaded."""
-    """Per rank after the shots: its peak memory and the seconds it spent in collectives."""
+    parts: RunParts | None = None
+    """The method, layers and selector :func:`~llm_surgeon.pruner.setup` built while preparing."""
 
 
 def _estimate_dict(estimate: ShotMemory | None, loaded_mb: float, layout: MemoryLayout, max_memory: int | None,
@@ -301,7 +303,8 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
     if options.save_format == "compressed" and adapter.experts_path is not None:
         raise ConfigError("--save-format compressed stores 2-D Linear weights; this model's experts are fused 3-D "
                           "tensors: save it dense")
-    method, linears, selector = setup(model, config, adapter)
+    parts = setup(model, config, adapter, options.progress and ranks.writes)
+    method, linears = parts.method, parts.linears
     calibration, spec, estimate, layout = None, None, None, MemoryLayout(factor_device=options.factor_device)
     if needs_calibration(method, config):
         estimate, layout = check_memory(model, adapter, linears, config, method, options.device,
@@ -333,7 +336,7 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
     layout = MemoryLayout(layout.factor_device, layout.block_groups, scratch_dir=str(out))
     return PreparedRun(model_name, config, options, out, data_dir, model, tokenizer, adapter, linears, calibration,
                        spec, resumed, resumed_from_shot, started, layout=layout, ranks=ranks,
-                       every_layer_on_every_rank=selector.needs_every_layer, dense=dense,
+                       every_layer_on_every_rank=parts.selector.needs_every_layer, dense=dense, parts=parts,
                        block_devices=block_devices(model, adapter),
                        memory_estimate=_estimate_dict(estimate, loaded_mb, layout, options.budget_bytes(),
                                                       getattr(model.config, "_attn_implementation", None), refit))
@@ -350,7 +353,7 @@ def execute_run(run: PreparedRun) -> PruneResult:
     result = prune_model(
         run.model, run.calibration, run.config, progress=run.options.progress and run.ranks.writes,
         start=run.resumed, adapter=run.adapter, layout=run.layout, collector=collector, on_shot_end=checkpoint,
-        dense=run.dense,
+        dense=run.dense, parts=run.parts,
     )
     run.rank_stats = run.ranks.gather({"rank": run.ranks.rank, "peak_mb": peak_memory_mb(run.options.device),
                                        "communication_s": collector.clock.seconds if collector else 0.0})

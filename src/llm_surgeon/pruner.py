@@ -250,17 +250,28 @@ def _unrouted_shot(job: PruneJob, selector: UnitSelector, unrouted: list[str], m
     return chosen
 
 
-def setup(model: nn.Module, config: PruneConfig, adapter: ArchitectureAdapter, progress: bool = False
-          ) -> tuple[MethodBase, dict[str, nn.Linear], UnitSelector]:
+@dataclass
+class RunParts:
+    """What a run builds once from its config and model: the method, the prunable layers and the unit
+    selector. Built before any pruning work (so a bad config fails fast) and handed to
+    :func:`prune_model`, so the method's model preparation (FLAP's zero biases) runs once."""
+
+    method: MethodBase
+    linears: dict[str, nn.Linear]
+    selector: UnitSelector
+
+
+def setup(model: nn.Module, config: PruneConfig, adapter: ArchitectureAdapter, progress: bool = False) -> RunParts:
     """The method, the prunable layers and the unit selector of a run; raises a clear error when the
-    config cannot apply to this model (N:M widths, no structure description). Cheap: call it early."""
+    config cannot apply to this model (N:M widths, no structure description). Prepares the model for the
+    method (FLAP gives the output projections zero biases): call it once, before any pruning."""
     config.validate()
     method = get_method(config.method, config)
     method.prepare_model(model, adapter)
     linears = adapter.prunable_linears(model)
     selector = make_selector(config.granularity, config.nm, method.selection_scope(), model, adapter, linears,
                              progress, config.width_multiple)
-    return method, linears, selector
+    return RunParts(method, linears, selector)
 
 
 def prune_model(
@@ -274,6 +285,7 @@ def prune_model(
     collector: CurvatureCollector | None = None,
     layout: MemoryLayout | None = None,
     dense: DenseWeights | None = None,
+    parts: RunParts | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place over ``config.effective_shots`` shots and return masks and timings.
 
@@ -283,9 +295,11 @@ def prune_model(
     single-process :class:`~llm_surgeon.curvature.LocalCollector`. ``layout`` says where the curvature
     sums live (host memory, block groups on disk); it changes memory and time, never the result.
     ``dense`` gives the dense weights a reconstructing run fits to (taken here when not resuming).
+    ``parts`` are what :func:`setup` built for this model and config (built here when not given).
     """
     adapter = adapter or get_adapter(model)
-    method, linears, selector = setup(model, config, adapter, progress)
+    parts = parts or setup(model, config, adapter, progress)
+    method, linears, selector = parts.method, parts.linears, parts.selector
     if needs_calibration(method, config) and calibration is None:
         raise ConfigError(f"method {config.method} needs calibration data")
     layout = layout or MemoryLayout()
