@@ -41,6 +41,10 @@ RUNS: dict[str, list[str]] = {
                                         "--shots", "1", "--structure-costs", "outputs"],
     "surgeon-struct-80-outputs": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2",
                                   "--shots", "5", "--structure-costs", "outputs"],
+    "surgeon-struct-90-outputs": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.1",
+                                  "--shots", "5", "--structure-costs", "outputs"],
+    "surgeon-struct-70-outputs": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.3",
+                                  "--shots", "5", "--structure-costs", "outputs"],
     "surgeon-struct-80-rec": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2", "--shots",
                               "5", "--reconstruct"],
 }
