@@ -188,4 +188,4 @@ def test_outputs_only_structure_costs_price_the_output_columns_and_leave_the_oth
             removed = result.masks[name]
             assert torch.equal(lin.weight.detach()[~removed], dense[f"{name}.weight"][~removed]), name
     with pytest.raises(Exception, match="structure-costs"):
-        prune(tiny_llama(), calibration, PruneConfig(structure_costs="outputs"), progress=False)
+        prune(tiny_llama(), calibration, PruneConfig(structure_costs="all"), progress=False)

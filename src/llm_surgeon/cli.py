@@ -15,7 +15,7 @@ import sys
 from llm_surgeon.allocator import release_freed_memory
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
-from llm_surgeon.methods import method_names, methods_help
+from llm_surgeon.methods import STRUCTURE_COSTS, method_names, methods_help
 from llm_surgeon.models.adapters import supported_model_types
 
 DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
@@ -89,9 +89,9 @@ def _add_method_flags(parser: argparse.ArgumentParser) -> None:
                              "(layer-wise least squares on the calibration windows, masks kept)")
     parser.add_argument("--reconstruct-iterations", type=int, default=d.reconstruct_iterations,
                         help="conjugate-gradient steps of each layer's reconstruction")
-    parser.add_argument("--structure-costs", default=d.structure_costs, choices=["all", "outputs"],
-                        help="structured surgeon: price and update every member of a structure (all) or only the "
-                             "output projection's columns, the rows that fed them zeroed (outputs)")
+    parser.add_argument("--structure-costs", default=d.structure_costs, choices=STRUCTURE_COSTS,
+                        help="structured surgeon: price and update only the output projection's columns, the rows "
+                             "that fed them zeroed (outputs), or every member of a structure (all, the paper's)")
     parser.add_argument("--width-multiple", type=int, default=d.width_multiple, metavar="K",
                         help="structured: every block keeps a multiple of K FFN neurons (e.g. 64 for GEMM-friendly "
                              "shapes), chosen inside the global selection (1: widths as the costs fall)")

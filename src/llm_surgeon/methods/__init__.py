@@ -4,7 +4,15 @@ The shot loop, the global threshold and the masks are shared (:mod:`llm_surgeon.
 a new method is one small class and one :func:`register_method` line here.
 """
 
-from llm_surgeon.methods.base import NM, STRUCTURED, UNSTRUCTURED, LayerwiseMethod, MethodBase, PruningMethod
+from llm_surgeon.methods.base import (
+    NM,
+    STRUCTURE_COSTS,
+    STRUCTURED,
+    UNSTRUCTURED,
+    LayerwiseMethod,
+    MethodBase,
+    PruningMethod,
+)
 from llm_surgeon.methods.flap import FLAPPruning
 from llm_surgeon.methods.layerwise import SparseGPT, Wanda
 from llm_surgeon.methods.magnitude import MagnitudePruning
@@ -19,4 +27,5 @@ for _method in (SurgeonPruning, SparseGPT, Wanda, KroneckerOBD, LayerOBD, Magnit
 
 __all__ = ["MethodBase", "PruningMethod", "LayerwiseMethod", "get_method", "method_class", "method_names",
            "methods_help", "register_method", "MagnitudePruning", "SurgeonPruning", "LayerOBD", "KroneckerOBD",
-           "SparseGPT", "Wanda", "ZipLMPruning", "FLAPPruning", "UNSTRUCTURED", "NM", "STRUCTURED"]
+           "SparseGPT", "Wanda", "ZipLMPruning", "FLAPPruning", "UNSTRUCTURED", "NM", "STRUCTURED",
+           "STRUCTURE_COSTS"]

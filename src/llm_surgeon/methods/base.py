@@ -17,6 +17,8 @@ import torch
 from llm_surgeon.math.obs import UpdateStats
 
 UNSTRUCTURED, NM, STRUCTURED = "unstructured", "nm", "structured"
+STRUCTURE_COSTS = ("outputs", "all")
+"""How structured LLM Surgeon prices a structure (``--structure-costs``); the first is the default."""
 """Granularity kinds a method can support (``nm`` stands for every N:M pattern)."""
 
 

@@ -10,7 +10,7 @@ from llm_surgeon.math import structured as rows_cols
 from llm_surgeon.math.costs import element_costs
 from llm_surgeon.math.kfac import DampedFactors
 from llm_surgeon.math.obs import UpdateStats, kronecker_obs_update
-from llm_surgeon.methods.base import NM, STRUCTURED, UNSTRUCTURED, PruningMethod
+from llm_surgeon.methods.base import NM, STRUCTURE_COSTS, STRUCTURED, UNSTRUCTURED, PruningMethod
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class SurgeonPruning(PruningMethod):
     def __init__(self, config=None):
         self.update_iterations = config.update_iterations if config else 20
         self.update_tolerance = config.update_tolerance if config else 1e-3
-        self.outputs_only = config is not None and config.structure_costs == "outputs"
+        self.outputs_only = (config.structure_costs if config else STRUCTURE_COSTS[0]) == "outputs"
         """Structured: only the output projections' columns are priced and compensated (``--structure-costs``)."""
 
     def cost_inputs(self, factors: DampedFactors) -> InverseDiagonals:
