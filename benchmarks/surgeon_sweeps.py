@@ -52,8 +52,9 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
                                                 "--calib-samples", "32"],
     },
     "structured-costs": {  # 80% kept in one shot: how a structure is priced
-        "surgeon, all members (base)": ["--method", "surgeon", *STRUCTURED_BASE],
-        "surgeon, output columns only": ["--method", "surgeon", *STRUCTURED_BASE, "--structure-costs", "outputs"],
+        "surgeon, all members (the paper's)": ["--method", "surgeon", *STRUCTURED_BASE, "--structure-costs", "all"],
+        "surgeon, output columns only (default)": ["--method", "surgeon", *STRUCTURED_BASE, "--structure-costs",
+                                                   "outputs"],
         "ziplm (G = I)": ["--method", "ziplm", *STRUCTURED_BASE],
         "flap": ["--method", "flap", *STRUCTURED_BASE],
     },
