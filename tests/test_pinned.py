@@ -38,6 +38,8 @@ def _config(method: str, granularity: str) -> PruneConfig:
     elif method == "magnitude-layer":
         method, extra = "magnitude", {"magnitude_scope": "layer"}
     sparsity = 0.3 if granularity == "structured" else 0.5
+    if method == "surgeon" and granularity == "structured":
+        extra["structure_costs"] = "all"  # pinned before output-column pricing became the default
     return PruneConfig(method=method, granularity=granularity, sparsity=sparsity, shots=2, **extra)
 
 
