@@ -17,9 +17,9 @@ import torch
 from llm_surgeon.math.obs import UpdateStats
 
 UNSTRUCTURED, NM, STRUCTURED = "unstructured", "nm", "structured"
+"""Granularity kinds a method can support (``nm`` stands for every N:M pattern)."""
 STRUCTURE_COSTS = ("outputs", "all")
 """How structured LLM Surgeon prices a structure (``--structure-costs``); the first is the default."""
-"""Granularity kinds a method can support (``nm`` stands for every N:M pattern)."""
 
 
 class MethodBase(ABC):
