@@ -143,23 +143,22 @@ def replay_collector(inner):
 def one_shot(model, adapter, linears, windows, granularity: str, args, collector, scratch: str) -> dict:
     from llm_surgeon import PruneConfig
     from llm_surgeon.api import check_memory
-    from llm_surgeon.methods import get_method
     from llm_surgeon.planning import shot_flops
-    from llm_surgeon.pruner import prune_model
+    from llm_surgeon.pruner import prune_model, setup
     from llm_surgeon.report import peak_memory_mb
     from llm_surgeon.resources import MemoryLayout
 
     config = PruneConfig(granularity=granularity, sparsity=0.5, shots=1, calib_samples=args.samples,
                          calib_seqlen=args.seqlen, batch_size=args.batch_size,
                          update_iterations=args.update_iterations)
-    method = get_method(config.method, config)
+    parts = setup(model, config, adapter)
     weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    estimate, layout = check_memory(model, adapter, linears, config, method, args.device)
+    estimate, layout = check_memory(model, adapter, parts, config, args.device)
     layout = MemoryLayout(layout.factor_device, layout.block_groups, scratch_dir=scratch)
     if torch.device(args.device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(args.device)
     result = prune_model(model, windows, config, progress=False, adapter=adapter, layout=layout,
-                         collector=collector)
+                         collector=collector, parts=parts)
     record = result.shots[-1]
     flops = shot_flops(model, adapter, linears, config, adapter.distinct_input_widths(model))
     pass_flops = flops["pass"] + flops["statistics"]

@@ -12,9 +12,8 @@ import torch
 from llm_surgeon import PruneConfig
 from llm_surgeon.curvature import CurvatureRequest, LocalCollector
 from llm_surgeon.factor_groups import block_ranges, collect_in_groups
-from llm_surgeon.methods import get_method
 from llm_surgeon.models.adapters import get_adapter
-from llm_surgeon.pruner import prune_model
+from llm_surgeon.pruner import prune_model, setup
 from llm_surgeon.resources import MemoryLayout, parse_bytes, shot_memory
 from tests.conftest import tiny_llama, tiny_opt
 from tests.test_pinned import CASES, _key, _run_case, pinned  # noqa: F401  (pinned is a fixture)
@@ -156,8 +155,8 @@ def test_max_memory_picks_block_groups_records_them_and_changes_nothing(tmp_path
     monkeypatch.setattr(api, "available_bytes", lambda device: None)
     loaded = tiny_llama()
     adapter = get_adapter(loaded)
-    linears = adapter.prunable_linears(loaded)
-    needs = [api._shot_needs(loaded, adapter, linears, config, get_method("surgeon"), g).total for g in (1, 2)]
+    parts = setup(loaded, config, adapter)
+    needs = [api._shot_needs(loaded, adapter, parts, config, g).total for g in (1, 2)]
     assert needs[1] < needs[0]
     reports = {}
     for label, budget in (("one pass", None), ("two groups", f"{needs[0] - 1}B")):

@@ -93,12 +93,12 @@ def test_communication_per_rank_counts_boundaries_sums_and_weights():
     linears = adapter.prunable_linears(model)
     widths = adapter.distinct_input_widths(model)
     config = PruneConfig(calib_samples=8, calib_seqlen=16)
-    alone = communication_bytes(model, linears, widths, config, "float32", devices=1, ranks=1, passes=1)
+    alone = communication_bytes(model, linears, linears, widths, config, "float32", devices=1, ranks=1, passes=1)
     assert alone == {"device_boundaries": 0, "factor_reduce": 0, "weight_broadcast": 0, "cost_inputs": 0}
-    split = communication_bytes(model, linears, widths, config, "bfloat16", devices=3, ranks=1, passes=2)
+    split = communication_bytes(model, linears, linears, widths, config, "bfloat16", devices=3, ranks=1, passes=2)
     # hidden states forward and their gradients backward, over 2 boundaries, twice, 2 bytes each
     assert split["device_boundaries"] == 2 * (8 * 16) * 32 * 2 * 2 * 2
-    ranks = communication_bytes(model, linears, widths, config, "float32", devices=1, ranks=4, passes=1)
+    ranks = communication_bytes(model, linears, linears, widths, config, "float32", devices=1, ranks=4, passes=1)
     weights = sum(lin.weight.numel() for lin in linears.values())
     assert ranks["factor_reduce"] == int(raw_factor_bytes(linears, widths) * 3 / 4)
     assert ranks["weight_broadcast"] == int(4 * weights * 3 / 4)

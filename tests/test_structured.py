@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -10,8 +11,12 @@ import torch
 
 from llm_surgeon import PruneConfig, prune
 from llm_surgeon.compaction import compact, load_pruned, save_architecture
+from llm_surgeon.curvature import LocalCollector
 from llm_surgeon.math.structured import select_structures
 from llm_surgeon.models.adapters import get_adapter
+from llm_surgeon.planning import plan_shot
+from llm_surgeon.pruner import prune_model
+from llm_surgeon.selectors import StructureSelector
 from tests.conftest import run_cli, tiny_llama, tiny_opt, write_fake_wikitext, write_tiny_checkpoint
 
 
@@ -189,3 +194,47 @@ def test_outputs_only_structure_costs_price_the_output_columns_and_leave_the_oth
             assert torch.equal(lin.weight.detach()[~removed], dense[f"{name}.weight"][~removed]), name
     with pytest.raises(Exception, match="structure-costs"):
         prune(tiny_llama(), calibration, PruneConfig(structure_costs="all"), progress=False)
+
+
+class _RecordingCollector(LocalCollector):
+    """The default collector, remembering which layers each shot asked it for."""
+
+    def __init__(self):
+        super().__init__(batch_size=4, progress=False)
+        self.asked: list[set[str]] = []
+
+    def collect(self, model, adapter, linears, windows, request, seed, label=""):
+        self.asked.append(set(linears))
+        return super().collect(model, adapter, linears, windows, request, seed, label)
+
+
+@pytest.mark.parametrize("method", ["surgeon", "ziplm", "flap"])
+def test_output_priced_structures_collect_only_the_output_projections_with_the_same_result(
+        method, calibration, monkeypatch):
+    """Priced by their output columns, structures read no q/k/v or gate/up curvature: the shot collects the
+    o_proj/down_proj factors alone, and the pruned model equals the one from collecting every layer."""
+    config = PruneConfig(granularity="structured", sparsity=0.3, shots=2, method=method)
+    lean, lean_collector = tiny_llama(seed=5), _RecordingCollector()
+    prune_model(lean, calibration, config, progress=False, collector=lean_collector)
+    assert all(names and all(n.endswith(("o_proj", "down_proj")) for n in names) for names in lean_collector.asked)
+    monkeypatch.setattr(StructureSelector, "curvature_layers", lambda self, method: self.linears)
+    full, full_collector = tiny_llama(seed=5), _RecordingCollector()
+    prune_model(full, calibration, config, progress=False, collector=full_collector)
+    assert len(full_collector.asked[0]) > 2 * len(lean_collector.asked[0])
+    for (name, p), q in zip(lean.named_parameters(), full.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_paper_style_structure_costs_collect_every_layer_and_plan_for_them(calibration, tmp_path):
+    collector = _RecordingCollector()
+    model = tiny_llama(seed=5)
+    prune_model(model, calibration, PruneConfig(granularity="structured", sparsity=0.3, structure_costs="all"),
+                progress=False, collector=collector)
+    assert collector.asked[0] == set(get_adapter(model).prunable_linears(model))
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(tiny_llama().config.to_dict()))
+    plans = {costs: plan_shot(str(path), PruneConfig(granularity="structured", structure_costs=costs,
+                                                     calib_samples=4, calib_seqlen=32), tflops=1.0)
+             for costs in ("outputs", "all")}
+    assert plans["outputs"].factors_bytes < plans["all"].factors_bytes
+    assert plans["outputs"].flops["statistics"] < plans["all"].flops["statistics"]

@@ -177,12 +177,14 @@ def prune(model, calibration: torch.Tensor | None, config: PruneConfig, progress
         adapter.restore(model)  # fused experts again (the changes are in them)
 
 
-def _shot_needs(model, adapter: ArchitectureAdapter, linears, config: PruneConfig, method, groups: int,
+def _shot_needs(model, adapter: ArchitectureAdapter, parts: RunParts, config: PruneConfig, groups: int,
                 devices: int = 1) -> ShotMemory:
-    return shot_memory(model, linears, len(adapter.blocks(model)), config.batch_size, config.calib_seqlen,
+    method = parts.method
+    return shot_memory(model, parts.linears, len(adapter.blocks(model)), config.batch_size, config.calib_seqlen,
                        full_factors=method.holds_full_factors(),
                        backward=method.curvature in ("kfac", "kfac_inverse") or config.corrects,
-                       input_widths=adapter.distinct_input_widths(model), block_groups=groups, devices=devices)
+                       input_widths=adapter.distinct_input_widths(model), block_groups=groups, devices=devices,
+                       curvature=parts.selector.curvature_layers(method))
 
 
 def block_devices(model, adapter: ArchitectureAdapter) -> dict[str, int]:
@@ -203,7 +205,7 @@ def room_bytes(device: str, max_memory: int | None) -> int | None:
     return room if free is None else min(room, free)
 
 
-def check_memory(model, adapter: ArchitectureAdapter, linears, config: PruneConfig, method, device: str,
+def check_memory(model, adapter: ArchitectureAdapter, parts: RunParts, config: PruneConfig, device: str,
                  max_memory: int | None = None, factor_device: str | None = None
                  ) -> tuple[ShotMemory, MemoryLayout]:
     """Choose where a shot keeps its curvature so that it fits, or refuse in one line.
@@ -215,10 +217,10 @@ def check_memory(model, adapter: ArchitectureAdapter, linears, config: PruneConf
     rooms = [room_bytes(d, max_memory) for d in spread] if len(spread) > 1 else [room_bytes(device, max_memory)]
     room = None if None in rooms else min(rooms)  # the busiest device is planned for the smallest room
     blocks = len(adapter.blocks(model))
-    most = blocks if method.holds_full_factors() else 1
+    most = blocks if parts.method.holds_full_factors() else 1
 
     def needs(groups: int) -> ShotMemory:
-        return _shot_needs(model, adapter, linears, config, method, groups, len(spread))
+        return _shot_needs(model, adapter, parts, config, groups, len(spread))
 
     chosen = fewest_block_groups(needs, room, most)
     if chosen is not None:
@@ -307,7 +309,7 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
     method, linears = parts.method, parts.linears
     calibration, spec, estimate, layout = None, None, None, MemoryLayout(factor_device=options.factor_device)
     if needs_calibration(method, config):
-        estimate, layout = check_memory(model, adapter, linears, config, method, options.device,
+        estimate, layout = check_memory(model, adapter, parts, config, options.device,
                                         options.budget_bytes(), options.factor_device)
         calibration, spec = calibration_windows(
             tokenizer, config.calib_samples, config.calib_seqlen, config.seed, data_dir,

@@ -86,6 +86,9 @@ class SpilledFactors(Mapping[str, KroneckerFactors]):
             self._loaded = (path, self._read(path))
         return self._loaded[1][name]
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._file_of  # without reading the group's file
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._file_of)
 

@@ -55,7 +55,10 @@ class LazyDampedFactors:
             factor = factor.to(self.device_of(name))
         return unpack_upper(factor) if packed else factor
 
-    def get(self, name: str) -> DampedFactors:
+    def get(self, name: str) -> DampedFactors | None:
+        """The layer's damped factors, or ``None`` for a layer the shot collected no curvature for."""
+        if name not in self.raw:
+            return None
         f = self.raw[name]
         if self._last_A is None or self._last_A[0] is not f.A:
             self._last_A = None  # free the previous layer's A before making the next

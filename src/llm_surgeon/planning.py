@@ -28,6 +28,7 @@ from llm_surgeon.resources import (
     reconstruction_bytes,
     shot_memory,
 )
+from llm_surgeon.selectors import make_selector
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 RUNTIME_BYTES = 300 * 2**20
@@ -104,22 +105,25 @@ def measured_tflops(dtype: torch.dtype = torch.float32, seconds: float = 1.0, si
 
 
 def shot_flops(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str, nn.Linear], config: PruneConfig,
-               input_widths: list[int]) -> dict[str, float]:
+               input_widths: list[int], curvature: dict[str, nn.Linear] | None = None) -> dict[str, float]:
     """Floating-point work of one LLM Surgeon shot, by part.
 
     pass: forward and input-gradient backward over the calibration tokens (weights frozen: no
     weight gradients), attention scores included; statistics: ``aᵀa`` per distinct input and ``gᵀg``
     per layer; inversions: float64 Cholesky and inverse of every factor, twice (for the costs, then the
-    update); update: ``update_iterations`` PCG steps of four Kronecker products per layer.
+    update); update: ``update_iterations`` PCG steps of four Kronecker products per layer. ``curvature``: the
+    layers whose factors the shot collects when not all (then one ``A`` per layer of them).
     """
+    held = linears if curvature is None else curvature
+    widths = input_widths if held is linears else [lin.in_features for lin in held.values()]
     c = model.config
     tokens = config.calib_samples * config.calib_seqlen
     params = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
     blocks = len(adapter.blocks(model))
     attention = 4 * blocks * tokens * config.calib_seqlen * c.hidden_size
     passes = 2 * (2 * params * tokens + attention)
-    stats = 2 * tokens * (sum(w**2 for w in input_widths) + sum(lin.out_features**2 for lin in linears.values()))
-    inversions = 2 * (sum(w**3 for w in input_widths) + sum(lin.out_features**3 for lin in linears.values()))
+    stats = 2 * tokens * (sum(w**2 for w in widths) + sum(lin.out_features**2 for lin in held.values()))
+    inversions = 2 * (sum(w**3 for w in widths) + sum(lin.out_features**3 for lin in held.values()))
     per_step = sum(2 * lin.out_features * lin.in_features * (lin.out_features + lin.in_features)
                    for lin in linears.values())
     update = 2 * per_step * (config.update_iterations + 1)
@@ -127,22 +131,25 @@ def shot_flops(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str
             "update": float(update)}
 
 
-def communication_bytes(model: nn.Module, linears: dict[str, nn.Linear], widths: list[int], config: PruneConfig,
-                        dtype: str, devices: int, ranks: int, passes: float) -> dict[str, int]:
+def communication_bytes(model: nn.Module, linears: dict[str, nn.Linear], curvature: dict[str, nn.Linear],
+                        widths: list[int], config: PruneConfig, dtype: str, devices: int, ranks: int, passes: float
+                        ) -> dict[str, int]:
     """What one rank moves in one shot, by kind.
 
     ``device_boundaries``: with blocks split over ``devices``, the hidden states crossing each boundary
     forward and their gradients backward, for the rank's share of the tokens, over ``passes`` passes.
-    ``factor_reduce``: over ``ranks``, every raw sum (packed float32) reduced to its owner; a ring reduce
-    moves ``(ranks - 1) / ranks`` of it through each rank. ``weight_broadcast``: the updated weights each
-    rank receives from the owners. ``cost_inputs``: two float64 vectors per layer gathered on every rank.
+    ``factor_reduce``: over ``ranks``, the ``curvature`` layers' raw sums (packed float32) reduced to their
+    owners; a ring reduce moves ``(ranks - 1) / ranks`` of it through each rank. ``weight_broadcast``: the
+    updated weights each rank receives from the owners. ``cost_inputs``: two float64 vectors per layer
+    gathered on every rank.
     """
     tokens = config.calib_samples * config.calib_seqlen / ranks
     boundary = 2 * tokens * model.config.hidden_size * DTYPE_BYTES[dtype] * (devices - 1) * passes
     share = (ranks - 1) / ranks
     weights = sum(lin.weight.numel() for lin in linears.values()) * DTYPE_BYTES[dtype]
     vectors = 8 * sum(lin.out_features + lin.in_features for lin in linears.values())
-    return {"device_boundaries": int(boundary), "factor_reduce": int(raw_factor_bytes(linears, widths) * share),
+    sums = raw_factor_bytes(curvature, widths if curvature is linears else None)
+    return {"device_boundaries": int(boundary), "factor_reduce": int(sums * share),
             "weight_broadcast": int(weights * share), "cost_inputs": int(vectors * share)}
 
 
@@ -152,12 +159,12 @@ def _pass_share(blocks: int, groups: int) -> float:
     return sum(1 / 3 + 2 / 3 * (blocks - r.start) / blocks for r in block_ranges(blocks, groups))
 
 
-def _device_needs(model, linears, blocks: int, widths: list[int], config: PruneConfig, method, dtype: str,
-                  devices: int, groups: int, batch: int) -> ShotMemory:
+def _device_needs(model, linears, curvature, blocks: int, widths: list[int], config: PruneConfig, method,
+                  dtype: str, devices: int, groups: int, batch: int) -> ShotMemory:
     """The busiest device's share when the blocks are split evenly over ``devices`` (as ``device_map`` does)."""
     return shot_memory(model, linears, blocks, batch, config.calib_seqlen, full_factors=method.holds_full_factors(),
                        backward=True, input_widths=widths, dtype_bytes=DTYPE_BYTES[dtype], block_groups=groups,
-                       devices=devices)
+                       devices=devices, curvature=curvature)
 
 
 def _fitting_settings(needs, weights: int, room: int | None, most: int, batch: int
@@ -190,20 +197,22 @@ def plan_shot(model_or_config: str, config: PruneConfig, dtype: str = "float32",
     linears = adapter.prunable_linears(model)
     widths = adapter.distinct_input_widths(model)
     method = get_method(config.method, config)
+    curvature = make_selector(config.granularity, config.nm, method.selection_scope(), model, adapter, linears,
+                              False, config.width_multiple).curvature_layers(method)
     blocks = len(adapter.blocks(model))
     parameters = sum(p.numel() for p in model.parameters())
     weights = parameters * DTYPE_BYTES[dtype] // devices + RUNTIME_BYTES
     needs = lambda groups, batch: _device_needs(  # noqa: E731
-        model, linears, blocks, widths, config, method, dtype, devices, groups, batch)
+        model, linears, curvature, blocks, widths, config, method, dtype, devices, groups, batch)
     most = max(1, blocks // devices) if method.holds_full_factors() else 1
     groups, batch, memory, fits = _fitting_settings(needs, weights, device_bytes, most, config.batch_size)
-    flops = shot_flops(model, adapter, linears, config, widths)
+    flops = shot_flops(model, adapter, linears, config, widths, curvature)
     flops["pass"] *= _pass_share(blocks, min(blocks, groups))
     # Blocks split over devices run one after another: no speed-up from more devices.
     rate = tflops or measured_tflops()
     pass_rate = tflops or (rate if dtype == "float32" else measured_tflops(getattr(torch, dtype)))
     seconds = flops["pass"] / (pass_rate * 1e12) + (sum(flops.values()) - flops["pass"]) / (rate * 1e12)
-    communication = communication_bytes(model, linears, widths, config, dtype, devices, ranks,
+    communication = communication_bytes(model, linears, curvature, widths, config, dtype, devices, ranks,
                                          _pass_share(blocks, min(blocks, groups)))
     refit = reconstruction_bytes(model, adapter, linears, config.calib_samples, config.calib_seqlen,
                                  DTYPE_BYTES[dtype]) if config.reconstruct else None

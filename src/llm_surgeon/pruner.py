@@ -161,19 +161,19 @@ def _layerwise_shot(job: PruneJob, method: LayerwiseMethod, result: PruneResult)
     end_shot(job, result)
 
 
-def _raw_factors(job: PruneJob, method: PruningMethod, collector: CurvatureCollector, shot: int, label: str,
-                 scratch: Path | None) -> Mapping:
-    """The curvature pass of a shot: nothing, inputs only, or full/diagonal Kronecker factors; with block
-    groups one pass per group, the sums waiting in ``scratch``."""
+def _raw_factors(job: PruneJob, method: PruningMethod, layers: dict[str, nn.Linear], collector: CurvatureCollector,
+                 shot: int, label: str, scratch: Path | None) -> Mapping:
+    """The curvature pass of a shot over ``layers`` (those the selection reads): nothing, inputs only, or
+    full/diagonal Kronecker factors; with block groups one pass per group, the sums waiting in ``scratch``."""
     if method.curvature == "none":
         return {}
     request = CurvatureRequest(with_gradients=method.curvature != "inputs", diagonal_only=method.diagonal_only,
                                input_means=method.input_means)
     seed = job.config.seed + shot
     if scratch is None:
-        return collector.collect(job.model, job.adapter, job.linears, job.calibration, request, seed, label)
+        return collector.collect(job.model, job.adapter, layers, job.calibration, request, seed, label)
     ranges = block_ranges(len(job.adapter.blocks(job.model)), job.layout.block_groups)
-    return collect_in_groups(collector, job.model, job.adapter, job.linears, job.calibration, request, seed,
+    return collect_in_groups(collector, job.model, job.adapter, layers, job.calibration, request, seed,
                              ranges, scratch, label)
 
 
@@ -206,7 +206,7 @@ def _shot_with_scratch(job: PruneJob, method: PruningMethod, selector: UnitSelec
                        result: PruneResult, shot: int, fraction: float, scratch: Path | None) -> None:
     label = f"shot {shot + 1}/{job.config.effective_shots}"
     t0 = time.perf_counter()
-    raw = _raw_factors(job, method, collector, shot, label, scratch)
+    raw = _raw_factors(job, method, selector.curvature_layers(method), collector, shot, label, scratch)
     t1 = time.perf_counter()
     factors = _cost_factors(job, method, raw)  # damped layer by layer when asked for
     placement = collector.placement() if method.curvature != "none" else EVERY_LAYER_HERE

@@ -75,7 +75,8 @@ def largest_group_share(blocks: int, groups: int) -> float:
 
 
 def factor_bytes(linears: dict[str, nn.Linear], diagonal_only: bool = False,
-                 input_widths: list[int] | None = None, group_share: float = 1.0, layer_share: float = 1.0) -> int:
+                 input_widths: list[int] | None = None, group_share: float = 1.0, layer_share: float = 1.0,
+                 masked: dict[str, nn.Linear] | None = None) -> int:
     """Bytes of a shot's curvature state at its peak.
 
     Only the raw float32 sums persist (:func:`raw_factor_bytes`): of every layer, or with block groups
@@ -83,8 +84,10 @@ def factor_bytes(linears: dict[str, nn.Linear], diagonal_only: bool = False,
     and inverses of one layer at a time, the float64 inversion work of the widest factor, the cost
     temporaries of the largest layer (float32 costs and int64 sort keys) and two boolean masks per
     weight (the shot's old and new masks) of the device's ``layer_share`` of the layers come on top.
+    ``linears`` are the layers whose curvature a shot collects, ``masked`` every prunable layer (by
+    default the same).
     """
-    weights = int(sum(lin.weight.numel() for lin in linears.values()) * layer_share)
+    weights = int(sum(lin.weight.numel() for lin in (masked or linears).values()) * layer_share)
     if diagonal_only:
         return 4 * 2 * sum(lin.out_features + lin.in_features for lin in linears.values()) + 2 * weights
     raw = int(raw_factor_bytes(linears, input_widths) * group_share)
@@ -117,13 +120,16 @@ still large enough to run at full speed."""
 def shot_memory(model: nn.Module, linears: dict[str, nn.Linear], blocks: int, batch_windows: int, seqlen: int,
                 full_factors: bool, backward: bool, chunk_tokens: int = LOGIT_CHUNK_TOKENS,
                 input_widths: list[int] | None = None, dtype_bytes: int | None = None,
-                block_groups: int = 1, devices: int = 1) -> ShotMemory:
+                block_groups: int = 1, devices: int = 1, curvature: dict[str, nn.Linear] | None = None
+                ) -> ShotMemory:
     """The estimate for one shot of ``model`` with micro-batches of ``batch_windows`` x ``seqlen`` tokens.
 
     With ``block_groups`` the factor sums of the largest group are held at once; the activations are
     those of the first group's pass, which runs through every block. With ``devices`` the blocks are
     split evenly over that many devices (as ``device_map`` does) and the estimate is the busiest one's:
-    its blocks' sums, masks and activations, and the logits."""
+    its blocks' sums, masks and activations, and the logits. ``curvature`` are the layers whose factors the
+    shot collects when not all of them (structured costs priced by output columns); ``input_widths`` then
+    count one ``A`` per layer of them."""
     config = model.config
     dtype_bytes = dtype_bytes or next(model.parameters()).element_size()
     eager = None
@@ -135,8 +141,10 @@ def shot_memory(model: nn.Module, linears: dict[str, nn.Linear], blocks: int, ba
     vocab = model.get_output_embeddings().weight.shape[0]
     logits = LOGIT_COPIES * 4 * min(chunk_tokens, batch_windows * seqlen) * vocab if backward else 0
     share = largest_group_share(blocks, min(blocks, devices * block_groups))
-    factors = factor_bytes(linears, input_widths=input_widths, group_share=share,
-                           layer_share=on_device) if full_factors else 0
+    held = linears if curvature is None else curvature
+    widths = input_widths if held is linears else None
+    factors = factor_bytes(held, input_widths=widths, group_share=share, layer_share=on_device,
+                           masked=linears) if full_factors else 0
     return ShotMemory(factors=factors, activations=activations, logits=logits)
 
 

@@ -77,6 +77,11 @@ class UnitSelector(ABC):
         placement.share_weights(self.linears)
         return placement.share_totals(totals)
 
+    def curvature_layers(self, method) -> dict[str, nn.Linear]:
+        """The layers whose curvature a shot must collect for ``method`` (every layer, unless the units'
+        costs and removals read only some of them)."""
+        return self.linears
+
     def summary(self, masks: dict[str, torch.Tensor]) -> dict | None:
         """What the final masks mean beyond a sparsity (structured: widths kept per block)."""
         return None
@@ -219,6 +224,14 @@ class StructureSelector(UnitSelector):
 
     def schedule(self, sparsity, shots):
         return linear_schedule(sparsity, shots)
+
+    def curvature_layers(self, method):
+        """Every layer, or, when ``method`` prices and removes a structure by its output columns alone, the
+        output projections (``o_proj``, ``down_proj``): the q/k/v and gate/up rows go free with them."""
+        if method.reads_row_factors():
+            return self.linears
+        names = {self.name_of(b, rel) for b, u in enumerate(self.units) for rel in u.column_modules()}
+        return {name: lin for name, lin in self.linears.items() if name in names}
 
     def _factors_of(self, factors: dict, block: int, dtype: torch.dtype | None):
         def lookup(rel: str):

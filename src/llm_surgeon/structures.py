@@ -70,6 +70,11 @@ class BlockStructures:
             add("cols", out_member, local)
         return {module: (kind, torch.cat(parts)) for module, (kind, parts) in out.items()}
 
+    def column_modules(self) -> set[str]:
+        """The modules whose columns the structures own: the output projections (attention's and each FFN's)."""
+        return {m.module for members in self.spec.columns().values() for m in members} | {
+            out.module for _, out in self.parts}
+
     def _rows_params(self, member: Member, rows: int) -> int:
         lin = self.linears[member.module]
         return rows * (lin.in_features + (1 if lin.bias is not None else 0))

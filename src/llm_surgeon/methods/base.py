@@ -91,6 +91,12 @@ class PruningMethod(MethodBase):
         """New weights with exact zeros on ``remove``; by default no compensation."""
         return W.masked_fill(remove, 0.0), None
 
+    def reads_row_factors(self) -> bool:
+        """Whether structured costs and removals read the factors of the layers whose rows a structure owns
+        (q/k/v, gate/up). A method that prices a structure by its output columns alone says no, and the shot
+        collects curvature for the output projections only (same result, less work and memory)."""
+        return True
+
     def row_costs(self, W: torch.Tensor, bias: torch.Tensor | None, factors) -> torch.Tensor:
         """Cost of removing each single row (with its bias entry)."""
         raise NotImplementedError(f"{self.name} has no structured costs")

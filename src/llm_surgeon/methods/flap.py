@@ -41,6 +41,9 @@ class FLAPPruning(PruningMethod):
         """Per element ``Var(x_j) W_ij²`` (unused: structured only)."""
         return flap.fluctuation(factors.A, factors.mean)[None, :] * W.double().pow(2)
 
+    def reads_row_factors(self) -> bool:
+        return False  # rows go free with their columns
+
     def row_costs(self, W, bias, factors):
         return torch.zeros(W.shape[0], dtype=torch.float64, device=W.device)
 

@@ -49,6 +49,9 @@ class SurgeonPruning(PruningMethod):
             max_iterations=self.update_iterations, tolerance=self.update_tolerance,
         )
 
+    def reads_row_factors(self) -> bool:
+        return not self.outputs_only
+
     def row_costs(self, W, bias, factors):
         if self.outputs_only:
             return torch.zeros(W.shape[0], dtype=W.dtype, device=W.device)

@@ -44,6 +44,9 @@ class ZipLMPruning(PruningMethod):
         """Layer-wise OBS saliency ``½ w² / [A⁻¹]_jj`` (unused: structured only)."""
         return 0.5 * W.double().pow(2) / self._A_inv(factors).diagonal()[None, :]
 
+    def reads_row_factors(self) -> bool:
+        return False  # rows go free with their columns
+
     def row_costs(self, W, bias, factors):
         return torch.zeros(W.shape[0], dtype=W.dtype, device=W.device)
 
