@@ -54,7 +54,8 @@ def main() -> int:
                           "ppl": (report.get("ppl") or {}).get("wikitext2"),
                           "exit": code, "measured_peak_mb": round(peak_mb),
                           "predicted_peak_mb": round(estimate["predicted_peak_mb"]) if estimate else None,
-                          "estimate_parts_mb": {k: round(v) for k, v in estimate.items()} if estimate else None,
+                          "estimate_parts_mb": {k: round(v) for k, v in estimate.items()
+                                                if isinstance(v, (int, float))} if estimate else None,
                           "seconds": {k: round(v, 1) for k, v in report.get("seconds", {}).items()},
                           "wall_s": round(wall, 1)}), flush=True)
         shutil.rmtree(out, ignore_errors=True)
