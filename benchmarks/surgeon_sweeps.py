@@ -32,6 +32,10 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         "base (20 iterations)": UNSTRUCTURED_BASE,
         "50 iterations": [*UNSTRUCTURED_BASE, "--update-iterations", "50"],
     },
+    "update-start": {  # where the correlated update's PCG starts (benchmarks/pcg_convergence.py: its quadratic)
+        "base (zeroed start)": UNSTRUCTURED_BASE,
+        "independent OBS start": [*UNSTRUCTURED_BASE, "--update-start", "independent"],
+    },
     "fisher": {
         "base (empirical)": UNSTRUCTURED_BASE,
         "true (labels sampled)": [*UNSTRUCTURED_BASE, "--fisher", "true"],
@@ -91,8 +95,11 @@ def row(label: str, report: dict) -> str:
     s, shots = report["seconds"], report["shot_records"]
     iterations = [r["update_iterations_mean"] for r in shots if r.get("update_iterations_mean")]
     pcg = f"{sum(iterations) / len(iterations):.1f}" if iterations else ""
+    reductions = [r["update_loss_reduction"] for r in shots if r.get("update_loss_reduction")]
+    removed = f"{sum(reductions) / len(reductions):.3f}" if reductions else ""
     return (f"| {label} | {report['ppl']['wikitext2']:.2f} | {s['total']:.0f} | {s.get('curvature', 0):.0f} | "
-            f"{s.get('update', 0):.0f} | {s.get('correction', 0):.0f} | {report['peak_memory_mb']:,.0f} | {pcg} |")
+            f"{s.get('update', 0):.0f} | {s.get('correction', 0):.0f} | {report['peak_memory_mb']:,.0f} | {pcg} | "
+            f"{removed} |")
 
 
 def main() -> int:
@@ -101,8 +108,8 @@ def main() -> int:
         rows = [row(label, run(flags, args)) for label, flags in SWEEPS[sweep].items()]
         print(f"\n### {sweep} (first {args.eval_max_windows} test windows)\n")
         print("| setting | wikitext2 ppl | pruning s | curvature s | update s | correction s | peak MB | PCG "
-              "iterations (mean) |")
-        print("|---|---|---|---|---|---|---|---|")
+              "iterations (mean) | share of the zeroed loss the update removed (mean) |")
+        print("|---|---|---|---|---|---|---|---|---|")
         print("\n".join(rows), flush=True)
     return 0
 

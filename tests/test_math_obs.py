@@ -1,12 +1,15 @@
 """Costs, Kronecker OBS update and global threshold against explicit dense references."""
 
+import pytest
 import torch
 
+from llm_surgeon import PruneConfig, prune
+from llm_surgeon.errors import ConfigError
 from llm_surgeon.math.costs import element_costs, nm_group_costs, nm_group_element_mask
-from llm_surgeon.math.obs import kronecker_obs_update
+from llm_surgeon.math.obs import independent_obs_start, kronecker_obs_update
 from llm_surgeon.math.selection import nm_violations, select_nm, select_unstructured
 from llm_surgeon.math.threshold import linear_schedule, select_cheapest
-from tests.conftest import damped_factors, dense_obs_minimiser, spd
+from tests.conftest import damped_factors, dense_obs_minimiser, spd, tiny_llama
 
 
 def test_kronecker_obs_update_equals_exact_dense_minimiser():
@@ -111,3 +114,44 @@ def test_nm_selection_grows_and_finishes_in_pattern():
         W = torch.ones(shape[k]).masked_fill(m, 0)
         assert nm_violations(W, 2, 4) == 0
         assert float(m.float().mean()) == 0.5
+
+
+def test_warm_started_update_reaches_the_same_minimiser_and_is_exact_at_once_for_one_weight():
+    """From the independent single-weight updates PCG still ends at the dense KKT minimiser; for one removed
+    weight that start is the optimum already (0 steps: the loss is the element cost ½ w²/([G⁻¹]_ii [A⁻¹]_jj))."""
+    torch.manual_seed(3)
+    W = torch.randn(5, 7, dtype=torch.float64)
+    f = damped_factors(spd(5, 7), spd(7, 8), 0.1, 0.1)
+    remove = torch.rand(5, 7) < 0.4
+    expected, loss = dense_obs_minimiser(W, remove, f.G, f.A)
+    seen = []
+    got, stats = kronecker_obs_update(W, remove, f.G, f.A, f.G_inv, f.A_inv, max_iterations=200, tolerance=1e-12,
+                                      warm_start=True, on_iteration=lambda k, delta, rel: seen.append((k, rel)))
+    assert torch.allclose(got, expected, atol=1e-8) and torch.all(got[remove] == 0)
+    assert abs(stats.loss_after - float(loss)) < 1e-8
+    assert [k for k, _ in seen] == list(range(1, stats.iterations + 1)) and seen[-1][1] == stats.relative_residual
+    one = torch.zeros(5, 7, dtype=torch.bool)
+    one[1, 4] = True
+    start = W + independent_obs_start(W, one, f.G_inv, f.A_inv)
+    exact, _ = dense_obs_minimiser(W, one, f.G, f.A)
+    assert torch.allclose(start, exact, atol=1e-10)
+    _, stats = kronecker_obs_update(W, one, f.G, f.A, f.G_inv, f.A_inv, max_iterations=0, warm_start=True)
+    cost = element_costs(W, f.G_inv.diagonal(), f.A_inv.diagonal())[1, 4]
+    assert abs(stats.loss_after - float(cost)) < 1e-9 * max(1.0, float(cost))
+
+
+def test_update_start_reaches_the_run_and_is_refused_where_it_does_nothing(calibration):
+    """The same masks either way (the start changes the update, not the selection); on this tiny model the
+    independent start leaves less of the quadratic loss after the same PCG steps. Other methods and
+    structured pruning have no such update: the flag is refused there in one line."""
+    results = {}
+    for start in ("zeroed", "independent"):
+        config = PruneConfig(sparsity=0.5, shots=1, update_iterations=3, update_tolerance=0.0, update_start=start)
+        results[start] = prune(tiny_llama(seed=4), calibration, config, progress=False)
+    assert all(torch.equal(results["zeroed"].masks[n], m) for n, m in results["independent"].masks.items())
+    reductions = {start: r.shots[0].update_loss_reduction for start, r in results.items()}
+    assert reductions["independent"] > reductions["zeroed"] > 0
+    for bad in (PruneConfig(method="sparsegpt", update_start="independent"),
+                PruneConfig(granularity="structured", update_start="independent"), PruneConfig(update_start="x")):
+        with pytest.raises(ConfigError, match="update start|--update-start"):
+            bad.validate()

@@ -15,7 +15,7 @@ import sys
 from llm_surgeon.allocator import release_freed_memory
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
-from llm_surgeon.methods import STRUCTURE_COSTS, method_names, methods_help
+from llm_surgeon.methods import STRUCTURE_COSTS, UPDATE_STARTS, method_names, methods_help
 from llm_surgeon.models.adapters import supported_model_types
 
 DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
@@ -74,6 +74,9 @@ def _add_method_flags(parser: argparse.ArgumentParser) -> None:
                         help="max PCG iterations of the correlated update per layer and shot")
     parser.add_argument("--update-tolerance", type=float, default=d.update_tolerance,
                         help="PCG stops when the preconditioned residual falls below this fraction of its start")
+    parser.add_argument("--update-start", default=d.update_start, choices=UPDATE_STARTS,
+                        help="where the correlated update starts: the removed weights zeroed, or the sum of their "
+                             "single-weight OBS updates (independent)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size,
                         help="calibration windows per forward/backward pass (sets the activation memory)")
     parser.add_argument("--sparsegpt-damp", type=float, default=d.sparsegpt_damp,
@@ -139,6 +142,7 @@ def _config_from_args(args: argparse.Namespace) -> PruneConfig:
         calib_data=args.calib_data, text_field=args.text_field,
         damp_g=args.damp_g, damp_a=args.damp_a, fisher=args.fisher, magnitude_scope=args.magnitude_scope,
         update_iterations=args.update_iterations, update_tolerance=args.update_tolerance,
+        update_start=args.update_start,
         batch_size=args.batch_size, sparsegpt_damp=args.sparsegpt_damp,
         lora_rank=args.lora_rank, lora_lr=args.lora_lr, lora_epochs=args.lora_epochs,
         prune_unrouted=args.prune_unrouted, width_multiple=args.width_multiple, reconstruct=args.reconstruct,

@@ -6,7 +6,15 @@ import re
 from dataclasses import asdict, dataclass, fields
 
 from llm_surgeon.errors import ConfigError
-from llm_surgeon.methods import NM, STRUCTURE_COSTS, STRUCTURED, UNSTRUCTURED, method_class, method_names
+from llm_surgeon.methods import (
+    NM,
+    STRUCTURE_COSTS,
+    STRUCTURED,
+    UNSTRUCTURED,
+    UPDATE_STARTS,
+    method_class,
+    method_names,
+)
 from llm_surgeon.textsets import parse_text_set
 
 FISHER_TYPES = ("empirical", "true")
@@ -43,6 +51,10 @@ class PruneConfig:
     update_iterations: int = 20
     """Maximum PCG iterations of the Kronecker OBS update per layer and shot."""
     update_tolerance: float = 1e-3
+    update_start: str = UPDATE_STARTS[0]
+    """Where the correlated update's PCG starts: ``"zeroed"`` (the removed weights zeroed, nothing else moved)
+    or ``"independent"`` (the sum of every removed weight's single-weight OBS update; see
+    :func:`llm_surgeon.math.obs.independent_obs_start`)."""
     batch_size: int = 8
     """Calibration windows per forward/backward pass."""
     sparsegpt_damp: float = 0.01
@@ -132,6 +144,11 @@ class PruneConfig:
             raise ConfigError("damping must be positive")
         if self.batch_size < 1 or self.update_iterations < 0:
             raise ConfigError("batch size must be >= 1 and update iterations >= 0")
+        if self.update_start not in UPDATE_STARTS:
+            raise ConfigError(f"update start must be one of {', '.join(UPDATE_STARTS)}")
+        if self.update_start != UPDATE_STARTS[0] and (self.method != "surgeon" or self.granularity == STRUCTURED):
+            raise ConfigError("--update-start chooses where LLM Surgeon's unstructured / N:M update starts; use "
+                              "--method surgeon without structured granularity, or drop it")
         if self.structure_costs not in STRUCTURE_COSTS:
             raise ConfigError(f"structure costs must be one of {', '.join(STRUCTURE_COSTS)}")
         if self.structure_costs != STRUCTURE_COSTS[0] and self.granularity != STRUCTURED:

@@ -10,7 +10,7 @@ from llm_surgeon.math import structured as rows_cols
 from llm_surgeon.math.costs import element_costs
 from llm_surgeon.math.kfac import DampedFactors
 from llm_surgeon.math.obs import UpdateStats, kronecker_obs_update
-from llm_surgeon.methods.base import NM, STRUCTURE_COSTS, STRUCTURED, UNSTRUCTURED, PruningMethod
+from llm_surgeon.methods.base import NM, STRUCTURE_COSTS, STRUCTURED, UNSTRUCTURED, UPDATE_STARTS, PruningMethod
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class SurgeonPruning(PruningMethod):
     def __init__(self, config=None):
         self.update_iterations = config.update_iterations if config else 20
         self.update_tolerance = config.update_tolerance if config else 1e-3
+        self.warm_start = (config.update_start if config else UPDATE_STARTS[0]) == "independent"
         self.outputs_only = (config.structure_costs if config else STRUCTURE_COSTS[0]) == "outputs"
         """Structured: only the output projections' columns are priced and compensated (``--structure-costs``)."""
 
@@ -46,7 +47,7 @@ class SurgeonPruning(PruningMethod):
                ) -> tuple[torch.Tensor, UpdateStats | None]:
         return kronecker_obs_update(
             W, remove, factors.G, factors.A, factors.G_inv, factors.A_inv,
-            max_iterations=self.update_iterations, tolerance=self.update_tolerance,
+            max_iterations=self.update_iterations, tolerance=self.update_tolerance, warm_start=self.warm_start,
         )
 
     def reads_row_factors(self) -> bool:
