@@ -40,6 +40,8 @@ def _config(method: str, granularity: str) -> PruneConfig:
     sparsity = 0.3 if granularity == "structured" else 0.5
     if method == "surgeon" and granularity == "structured":
         extra["structure_costs"] = "all"  # pinned before output-column pricing became the default
+    elif method == "surgeon":
+        extra["update_start"] = "zeroed"  # pinned before the independent start became the default
     return PruneConfig(method=method, granularity=granularity, sparsity=sparsity, shots=2, **extra)
 
 

@@ -75,8 +75,8 @@ def _add_method_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--update-tolerance", type=float, default=d.update_tolerance,
                         help="PCG stops when the preconditioned residual falls below this fraction of its start")
     parser.add_argument("--update-start", default=d.update_start, choices=UPDATE_STARTS,
-                        help="where the correlated update starts: the removed weights zeroed, or the sum of their "
-                             "single-weight OBS updates (independent)")
+                        help="where the correlated update starts: the sum of the removed weights' single-weight OBS "
+                             "updates (independent), or the removed weights zeroed")
     parser.add_argument("--batch-size", type=int, default=d.batch_size,
                         help="calibration windows per forward/backward pass (sets the activation memory)")
     parser.add_argument("--sparsegpt-damp", type=float, default=d.sparsegpt_damp,

@@ -52,9 +52,10 @@ class PruneConfig:
     """Maximum PCG iterations of the Kronecker OBS update per layer and shot."""
     update_tolerance: float = 1e-3
     update_start: str = UPDATE_STARTS[0]
-    """Where the correlated update's PCG starts: ``"zeroed"`` (the removed weights zeroed, nothing else moved)
-    or ``"independent"`` (the sum of every removed weight's single-weight OBS update; see
-    :func:`llm_surgeon.math.obs.independent_obs_start`)."""
+    """Where the correlated update's PCG starts: ``"independent"`` (the sum of every removed weight's
+    single-weight OBS update, :func:`llm_surgeon.math.obs.independent_obs_start`; the default, from
+    BENCHMARKS.md: worth about 20 PCG steps) or ``"zeroed"`` (the removed weights zeroed, nothing else
+    moved: the paper's and this project's first start)."""
     batch_size: int = 8
     """Calibration windows per forward/backward pass."""
     sparsegpt_damp: float = 0.01

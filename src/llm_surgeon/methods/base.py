@@ -20,7 +20,7 @@ UNSTRUCTURED, NM, STRUCTURED = "unstructured", "nm", "structured"
 """Granularity kinds a method can support (``nm`` stands for every N:M pattern)."""
 STRUCTURE_COSTS = ("outputs", "all")
 """How structured LLM Surgeon prices a structure (``--structure-costs``); the first is the default."""
-UPDATE_STARTS = ("zeroed", "independent")
+UPDATE_STARTS = ("independent", "zeroed")
 """Where LLM Surgeon's correlated update starts its PCG (``--update-start``); the first is the default."""
 
 
