@@ -35,6 +35,8 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
     "update-start": {  # where the correlated update's PCG starts (benchmarks/pcg_convergence.py: its quadratic)
         "base (zeroed start)": UNSTRUCTURED_BASE,
         "independent OBS start": [*UNSTRUCTURED_BASE, "--update-start", "independent"],
+        "independent OBS start, 50 iterations": [*UNSTRUCTURED_BASE, "--update-start", "independent",
+                                                 "--update-iterations", "50"],
     },
     "fisher": {
         "base (empirical)": UNSTRUCTURED_BASE,
