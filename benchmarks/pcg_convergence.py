@@ -1,5 +1,5 @@
 """How fast the correlated update converges on a real model's curvature: PCG started from the removed
-weights zeroed (the default) against PCG started from every removed weight's own single-weight OBS update
+weights zeroed (the old default) against PCG started from every removed weight's own single-weight OBS update
 (``warm_start``, now the default).
 
 One curvature pass (LLM Surgeon's damped Kronecker factors) over the layers of ``--blocks``; in each layer
