@@ -18,7 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-UNSTRUCTURED_BASE = ["--method", "surgeon", "--sparsity", "0.5", "--shots", "1"]
+# Settings a default may change are pinned, so a row read back from its folder never stands for a newer default.
+SURGEON_50 = ["--method", "surgeon", "--sparsity", "0.5", "--update-start", "independent"]
+UNSTRUCTURED_BASE = [*SURGEON_50[:4], "--shots", "1", *SURGEON_50[4:]]
+ZEROED_START = [*SURGEON_50[:4], "--shots", "1", "--update-start", "zeroed"]
 STRUCTURED_BASE = ["--granularity", "structured", "--sparsity", "0.2", "--shots", "1"]
 
 SWEEPS: dict[str, dict[str, list[str]]] = {
@@ -27,16 +30,12 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         "A 0.01, G 0.01": [*UNSTRUCTURED_BASE, "--damp-a", "0.01", "--damp-g", "0.01"],
         "A 1.0, G 1.0": [*UNSTRUCTURED_BASE, "--damp-a", "1.0", "--damp-g", "1.0"],
     },
-    "pcg": {
-        "10 iterations": [*UNSTRUCTURED_BASE, "--update-iterations", "10"],
-        "base (20 iterations)": UNSTRUCTURED_BASE,
-        "50 iterations": [*UNSTRUCTURED_BASE, "--update-iterations", "50"],
-    },
-    "update-start": {  # where the correlated update's PCG starts (benchmarks/pcg_convergence.py: its quadratic)
-        "base (zeroed start)": UNSTRUCTURED_BASE,
-        "independent OBS start": [*UNSTRUCTURED_BASE, "--update-start", "independent"],
-        "independent OBS start, 50 iterations": [*UNSTRUCTURED_BASE, "--update-start", "independent",
-                                                 "--update-iterations", "50"],
+    "pcg": {  # iterations and where the correlated update's PCG starts (benchmarks/pcg_convergence.py)
+        "zeroed start, 10 iterations": [*ZEROED_START, "--update-iterations", "10"],
+        "zeroed start, 20 iterations": ZEROED_START,
+        "base (independent start, 20 iterations)": UNSTRUCTURED_BASE,
+        "zeroed start, 50 iterations": [*ZEROED_START, "--update-iterations", "50"],
+        "independent start, 50 iterations": [*UNSTRUCTURED_BASE, "--update-iterations", "50"],
     },
     "fisher": {
         "base (empirical)": UNSTRUCTURED_BASE,
@@ -49,13 +48,12 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
     },
     "shots": {
         "base (1 shot)": UNSTRUCTURED_BASE,
-        "5 shots": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "5"],
+        "5 shots": [*SURGEON_50, "--shots", "5"],
     },
     "calibration": {  # later flags win: --calib-samples here overrides the protocol's 64
         "64 x 512, 1 shot (base)": UNSTRUCTURED_BASE,
         "128 x 512, 1 shot (2x the pass)": [*UNSTRUCTURED_BASE, "--calib-samples", "128"],
-        "32 x 512, 2 shots (the same passes)": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "2",
-                                                "--calib-samples", "32"],
+        "32 x 512, 2 shots (the same passes)": [*SURGEON_50, "--shots", "2", "--calib-samples", "32"],
     },
     "structured-costs": {  # 80% kept in one shot: how a structure is priced
         "surgeon, all members (the paper's)": ["--method", "surgeon", *STRUCTURED_BASE, "--structure-costs", "all"],

@@ -141,3 +141,30 @@ def test_planned_reconstruction_bytes_equal_what_the_refit_holds(make, calibrati
     assert planned["stage_sums"] == max(seen)
     assert planned["dense_copy"] == sum(w.nbytes + (0 if b is None else b.nbytes) for w, b in dense.values())
     assert planned["block_states"] == 4 * calibration.numel() * model.config.hidden_size * 4
+
+
+def test_held_curvature_counts_shared_inputs_only_when_every_layer_is_held():
+    """All layers: one ``A`` per distinct input; some layers (output-priced structures): one ``A`` each, the
+    rule behind the memory, work and communication estimates alike."""
+    from llm_surgeon import PruneConfig
+    from llm_surgeon.planning import communication_bytes, shot_flops
+    from llm_surgeon.resources import held_curvature
+
+    model = tiny_llama()
+    adapter = get_adapter(model)
+    linears = adapter.prunable_linears(model)
+    widths = adapter.distinct_input_widths(model)
+    assert held_curvature(linears, widths) == (linears, widths)
+    assert held_curvature(linears, widths, dict(linears)) == (linears, widths)  # all layers, another dict
+    assert held_curvature(linears)[1] == [lin.in_features for lin in linears.values()]
+    outputs = {name: lin for name, lin in linears.items() if name.endswith(("o_proj", "down_proj"))}
+    held, held_widths = held_curvature(linears, widths, outputs)
+    assert held is outputs and held_widths == [lin.in_features for lin in outputs.values()]
+
+    config = PruneConfig(calib_samples=8, calib_seqlen=16)
+    moved = communication_bytes(model, linears, outputs, widths, config, "float32", devices=1, ranks=2, passes=1)
+    assert moved["factor_reduce"] == raw_factor_bytes(held, held_widths) // 2
+    lean, full = (shot_flops(model, adapter, linears, config, widths, curvature) for curvature in (outputs, None))
+    tokens = 8 * 16
+    assert lean["statistics"] == 2 * tokens * sum(lin.in_features**2 + lin.out_features**2 for lin in outputs.values())
+    assert lean["statistics"] < full["statistics"] and lean["update"] == full["update"]

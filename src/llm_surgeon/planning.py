@@ -24,6 +24,7 @@ from llm_surgeon.models.adapters import ArchitectureAdapter, checked_meta_model,
 from llm_surgeon.resources import (
     ShotMemory,
     fewest_block_groups,
+    held_curvature,
     raw_factor_bytes,
     reconstruction_bytes,
     shot_memory,
@@ -112,10 +113,9 @@ def shot_flops(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str
     weight gradients), attention scores included; statistics: ``aᵀa`` per distinct input and ``gᵀg``
     per layer; inversions: float64 Cholesky and inverse of every factor, twice (for the costs, then the
     update); update: ``update_iterations`` PCG steps of four Kronecker products per layer. ``curvature``: the
-    layers whose factors the shot collects when not all (then one ``A`` per layer of them).
+    layers whose factors the shot collects when not all (:func:`~llm_surgeon.resources.held_curvature`).
     """
-    held = linears if curvature is None else curvature
-    widths = input_widths if held is linears else [lin.in_features for lin in held.values()]
+    held, widths = held_curvature(linears, input_widths, curvature)
     c = model.config
     tokens = config.calib_samples * config.calib_seqlen
     params = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
@@ -148,7 +148,7 @@ def communication_bytes(model: nn.Module, linears: dict[str, nn.Linear], curvatu
     share = (ranks - 1) / ranks
     weights = sum(lin.weight.numel() for lin in linears.values()) * DTYPE_BYTES[dtype]
     vectors = 8 * sum(lin.out_features + lin.in_features for lin in linears.values())
-    sums = raw_factor_bytes(curvature, widths if curvature is linears else None)
+    sums = raw_factor_bytes(*held_curvature(linears, widths, curvature))
     return {"device_boundaries": int(boundary), "factor_reduce": int(sums * share),
             "weight_broadcast": int(weights * share), "cost_inputs": int(vectors * share)}
 

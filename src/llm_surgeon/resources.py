@@ -68,6 +68,20 @@ def raw_factor_bytes(linears: dict[str, nn.Linear], input_widths: list[int] | No
     return 4 * (sum(triangle(lin.out_features) for lin in linears.values()) + sum(triangle(w) for w in widths))
 
 
+def held_curvature(linears: dict[str, nn.Linear], input_widths: list[int] | None = None,
+                   curvature: dict[str, nn.Linear] | None = None) -> tuple[dict[str, nn.Linear], list[int]]:
+    """The layers whose factor sums a shot holds, and the widths of their ``A`` sums: the one rule that memory,
+    work and communication estimates share.
+
+    Every layer (``curvature`` None or all of ``linears``): one ``A`` per distinct input (``input_widths``; layers
+    fed one input share it), or one per layer without them. Some layers only (structured costs priced by output
+    columns): one ``A`` per layer held, since those layers need not share an input."""
+    if curvature is None or curvature.keys() == linears.keys():
+        widths = input_widths if input_widths is not None else [lin.in_features for lin in linears.values()]
+        return linears, widths
+    return curvature, [lin.in_features for lin in curvature.values()]
+
+
 def largest_group_share(blocks: int, groups: int) -> float:
     """The largest group's share of the blocks when ``blocks`` are split into ``groups`` (see
     :func:`llm_surgeon.factor_groups.block_ranges`: groups of ``ceil(blocks / groups)``)."""
@@ -128,8 +142,8 @@ def shot_memory(model: nn.Module, linears: dict[str, nn.Linear], blocks: int, ba
     those of the first group's pass, which runs through every block. With ``devices`` the blocks are
     split evenly over that many devices (as ``device_map`` does) and the estimate is the busiest one's:
     its blocks' sums, masks and activations, and the logits. ``curvature`` are the layers whose factors the
-    shot collects when not all of them (structured costs priced by output columns); ``input_widths`` then
-    count one ``A`` per layer of them."""
+    shot collects when not all of them (structured costs priced by output columns; see
+    :func:`held_curvature`)."""
     config = model.config
     dtype_bytes = dtype_bytes or next(model.parameters()).element_size()
     eager = None
@@ -141,8 +155,7 @@ def shot_memory(model: nn.Module, linears: dict[str, nn.Linear], blocks: int, ba
     vocab = model.get_output_embeddings().weight.shape[0]
     logits = LOGIT_COPIES * 4 * min(chunk_tokens, batch_windows * seqlen) * vocab if backward else 0
     share = largest_group_share(blocks, min(blocks, devices * block_groups))
-    held = linears if curvature is None else curvature
-    widths = input_widths if held is linears else None
+    held, widths = held_curvature(linears, input_widths, curvature)
     factors = factor_bytes(held, input_widths=widths, group_share=share, layer_share=on_device,
                            masked=linears) if full_factors else 0
     return ShotMemory(factors=factors, activations=activations, logits=logits)
