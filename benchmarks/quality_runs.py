@@ -64,6 +64,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--calib-seqlen", type=int, default=512)
     parser.add_argument("--eval-max-windows", type=int, default=None)
+    parser.add_argument("--columns", choices=("reconstruction", "phases"), default="reconstruction",
+                        help="the table's columns: the re-fit's time and block error, or each phase's time, the "
+                             "peak beside its prediction and the share of the loss each shot's update removed")
     return parser.parse_args()
 
 
@@ -89,14 +92,31 @@ def row(name: str, report: dict) -> str:
             f"{report['peak_memory_mb']:,.0f} | {errors} |")
 
 
+def phases_row(name: str, report: dict) -> str:
+    seconds, shots = report["seconds"], report["shot_records"]
+    predicted = (report.get("memory_estimate") or {}).get("predicted_peak_mb")
+    peak = f"{report['peak_memory_mb']:,.0f}" + (f" ({predicted:,.0f})" if predicted else "")
+    removed = ", ".join(f"{r['update_loss_reduction']:.2f}" for r in shots if r.get("update_loss_reduction"))
+    return (f"| {name} | {report['ppl']['wikitext2']:.2f} | {report['achieved_sparsity']:.4f} | "
+            f"{seconds['total']:,.0f} | {seconds.get('curvature', 0):.0f} / {seconds.get('costs', 0):.0f} / "
+            f"{seconds.get('update', 0):.0f} | {peak} | {removed} |")
+
+
+TABLES = {
+    "reconstruction": ("| run | wikitext2 ppl | pruning s | of which reconstruction s | peak MB | block error "
+                       "before -> after (last shot) |\n|---|---|---|---|---|---|", row),
+    "phases": ("| run | wikitext2 ppl | sparsity | pruning s | curvature / costs / update s | peak MB (prediction) | "
+               "share of the zeroed loss each shot's update removed |\n|---|---|---|---|---|---|---|", phases_row),
+}
+
+
 def main() -> int:
     args = _arguments()
     reports = {name: run(name, args) for name in args.runs.split(",")}
-    print("| run | wikitext2 ppl | pruning s | of which reconstruction s | peak MB | block error before -> after "
-          "(last shot) |")
-    print("|---|---|---|---|---|---|")
+    header, make_row = TABLES[args.columns]
+    print(header)
     for name, report in reports.items():
-        print(row(name, report))
+        print(make_row(name, report))
     return 0
 
 
