@@ -29,6 +29,8 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         "base (A 0.1, G 0.1)": UNSTRUCTURED_BASE,
         "A 0.01, G 0.01": [*UNSTRUCTURED_BASE, "--damp-a", "0.01", "--damp-g", "0.01"],
         "A 1.0, G 1.0": [*UNSTRUCTURED_BASE, "--damp-a", "1.0", "--damp-g", "1.0"],
+        "A 0.01, G 0.1": [*UNSTRUCTURED_BASE, "--damp-a", "0.01"],
+        "A 0.1, G 0.01": [*UNSTRUCTURED_BASE, "--damp-g", "0.01"],
     },
     "pcg": {  # iterations and where the correlated update's PCG starts (benchmarks/pcg_convergence.py)
         "zeroed start, 10 iterations": [*ZEROED_START, "--update-iterations", "10"],
