@@ -20,8 +20,8 @@ from pathlib import Path
 
 # Settings a default may change are pinned, so a row read back from its folder never stands for a newer default.
 SURGEON_50 = ["--method", "surgeon", "--sparsity", "0.5", "--update-start", "independent"]
-UNSTRUCTURED_BASE = [*SURGEON_50[:4], "--shots", "1", *SURGEON_50[4:]]
-ZEROED_START = [*SURGEON_50[:4], "--shots", "1", "--update-start", "zeroed"]
+UNSTRUCTURED_BASE = ["--method", "surgeon", "--sparsity", "0.5", "--shots", "1", "--update-start", "independent"]
+ZEROED_START = ["--method", "surgeon", "--sparsity", "0.5", "--shots", "1", "--update-start", "zeroed"]
 STRUCTURED_BASE = ["--granularity", "structured", "--sparsity", "0.2", "--shots", "1"]
 
 SWEEPS: dict[str, dict[str, list[str]]] = {
