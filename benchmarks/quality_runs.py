@@ -25,6 +25,9 @@ RUNS: dict[str, list[str]] = {
     "surgeon-50-1shot": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "1"],
     "surgeon-50-1shot-rec": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "1", "--reconstruct"],
     "surgeon-50": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "5"],
+    "surgeon-50-1shot-lora16": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "1", "--lora-rank", "16"],
+    "dense-lora16": ["--method", "magnitude", "--sparsity", "0.0", "--shots", "1", "--lora-rank", "16",
+                     "--eval-dense"],
     "surgeon-50-rec": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "5", "--reconstruct"],
     # the 60% and 70% unstructured rows the bench grid has not measured yet (same protocol as the grid)
     **{f"{method}-{percent}": ["--method", method, "--sparsity", f"0.{percent // 10}", "--shots", "5"]

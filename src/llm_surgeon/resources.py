@@ -63,7 +63,7 @@ def raw_factor_bytes(linears: dict[str, nn.Linear], input_widths: list[int] | No
     """float32 bytes of every layer's raw ``G`` sum plus every distinct ``A`` sum (``input_widths``; by
     default one per layer, an upper bound where layers share their input), each kept as its packed upper
     triangle of ``n(n+1)/2`` numbers."""
-    widths = input_widths if input_widths is not None else [lin.in_features for lin in linears.values()]
+    _, widths = held_curvature(linears, input_widths)
     triangle = lambda n: n * (n + 1) // 2  # noqa: E731
     return 4 * (sum(triangle(lin.out_features) for lin in linears.values()) + sum(triangle(w) for w in widths))
 
