@@ -146,6 +146,9 @@ def test_cli_records_the_correction(tmp_path):
     assert [len(s["correction_epoch_losses"]) for s in report["shot_records"]] == [2, 2]
     assert report["seconds"]["correction"] > 0
     assert abs(report["achieved_sparsity"] - 0.5) <= 0.005
+    estimate = report["memory_estimate"]  # magnitude runs no pass: the correction is the shot's whole need
+    assert estimate["correction_mb"] > 0 and estimate["activations_mb"] == 0
+    assert estimate["predicted_peak_mb"] == pytest.approx(estimate["loaded_mb"] + estimate["correction_mb"])
 
 
 def test_resuming_after_a_shot_gives_the_uninterrupted_result(calibration):

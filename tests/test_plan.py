@@ -168,3 +168,62 @@ def test_held_curvature_counts_shared_inputs_only_when_every_layer_is_held():
     tokens = 8 * 16
     assert lean["statistics"] == 2 * tokens * sum(lin.in_features**2 + lin.out_features**2 for lin in outputs.values())
     assert lean["statistics"] < full["statistics"] and lean["update"] == full["update"]
+
+
+def test_planned_correction_bytes_equal_what_the_correction_allocates(calibration, monkeypatch):
+    """The keep masks and the low-rank factors (values, gradients, Adam's moments) of the plan are what
+    ``correct_with_lora`` allocates; the built weights have the weights' bytes."""
+    from llm_surgeon import correction
+    from llm_surgeon.resources import correction_bytes
+
+    model = tiny_llama()
+    adapter = get_adapter(model)
+    linears = adapter.prunable_linears(model)
+    attached, optimizers = [], []
+    attach = correction.attach_deltas
+
+    def recording_attach(*args, **kwargs):
+        attached.append(attach(*args, **kwargs))
+        return attached[-1]
+
+    class RecordingAdam(torch.optim.Adam):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            optimizers.append(self)
+
+    monkeypatch.setattr(correction, "attach_deltas", recording_attach)
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    masks = {name: torch.rand(lin.weight.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+             for name, lin in linears.items()}
+    correction.correct_with_lora(model, adapter, linears, masks, calibration, rank=3, lr=1e-3, epochs=1,
+                                 batch_size=4, seed=0, progress=False)
+    planned = correction_bytes(linears, len(adapter.blocks(model)), 4 * calibration.shape[1], 4, 3,
+                               adapter.distinct_input_widths(model))
+    deltas = list(attached[0].values())
+    parameters = [p for d in deltas for p in d.parameters()]
+    moments = [t for state in optimizers[0].state.values() for key, t in state.items() if key != "step"]
+    assert planned["keep_masks"] == sum(d.keep.nbytes for d in deltas)
+    assert planned["factors"] == sum(p.nbytes + p.grad.nbytes for p in parameters) + sum(t.nbytes for t in moments)
+    assert planned["masks"] == sum(m.nbytes for m in masks.values())
+    assert planned["built_weights"] == sum(lin.weight.nbytes for lin in linears.values())
+    assert planned["layer_inputs"] == 4 * calibration.shape[1] * 4 * sum(adapter.distinct_input_widths(model))
+
+
+def test_plan_prices_the_correction_after_the_shot_and_shrinks_the_batch_for_it(tmp_path):
+    """``--lora-rank``: the peak is the larger of the shot and the correction (which trains once the factors are
+    freed), its work is in the time, and a budget under the correction's peak makes the batch smaller."""
+    path = _config_file(tmp_path, num_hidden_layers=4, hidden_size=64, intermediate_size=256)
+    base = ["plan", str(path), "--json", "--tflops", "1", "--calib-samples", "4", "--calib-seqlen", "32"]
+    plain = json.loads(run_cli(*base).stdout)
+    corrected = json.loads(run_cli(*base, "--lora-rank", "16").stdout)
+    shot = corrected["factors_bytes"] + corrected["activations_bytes"] + corrected["logits_bytes"]
+    assert plain["correction_bytes"] == 0 and "correction" not in plain["flops"]
+    assert corrected["correction_bytes"] > corrected["activations_bytes"] + corrected["logits_bytes"]
+    assert corrected["peak_bytes"] == corrected["weights_bytes"] + max(shot, corrected["correction_bytes"])
+    assert corrected["flops"]["correction"] == pytest.approx(1.5 * corrected["flops"]["pass"], rel=0.01)
+    assert corrected["seconds_per_shot"] > plain["seconds_per_shot"]
+    budget = corrected["weights_bytes"] + corrected["correction_bytes"] - 1
+    smaller = json.loads(run_cli(*base, "--lora-rank", "16", "--max-memory", str(budget)).stdout)
+    assert smaller["fits"] and smaller["batch_size"] < 8 and smaller["peak_bytes"] <= budget
+    text = run_cli(*base[:2], "--tflops", "1", "--lora-rank", "16").stdout
+    assert "the correction after the shot" in text

@@ -182,9 +182,9 @@ def _shot_needs(model, adapter: ArchitectureAdapter, parts: RunParts, config: Pr
     method = parts.method
     return shot_memory(model, parts.linears, len(adapter.blocks(model)), config.batch_size, config.calib_seqlen,
                        full_factors=method.holds_full_factors(),
-                       backward=method.curvature in ("kfac", "kfac_inverse") or config.corrects,
+                       backward=method.curvature in ("kfac", "kfac_inverse"),
                        input_widths=adapter.distinct_input_widths(model), block_groups=groups, devices=devices,
-                       curvature=parts.selector.curvature_layers(method))
+                       curvature=parts.selector.curvature_layers(method), correction_rank=config.lora_rank)
 
 
 def block_devices(model, adapter: ArchitectureAdapter) -> dict[str, int]:
@@ -283,7 +283,8 @@ def _estimate_dict(estimate: ShotMemory | None, loaded_mb: float, layout: Memory
     mb = 2**20
     refit_mb = sum(v for k, v in (refit or {}).items() if k != "dense_copy") / mb
     return {"loaded_mb": loaded_mb, "factors_mb": estimate.factors / mb, "activations_mb": estimate.activations / mb,
-            "logits_mb": estimate.logits / mb, "reconstruction_mb": refit_mb,
+            "logits_mb": estimate.logits / mb, "correction_mb": estimate.correction / mb,
+            "reconstruction_mb": refit_mb,
             "predicted_peak_mb": loaded_mb + max(estimate.total / mb, refit_mb),
             "max_memory_mb": None if max_memory is None else max_memory / mb, "attention": attention,
             **layout.to_dict()}

@@ -66,6 +66,9 @@ class ShotPlan:
     """``torchrun`` processes sharing the calibration windows (each holds the model on its ``devices``)."""
     communication_bytes: dict[str, int] | None = None
     """Bytes each rank sends or receives in one shot, by kind (see :func:`communication_bytes`)."""
+    correction_bytes: int = 0
+    """``--lora-rank``: the low-rank correction after the shot, which trains once the factors are freed (the peak
+    is the larger phase; :func:`~llm_surgeon.resources.correction_bytes`)."""
     reconstruction_bytes: dict[str, int] | None = None
     """``--reconstruct``: the dense copy (held all run) and the re-fit's own needs, by part
     (:func:`~llm_surgeon.resources.reconstruction_bytes`)."""
@@ -112,7 +115,8 @@ def shot_flops(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str
     pass: forward and input-gradient backward over the calibration tokens (weights frozen: no
     weight gradients), attention scores included; statistics: ``aᵀa`` per distinct input and ``gᵀg``
     per layer; inversions: float64 Cholesky and inverse of every factor, twice (for the costs, then the
-    update); update: ``update_iterations`` PCG steps of four Kronecker products per layer. ``curvature``: the
+    update); update: ``update_iterations`` PCG steps of four Kronecker products per layer; correction (``--lora-rank``):
+    its epochs over the calibration tokens, weight gradients included. ``curvature``: the
     layers whose factors the shot collects when not all (:func:`~llm_surgeon.resources.held_curvature`).
     """
     held, widths = held_curvature(linears, input_widths, curvature)
@@ -127,8 +131,10 @@ def shot_flops(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str
     per_step = sum(2 * lin.out_features * lin.in_features * (lin.out_features + lin.in_features)
                    for lin in linears.values())
     update = 2 * per_step * (config.update_iterations + 1)
-    return {"pass": float(passes), "statistics": float(stats), "inversions": float(inversions),
-            "update": float(update)}
+    work = {"pass": float(passes), "statistics": float(stats), "inversions": float(inversions), "update": float(update)}
+    if config.corrects:  # each epoch: a forward and a backward with weight gradients, 1.5 frozen passes
+        work["correction"] = float(config.lora_epochs * 3 * (2 * params * tokens + attention))
+    return work
 
 
 def communication_bytes(model: nn.Module, linears: dict[str, nn.Linear], curvature: dict[str, nn.Linear],
@@ -164,7 +170,7 @@ def _device_needs(model, linears, curvature, blocks: int, widths: list[int], con
     """The busiest device's share when the blocks are split evenly over ``devices`` (as ``device_map`` does)."""
     return shot_memory(model, linears, blocks, batch, config.calib_seqlen, full_factors=method.holds_full_factors(),
                        backward=True, input_widths=widths, dtype_bytes=DTYPE_BYTES[dtype], block_groups=groups,
-                       devices=devices, curvature=curvature)
+                       devices=devices, curvature=curvature, correction_rank=config.lora_rank)
 
 
 def _fitting_settings(needs, weights: int, room: int | None, most: int, batch: int
@@ -211,14 +217,16 @@ def plan_shot(model_or_config: str, config: PruneConfig, dtype: str = "float32",
     # Blocks split over devices run one after another: no speed-up from more devices.
     rate = tflops or measured_tflops()
     pass_rate = tflops or (rate if dtype == "float32" else measured_tflops(getattr(torch, dtype)))
-    seconds = flops["pass"] / (pass_rate * 1e12) + (sum(flops.values()) - flops["pass"]) / (rate * 1e12)
+    passes = flops["pass"] + flops.get("correction", 0.0)  # forward/backward work, in the model's dtype
+    seconds = passes / (pass_rate * 1e12) + (sum(flops.values()) - passes) / (rate * 1e12)
     communication = communication_bytes(model, linears, curvature, widths, config, dtype, devices, ranks,
                                          _pass_share(blocks, min(blocks, groups)))
     refit = reconstruction_bytes(model, adapter, linears, config.calib_samples, config.calib_seqlen,
                                  DTYPE_BYTES[dtype]) if config.reconstruct else None
     return ShotPlan(model_config.model_type, parameters, devices, weights, memory.factors, memory.activations,
                     memory.logits, weights + memory.total, flops, rate, pass_rate, seconds / ranks,
-                    device_bytes, None if device_bytes is None else fits, groups, batch, ranks, communication, refit)
+                    device_bytes, None if device_bytes is None else fits, groups, batch, ranks, communication,
+                    memory.correction, refit)
 
 
 def describe(plan: ShotPlan) -> str:
@@ -238,7 +246,8 @@ def describe(plan: ShotPlan) -> str:
         f"llm-surgeon plan: {plan.model_type}, {plan.parameters / 1e9:.2f} B parameters",
         f"  peak memory   {plan.peak_bytes / gib:.1f} GiB{each}{device}: weights {plan.weights_bytes / gib:.1f}, "
         f"factors {plan.factors_bytes / gib:.1f}, activations of one batch {plan.activations_bytes / gib:.1f}, "
-        f"logits {plan.logits_bytes / gib:.1f}",
+        f"logits {plan.logits_bytes / gib:.1f}"
+        + (f"; the correction after the shot {plan.correction_bytes / gib:.1f}" if plan.correction_bytes else ""),
         f"  settings      {settings}",
         f"  time per shot {plan.seconds_per_shot:.0f} s at {plan.tflops:.2f} TFLOP/s (passes at "
         f"{plan.pass_tflops:.2f}; {parts} TFLOP)",
