@@ -6,7 +6,7 @@ import torch
 from llm_surgeon import PruneConfig, prune
 from llm_surgeon.errors import ConfigError
 from llm_surgeon.math.costs import element_costs, nm_group_costs, nm_group_element_mask
-from llm_surgeon.math.obs import independent_obs_start, kronecker_obs_update
+from llm_surgeon.math.obs import independent_obs_start, kronecker_obs_update, removed_set_obs_update
 from llm_surgeon.math.selection import nm_violations, select_nm, select_unstructured
 from llm_surgeon.math.threshold import linear_schedule, select_cheapest
 from tests.conftest import damped_factors, dense_obs_minimiser, spd, tiny_llama
@@ -155,3 +155,22 @@ def test_update_start_reaches_the_run_and_is_refused_where_it_does_nothing(calib
                 PruneConfig(granularity="structured", update_start="zeroed"), PruneConfig(update_start="x")):
         with pytest.raises(ConfigError, match="update start|--update-start"):
             bad.validate()
+
+
+def test_cg_on_the_removed_set_reaches_the_same_minimiser_and_starts_at_the_independent_updates():
+    """CG on the removed weights' multipliers ends at the dense KKT minimiser, as the kept-set PCG does; with no
+    step it is the independent single-weight start, and every iterate is feasible (exact zeros removed)."""
+    torch.manual_seed(5)
+    W = torch.randn(6, 8, dtype=torch.float64)
+    f = damped_factors(spd(6, 9), spd(8, 10), 0.1, 0.1)
+    remove = torch.rand(6, 8) < 0.5
+    expected, loss = dense_obs_minimiser(W, remove, f.G, f.A)
+    seen = []
+    got, stats = removed_set_obs_update(W, remove, f.G, f.A, f.G_inv, f.A_inv, max_iterations=200,
+                                        tolerance=1e-12, on_iteration=lambda k, delta, rel: seen.append(delta))
+    assert torch.allclose(got, expected, atol=1e-8) and torch.all(got[remove] == 0)
+    assert abs(stats.loss_after - float(loss)) < 1e-8 and 0 < stats.iterations <= int(remove.sum())
+    assert all(torch.equal(delta[remove], -W[remove]) for delta in seen)
+    start, zero_steps = removed_set_obs_update(W, remove, f.G, f.A, f.G_inv, f.A_inv, max_iterations=0)
+    assert torch.allclose(start, W + independent_obs_start(W, remove, f.G_inv, f.A_inv), atol=1e-12)
+    assert zero_steps.iterations == 0 and zero_steps.loss_no_update == pytest.approx(stats.loss_no_update)
