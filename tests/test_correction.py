@@ -180,3 +180,26 @@ def test_resuming_after_a_shot_gives_the_uninterrupted_result(calibration):
     prune_model(resumed, calibration, config, progress=False, start=saved["result"])
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_correction_that_cannot_fit_is_refused_up_front_even_when_its_shot_fits(monkeypatch):
+    """The correction trains after the shot's factors are freed: its own peak, larger here than the shot's, is
+    what must fit, and a budget between the two is refused before any work, naming the correction."""
+    from dataclasses import replace
+
+    from llm_surgeon import api
+    from llm_surgeon.errors import LLMSurgeonError
+    from llm_surgeon.pruner import setup
+
+    model = tiny_llama()
+    adapter = get_adapter(model)
+    config = PruneConfig(shots=1, calib_samples=4, calib_seqlen=32, lora_rank=16)
+    needs = api._shot_needs(model, adapter, setup(model, config, adapter), config, groups=1)
+    shot = needs.factors + needs.activations + needs.logits
+    assert needs.correction > shot and needs.total == needs.correction
+    monkeypatch.setattr(api, "available_bytes", lambda device: (shot + needs.correction) // 2)
+    with pytest.raises(LLMSurgeonError, match="not enough memory .* the correction after it"):
+        api.check_memory(model, adapter, setup(model, config, adapter), config, "cpu")
+    plain = replace(config, lora_rank=0)
+    estimate, _ = api.check_memory(model, adapter, setup(model, plain, adapter), plain, "cpu")
+    assert estimate.correction == 0 and estimate.total == shot
