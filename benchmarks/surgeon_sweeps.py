@@ -39,6 +39,7 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         "base (independent start, 20 iterations)": UNSTRUCTURED_BASE,
         "zeroed start, 50 iterations": [*ZEROED_START, "--update-iterations", "50"],
         "independent start, 50 iterations": [*UNSTRUCTURED_BASE, "--update-iterations", "50"],
+        "removed-set CG, 20 iterations (half the matmuls)": [*UNSTRUCTURED_BASE, "--update-solver", "removed"],
     },
     "fisher": {
         "base (empirical)": UNSTRUCTURED_BASE,

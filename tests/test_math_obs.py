@@ -174,3 +174,20 @@ def test_cg_on_the_removed_set_reaches_the_same_minimiser_and_starts_at_the_inde
     start, zero_steps = removed_set_obs_update(W, remove, f.G, f.A, f.G_inv, f.A_inv, max_iterations=0)
     assert torch.allclose(start, W + independent_obs_start(W, remove, f.G_inv, f.A_inv), atol=1e-12)
     assert zero_steps.iterations == 0 and zero_steps.loss_no_update == pytest.approx(stats.loss_no_update)
+
+
+def test_update_solver_reaches_the_run_and_is_refused_where_it_does_nothing(calibration):
+    """The same masks with either solver (the solver changes the update, not the selection); each records its
+    own update; the removed-set solver is refused with the zeroed start and outside unstructured / N:M surgeon."""
+    results = {}
+    for solver in ("kept", "removed"):
+        config = PruneConfig(sparsity=0.5, shots=1, update_iterations=3, update_tolerance=0.0, update_solver=solver)
+        results[solver] = prune(tiny_llama(seed=4), calibration, config, progress=False)
+    assert all(torch.equal(results["kept"].masks[n], m) for n, m in results["removed"].masks.items())
+    reductions = {solver: r.shots[0].update_loss_reduction for solver, r in results.items()}
+    assert reductions["removed"] != reductions["kept"] and min(reductions.values()) > 0
+    for bad in (PruneConfig(method="sparsegpt", update_solver="removed"),
+                PruneConfig(granularity="structured", update_solver="removed"),
+                PruneConfig(update_solver="removed", update_start="zeroed"), PruneConfig(update_solver="x")):
+        with pytest.raises(ConfigError, match="update solver|--update-solver"):
+            bad.validate()

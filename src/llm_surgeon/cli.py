@@ -15,7 +15,7 @@ import sys
 from llm_surgeon.allocator import release_freed_memory
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
-from llm_surgeon.methods import STRUCTURE_COSTS, UPDATE_STARTS, method_names, methods_help
+from llm_surgeon.methods import STRUCTURE_COSTS, UPDATE_SOLVERS, UPDATE_STARTS, method_names, methods_help
 from llm_surgeon.models.adapters import supported_model_types
 
 DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
@@ -77,6 +77,9 @@ def _add_method_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--update-start", default=d.update_start, choices=UPDATE_STARTS,
                         help="where the correlated update starts: the sum of the removed weights' single-weight OBS "
                              "updates (independent), or the removed weights zeroed")
+    parser.add_argument("--update-solver", default=d.update_solver, choices=UPDATE_SOLVERS,
+                        help="how the correlated update is solved: PCG on the kept weights (4 matmuls a step), or CG "
+                             "on the removed weights' multipliers (2 matmuls a step, converges in fewer)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size,
                         help="calibration windows per forward/backward pass (sets the activation memory)")
     parser.add_argument("--sparsegpt-damp", type=float, default=d.sparsegpt_damp,
@@ -142,7 +145,7 @@ def _config_from_args(args: argparse.Namespace) -> PruneConfig:
         calib_data=args.calib_data, text_field=args.text_field,
         damp_g=args.damp_g, damp_a=args.damp_a, fisher=args.fisher, magnitude_scope=args.magnitude_scope,
         update_iterations=args.update_iterations, update_tolerance=args.update_tolerance,
-        update_start=args.update_start,
+        update_start=args.update_start, update_solver=args.update_solver,
         batch_size=args.batch_size, sparsegpt_damp=args.sparsegpt_damp,
         lora_rank=args.lora_rank, lora_lr=args.lora_lr, lora_epochs=args.lora_epochs,
         prune_unrouted=args.prune_unrouted, width_multiple=args.width_multiple, reconstruct=args.reconstruct,

@@ -11,6 +11,7 @@ from llm_surgeon.methods import (
     STRUCTURE_COSTS,
     STRUCTURED,
     UNSTRUCTURED,
+    UPDATE_SOLVERS,
     UPDATE_STARTS,
     method_class,
     method_names,
@@ -56,6 +57,10 @@ class PruneConfig:
     single-weight OBS update, :func:`llm_surgeon.math.obs.independent_obs_start`; the default, from
     BENCHMARKS.md: worth about 20 PCG steps) or ``"zeroed"`` (the removed weights zeroed, nothing else
     moved: the paper's and this project's first start)."""
+    update_solver: str = UPDATE_SOLVERS[0]
+    """How the correlated update is solved: ``"kept"`` (PCG on the kept weights, four matmuls a step) or
+    ``"removed"`` (CG on the removed weights' multipliers from the independent start, two matmuls a step;
+    BENCHMARKS.md: nearer the optimum after 10 of its steps than the kept-set PCG after 20)."""
     batch_size: int = 8
     """Calibration windows per forward/backward pass."""
     sparsegpt_damp: float = 0.01
@@ -115,6 +120,18 @@ class PruneConfig:
         nm = self.nm
         return nm[0] / nm[1] if nm else self.sparsity
 
+    def _validate_update_solver(self) -> None:
+        if self.update_solver not in UPDATE_SOLVERS:
+            raise ConfigError(f"update solver must be one of {', '.join(UPDATE_SOLVERS)}")
+        if self.update_solver == UPDATE_SOLVERS[0]:
+            return
+        if self.method != "surgeon" or self.granularity == STRUCTURED:
+            raise ConfigError("--update-solver chooses how LLM Surgeon's unstructured / N:M update is solved; use "
+                              "--method surgeon without structured granularity, or drop it")
+        if self.update_start != "independent":
+            raise ConfigError("--update-solver removed always starts from the independent updates; drop "
+                              "--update-start zeroed")
+
     def validate(self) -> PruneConfig:
         method = method_class(self.method)
         nm = self.nm
@@ -150,6 +167,7 @@ class PruneConfig:
         if self.update_start != UPDATE_STARTS[0] and (self.method != "surgeon" or self.granularity == STRUCTURED):
             raise ConfigError("--update-start chooses where LLM Surgeon's unstructured / N:M update starts; use "
                               "--method surgeon without structured granularity, or drop it")
+        self._validate_update_solver()
         if self.structure_costs not in STRUCTURE_COSTS:
             raise ConfigError(f"structure costs must be one of {', '.join(STRUCTURE_COSTS)}")
         if self.structure_costs != STRUCTURE_COSTS[0] and self.granularity != STRUCTURED:

@@ -9,6 +9,7 @@ from llm_surgeon.methods.base import (
     STRUCTURE_COSTS,
     STRUCTURED,
     UNSTRUCTURED,
+    UPDATE_SOLVERS,
     UPDATE_STARTS,
     LayerwiseMethod,
     MethodBase,
@@ -29,4 +30,4 @@ for _method in (SurgeonPruning, SparseGPT, Wanda, KroneckerOBD, LayerOBD, Magnit
 __all__ = ["MethodBase", "PruningMethod", "LayerwiseMethod", "get_method", "method_class", "method_names",
            "methods_help", "register_method", "MagnitudePruning", "SurgeonPruning", "LayerOBD", "KroneckerOBD",
            "SparseGPT", "Wanda", "ZipLMPruning", "FLAPPruning", "UNSTRUCTURED", "NM", "STRUCTURED",
-           "STRUCTURE_COSTS", "UPDATE_STARTS"]
+           "STRUCTURE_COSTS", "UPDATE_SOLVERS", "UPDATE_STARTS"]

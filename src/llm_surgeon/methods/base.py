@@ -22,6 +22,9 @@ STRUCTURE_COSTS = ("outputs", "all")
 """How structured LLM Surgeon prices a structure (``--structure-costs``); the first is the default."""
 UPDATE_STARTS = ("independent", "zeroed")
 """Where LLM Surgeon's correlated update starts its PCG (``--update-start``); the first is the default."""
+UPDATE_SOLVERS = ("kept", "removed")
+"""How LLM Surgeon's correlated update is solved (``--update-solver``): PCG on the kept weights (the default) or CG
+on the removed weights' multipliers (:func:`~llm_surgeon.math.obs.removed_set_obs_update`)."""
 
 
 class MethodBase(ABC):

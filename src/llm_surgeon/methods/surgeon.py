@@ -9,8 +9,16 @@ import torch
 from llm_surgeon.math import structured as rows_cols
 from llm_surgeon.math.costs import element_costs
 from llm_surgeon.math.kfac import DampedFactors
-from llm_surgeon.math.obs import UpdateStats, kronecker_obs_update
-from llm_surgeon.methods.base import NM, STRUCTURE_COSTS, STRUCTURED, UNSTRUCTURED, UPDATE_STARTS, PruningMethod
+from llm_surgeon.math.obs import UpdateStats, kronecker_obs_update, removed_set_obs_update
+from llm_surgeon.methods.base import (
+    NM,
+    STRUCTURE_COSTS,
+    STRUCTURED,
+    UNSTRUCTURED,
+    UPDATE_SOLVERS,
+    UPDATE_STARTS,
+    PruningMethod,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,8 @@ class SurgeonPruning(PruningMethod):
         self.warm_start = (config.update_start if config else UPDATE_STARTS[0]) == "independent"
         """PCG starts from the independent single-weight updates (the default; BENCHMARKS.md: never a worse
         quadratic, 28.75 against 28.86 in one shot to 50%) or from the removed weights zeroed."""
+        self.removed_set = (config.update_solver if config else UPDATE_SOLVERS[0]) == "removed"
+        """CG on the removed weights' multipliers instead of PCG on the kept weights (``--update-solver``)."""
         self.outputs_only = (config.structure_costs if config else STRUCTURE_COSTS[0]) == "outputs"
         """Structured: only the output projections' columns are priced and compensated (``--structure-costs``)."""
 
@@ -47,6 +57,9 @@ class SurgeonPruning(PruningMethod):
 
     def update(self, W: torch.Tensor, remove: torch.Tensor, factors: DampedFactors
                ) -> tuple[torch.Tensor, UpdateStats | None]:
+        if self.removed_set:
+            return removed_set_obs_update(W, remove, factors.G, factors.A, factors.G_inv, factors.A_inv,
+                                          max_iterations=self.update_iterations, tolerance=self.update_tolerance)
         return kronecker_obs_update(
             W, remove, factors.G, factors.A, factors.G_inv, factors.A_inv,
             max_iterations=self.update_iterations, tolerance=self.update_tolerance, warm_start=self.warm_start,
