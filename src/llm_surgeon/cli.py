@@ -79,7 +79,8 @@ def _add_method_flags(parser: argparse.ArgumentParser) -> None:
                              "updates (independent), or the removed weights zeroed")
     parser.add_argument("--update-solver", default=d.update_solver, choices=UPDATE_SOLVERS,
                         help="how the correlated update is solved: PCG on the kept weights (4 matmuls a step), or CG "
-                             "on the removed weights' multipliers (2 matmuls a step, converges in fewer)")
+                             "on the removed weights' multipliers (2 matmuls a step; a research option, worse in a "
+                             "real run)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size,
                         help="calibration windows per forward/backward pass (sets the activation memory)")
     parser.add_argument("--sparsegpt-damp", type=float, default=d.sparsegpt_damp,
