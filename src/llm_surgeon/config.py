@@ -121,14 +121,18 @@ class PruneConfig:
         nm = self.nm
         return nm[0] / nm[1] if nm else self.sparsity
 
+    def _refuse_update_flag_without_its_update(self, flag: str, what: str) -> None:
+        """``--update-start`` and ``--update-solver`` act on LLM Surgeon's unstructured / N:M update alone."""
+        if self.method != "surgeon" or self.granularity == STRUCTURED:
+            raise ConfigError(f"{flag} chooses {what} LLM Surgeon's unstructured / N:M update; use --method surgeon "
+                              "without structured granularity, or drop it")
+
     def _validate_update_solver(self) -> None:
         if self.update_solver not in UPDATE_SOLVERS:
             raise ConfigError(f"update solver must be one of {', '.join(UPDATE_SOLVERS)}")
         if self.update_solver == UPDATE_SOLVERS[0]:
             return
-        if self.method != "surgeon" or self.granularity == STRUCTURED:
-            raise ConfigError("--update-solver chooses how LLM Surgeon's unstructured / N:M update is solved; use "
-                              "--method surgeon without structured granularity, or drop it")
+        self._refuse_update_flag_without_its_update("--update-solver", "how to solve")
         if self.update_start != "independent":
             raise ConfigError("--update-solver removed always starts from the independent updates; drop "
                               "--update-start zeroed")
@@ -165,9 +169,8 @@ class PruneConfig:
             raise ConfigError("batch size must be >= 1 and update iterations >= 0")
         if self.update_start not in UPDATE_STARTS:
             raise ConfigError(f"update start must be one of {', '.join(UPDATE_STARTS)}")
-        if self.update_start != UPDATE_STARTS[0] and (self.method != "surgeon" or self.granularity == STRUCTURED):
-            raise ConfigError("--update-start chooses where LLM Surgeon's unstructured / N:M update starts; use "
-                              "--method surgeon without structured granularity, or drop it")
+        if self.update_start != UPDATE_STARTS[0]:
+            self._refuse_update_flag_without_its_update("--update-start", "where to start")
         self._validate_update_solver()
         if self.structure_costs not in STRUCTURE_COSTS:
             raise ConfigError(f"structure costs must be one of {', '.join(STRUCTURE_COSTS)}")

@@ -125,7 +125,8 @@ def shot_flops(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str
     params = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
     blocks = len(adapter.blocks(model))
     attention = 4 * blocks * tokens * config.calib_seqlen * c.hidden_size
-    passes = 2 * (2 * params * tokens + attention)
+    one_way = 2 * params * tokens + attention  # a forward, or one kind of gradient in the backward
+    passes = 2 * one_way
     stats = 2 * tokens * (sum(w**2 for w in widths) + sum(lin.out_features**2 for lin in held.values()))
     inversions = 2 * (sum(w**3 for w in widths) + sum(lin.out_features**3 for lin in held.values()))
     per_step = sum(2 * lin.out_features * lin.in_features * (lin.out_features + lin.in_features)
@@ -133,7 +134,7 @@ def shot_flops(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str
     update = 2 * per_step * (config.update_iterations + 1)
     work = {"pass": float(passes), "statistics": float(stats), "inversions": float(inversions), "update": float(update)}
     if config.corrects:  # each epoch: a forward and a backward with weight gradients, 1.5 frozen passes
-        work["correction"] = float(config.lora_epochs * 3 * (2 * params * tokens + attention))
+        work["correction"] = float(config.lora_epochs * 3 * one_way)
     return work
 
 

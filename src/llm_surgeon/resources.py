@@ -143,7 +143,7 @@ def correction_bytes(linears: dict[str, nn.Linear], blocks: int, tokens: int, dt
     moments). On smollm2-135m (8 x 512 tokens, rank 16) this predicts 8.6 GB with the loaded model against
     7.58 GB measured for the correction alone and 8.02-8.09 GB after a shot of LLM Surgeon."""
     weights = sum(lin.weight.numel() for lin in linears.values())
-    widths = input_widths if input_widths is not None else [lin.in_features for lin in linears.values()]
+    _, widths = held_curvature(linears, input_widths)
     return {"backward": activation_bytes(linears, blocks, tokens, dtype_bytes, eager_attention),
             "layer_inputs": sum(widths) * tokens * dtype_bytes,
             "built_weights": weights * dtype_bytes,

@@ -54,6 +54,13 @@ def independent_obs_start(W: torch.Tensor, remove: torch.Tensor, G_inv: torch.Te
     return torch.where(remove, -W, -(G_inv @ M @ A_inv))
 
 
+def _solved(W: torch.Tensor, new_W: torch.Tensor, loss_no_update: float, G: torch.Tensor, A: torch.Tensor,
+            iterations: int, rz: float, rz0: float) -> UpdateStats:
+    """What either solver reports: its steps, its final relative residual and the quadratic before and after."""
+    return UpdateStats(iterations=iterations, relative_residual=(rz / rz0) ** 0.5 if rz0 > 0 else 0.0,
+                       loss_no_update=loss_no_update, loss_after=kronecker_quadratic(new_W - W, G, A))
+
+
 IterationHook = Callable[[int, torch.Tensor, float], None]
 """Called after every PCG step with (step, the current ``ΔW``, the relative preconditioned residual)."""
 
@@ -111,13 +118,7 @@ def kronecker_obs_update(
             on_iteration(iterations, delta, (rz / rz0) ** 0.5)
 
     new_W = (W32 + delta) * keep_f  # exact zeros on the removed set
-    stats = UpdateStats(
-        iterations=iterations,
-        relative_residual=(rz / rz0) ** 0.5 if rz0 > 0 else 0.0,
-        loss_no_update=loss0,
-        loss_after=kronecker_quadratic(new_W - W32, G, A),
-    )
-    return new_W.to(dtype), stats
+    return new_W.to(dtype), _solved(W32, new_W, loss0, G, A, iterations, rz, rz0)
 
 
 def removed_set_obs_update(
@@ -170,10 +171,5 @@ def removed_set_obs_update(
 
     delta = torch.where(remove, -W32, -Y)
     new_W = (W32 + delta) * (1 - removed)
-    stats = UpdateStats(
-        iterations=iterations,
-        relative_residual=(rz / rz0) ** 0.5 if rz0 > 0 else 0.0,
-        loss_no_update=kronecker_quadratic(-W32 * removed, G, A),
-        loss_after=kronecker_quadratic(new_W - W32, G, A),
-    )
-    return new_W.to(dtype), stats
+    return new_W.to(dtype), _solved(W32, new_W, kronecker_quadratic(-W32 * removed, G, A), G, A, iterations, rz,
+                                    rz0)
