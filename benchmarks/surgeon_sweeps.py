@@ -41,6 +41,19 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         "independent start, 50 iterations": [*UNSTRUCTURED_BASE, "--update-iterations", "50"],
         "removed-set CG, 20 iterations (half the matmuls)": [*UNSTRUCTURED_BASE, "--update-solver", "removed"],
     },
+    "damping-fine": {  # between the grid's points: G between 0.1 (the default) and 1.0, A below 0.1
+        "base (A 0.1, G 0.1)": UNSTRUCTURED_BASE,
+        "A 0.1, G 0.3": [*UNSTRUCTURED_BASE, "--damp-g", "0.3"],
+        "A 0.1, G 0.05": [*UNSTRUCTURED_BASE, "--damp-g", "0.05"],
+        "A 0.03, G 0.1": [*UNSTRUCTURED_BASE, "--damp-a", "0.03"],
+    },
+    "layer-cap": {  # the global threshold with a ceiling per layer (the uncapped one empties q_proj to 59-99%)
+        "base (no cap)": UNSTRUCTURED_BASE,
+        "at most 90% of a layer": [*UNSTRUCTURED_BASE, "--max-layer-sparsity", "0.9"],
+        "at most 80% of a layer": [*UNSTRUCTURED_BASE, "--max-layer-sparsity", "0.8"],
+        "at most 70% of a layer": [*UNSTRUCTURED_BASE, "--max-layer-sparsity", "0.7"],
+        "at most 60% of a layer": [*UNSTRUCTURED_BASE, "--max-layer-sparsity", "0.6"],
+    },
     "fisher": {
         "base (empirical)": UNSTRUCTURED_BASE,
         "true (labels sampled)": [*UNSTRUCTURED_BASE, "--fisher", "true"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm_surgeon.math.streaming_threshold import sortable_keys, streaming_select_cheapest
+from llm_surgeon.math.streaming_threshold import capped_select_cheapest, sortable_keys, streaming_select_cheapest
 from llm_surgeon.math.threshold import select_cheapest
 
 
@@ -76,3 +76,47 @@ def test_the_shot_loop_selectors_equal_the_all_at_once_references(scope, granula
     got = selector.select(method, {}, removed, 0.55 if granularity == "unstructured" else 0.6)
     assert got.keys() == expected.keys()
     assert all(torch.equal(got[name], expected[name]) for name in got)
+
+
+def _greedy_with_caps(layers: list[torch.Tensor], k: int, caps: list[int]) -> list[torch.Tensor]:
+    """The explicit reference: walk every entry cheapest first, take it unless its layer is full."""
+    flat = torch.cat(layers)
+    owner = torch.cat([torch.full((t.numel(),), i) for i, t in enumerate(layers)])
+    offsets = [0] + torch.tensor([t.numel() for t in layers]).cumsum(0).tolist()
+    masks = [torch.zeros(t.numel(), dtype=torch.bool) for t in layers]
+    taken = [0] * len(layers)
+    for position in torch.argsort(flat, stable=True).tolist():
+        if sum(taken) == k:
+            break
+        i = int(owner[position])
+        if taken[i] < caps[i]:
+            masks[i][position - offsets[i]] = True
+            taken[i] += 1
+    return masks
+
+
+@pytest.mark.parametrize("cap", [0.3, 0.5, 0.8, 1.0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_capped_selection_equals_the_greedy_reference(seed, cap):
+    layers = _layers(seed, with_ties=False)
+    layers[3][:10] = float("-inf")  # already removed: within every cap here
+    sizes = [t.numel() for t in layers]
+    caps = [max(int(cap * n), 10 if i == 3 else 0) for i, n in enumerate(sizes)]
+    for k in range(0, sum(caps) + 1, 9):
+        expected = _greedy_with_caps(layers, k, caps)
+        got = capped_select_cheapest(lambda i: layers[i], sizes, k, caps)
+        assert all(torch.equal(e, g) for e, g in zip(expected, got, strict=True)), k
+        assert all(int(g.sum()) <= c for g, c in zip(got, caps, strict=True))
+        assert sum(int(g.sum()) for g in got) == k
+
+
+def test_capped_selection_without_binding_caps_is_the_plain_one():
+    layers = _layers(1, with_ties=True)
+    sizes = [t.numel() for t in layers]
+    got = capped_select_cheapest(lambda i: layers[i], sizes, 100, sizes)
+    assert all(torch.equal(e, g) for e, g in zip(select_cheapest(layers, 100), got, strict=True))
+
+
+def test_capped_selection_refuses_more_than_the_caps_allow():
+    with pytest.raises(ValueError, match="at most 4"):
+        capped_select_cheapest(lambda i: torch.zeros(3), [3, 3], 5, [2, 2])

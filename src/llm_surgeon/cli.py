@@ -102,6 +102,9 @@ def _add_method_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width-multiple", type=int, default=d.width_multiple, metavar="K",
                         help="structured: every block keeps a multiple of K FFN neurons (e.g. 64 for GEMM-friendly "
                              "shapes), chosen inside the global selection (1: widths as the costs fall)")
+    parser.add_argument("--max-layer-sparsity", type=float, default=d.max_layer_sparsity, metavar="FRACTION",
+                        help="unstructured, global threshold: no layer loses more than this fraction of its weights "
+                             "(1.0: no cap, the paper's allocation)")
     parser.add_argument("--prune-unrouted", action="store_true",
                         help="mixture of experts: prune experts that received no calibration token by magnitude "
                              "(default: leave them dense; N:M then refuses)")
@@ -149,7 +152,8 @@ def _config_from_args(args: argparse.Namespace) -> PruneConfig:
         update_start=args.update_start, update_solver=args.update_solver,
         batch_size=args.batch_size, sparsegpt_damp=args.sparsegpt_damp,
         lora_rank=args.lora_rank, lora_lr=args.lora_lr, lora_epochs=args.lora_epochs,
-        prune_unrouted=args.prune_unrouted, width_multiple=args.width_multiple, reconstruct=args.reconstruct,
+        prune_unrouted=args.prune_unrouted, max_layer_sparsity=args.max_layer_sparsity,
+        width_multiple=args.width_multiple, reconstruct=args.reconstruct,
         reconstruct_iterations=args.reconstruct_iterations, structure_costs=args.structure_costs,
     )
 

@@ -88,6 +88,10 @@ class PruneConfig:
     width_multiple: int = 1
     """Structured: every block keeps a multiple of this many FFN neurons (e.g. 64, for GEMM-friendly shapes),
     chosen inside the global selection; 1 leaves the widths as the costs fall."""
+    max_layer_sparsity: float = 1.0
+    """Unstructured pruning by one global threshold: no layer loses more than this fraction of its weights (the
+    cheapest entries of the full layers give way to the next cheapest elsewhere); 1.0: no cap, the paper's
+    allocation, where one layer may lose almost all its weights."""
     prune_unrouted: bool = False
     """Mixture of experts: an expert that received no calibration token has no curvature (its Fisher is
     zero). By default it is left dense (unstructured; N:M then refuses); with this it is pruned by
@@ -137,6 +141,18 @@ class PruneConfig:
             raise ConfigError("--update-solver removed always starts from the independent updates; drop "
                               "--update-start zeroed")
 
+    def _validate_layer_cap(self) -> None:
+        if not 0.0 < self.max_layer_sparsity <= 1.0:
+            raise ConfigError(f"max layer sparsity must be in (0, 1], got {self.max_layer_sparsity}")
+        if self.max_layer_sparsity == 1.0:
+            return
+        if self.granularity != UNSTRUCTURED:
+            raise ConfigError("--max-layer-sparsity caps the global threshold of unstructured pruning; use "
+                              "--granularity unstructured or drop it")
+        if self.max_layer_sparsity < self.sparsity:
+            raise ConfigError(f"--max-layer-sparsity {self.max_layer_sparsity} is below the target sparsity "
+                              f"{self.sparsity}: no layer could reach it")
+
     def validate(self) -> PruneConfig:
         method = method_class(self.method)
         nm = self.nm
@@ -182,6 +198,7 @@ class PruneConfig:
         if self.width_multiple > 1 and self.granularity != STRUCTURED:
             raise ConfigError("--width-multiple rounds the FFN widths of structured pruning; use --granularity "
                               "structured or drop it")
+        self._validate_layer_cap()
         if self.reconstruct_iterations < 1 or not self.reconstruct_damp > 0:
             raise ConfigError("reconstruction needs at least 1 iteration and a positive damping")
         if self.lora_rank < 0 or self.lora_epochs < 1 or not self.lora_lr > 0:

@@ -270,7 +270,7 @@ def setup(model: nn.Module, config: PruneConfig, adapter: ArchitectureAdapter, p
     method.prepare_model(model, adapter)
     linears = adapter.prunable_linears(model)
     selector = make_selector(config.granularity, config.nm, method.selection_scope(), model, adapter, linears,
-                             progress, config.width_multiple)
+                             progress, config.width_multiple, config.max_layer_sparsity)
     return RunParts(method, linears, selector)
 
 

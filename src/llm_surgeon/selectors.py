@@ -20,7 +20,7 @@ from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.math.costs import nm_group_costs
 from llm_surgeon.math.flap import standardized
 from llm_surgeon.math.selection import force_removed, nm_layer_mask
-from llm_surgeon.math.streaming_threshold import streaming_select_cheapest
+from llm_surgeon.math.streaming_threshold import capped_select_cheapest, streaming_select_cheapest
 from llm_surgeon.math.structured import equal_width_slots, remove_cheapest, round_kept_counts, select_structures
 from llm_surgeon.math.threshold import linear_schedule, select_cheapest
 from llm_surgeon.models.adapters import ArchitectureAdapter
@@ -116,23 +116,31 @@ class UnitSelector(ABC):
 
         return costs
 
-    def _cheapest(self, units_of, sizes: list[int], fraction: float, label: str, progress: bool
-                  ) -> dict[str, torch.Tensor]:
+    def _cheapest(self, units_of, sizes: list[int], fraction: float, label: str, progress: bool,
+                  caps: list[int] | None = None) -> dict[str, torch.Tensor]:
         """Flat masks of the cheapest ``fraction`` of every layer's units (``units_of(name)``: 1-D costs of
         ``sizes[i]`` units), by one global threshold or per layer; the global one streams the layers (three
-        passes over their costs) instead of holding every layer's costs at once."""
+        passes over their costs a round) instead of holding every layer's costs at once, and takes at most
+        ``caps[i]`` units from layer ``i`` when caps are given."""
         names = list(self.linears)
         if self.scope == "layer":
             return {name: select_cheapest([units_of(name)], round(fraction * size))[0]
                     for name, size in zip(tqdm(names, desc=f"{label}: costs", disable=not progress), sizes,
                                           strict=True)}
-        bar = tqdm(total=3 * len(names), desc=f"{label}: costs (3 passes)", disable=not progress)
+        bar = tqdm(desc=f"{label}: costs (layers read)", total=3 * len(names), disable=not progress)
 
         def source(i: int) -> torch.Tensor:
             bar.update()
             return units_of(names[i])
 
-        masks = streaming_select_cheapest(source, sizes, round(fraction * sum(sizes)))
+        k = round(fraction * sum(sizes))
+        if caps is None:
+            masks = streaming_select_cheapest(source, sizes, k)
+        elif k > sum(caps):
+            raise LLMSurgeonError(f"{label}: {fraction:.1%} of these layers cannot be removed with at most "
+                                  f"{sum(caps) / sum(sizes):.1%} allowed by --max-layer-sparsity; raise it")
+        else:
+            masks = capped_select_cheapest(source, sizes, k, caps)
         bar.close()
         return dict(zip(names, masks, strict=True))
 
@@ -140,12 +148,19 @@ class UnitSelector(ABC):
 class ElementSelector(UnitSelector):
     """Single weights, cheapest first, by one global threshold or per layer."""
 
-    def __init__(self, linears, scope: str = "global", progress: bool = False):
+    def __init__(self, linears, scope: str = "global", progress: bool = False, max_layer_sparsity: float = 1.0):
         super().__init__(linears)
-        self.scope, self.progress = scope, progress
+        self.scope, self.progress, self.max_layer_sparsity = scope, progress, max_layer_sparsity
 
     def schedule(self, sparsity, shots):
         return linear_schedule(sparsity, shots)
+
+    def _caps(self, removed: dict[str, torch.Tensor]) -> list[int] | None:
+        """At most ``max_layer_sparsity`` of each layer (never fewer than it has removed already); None: no cap."""
+        if self.max_layer_sparsity >= 1.0:
+            return None
+        return [max(int(self.max_layer_sparsity * lin.weight.numel()), int(removed[name].sum()))
+                for name, lin in self.linears.items()]
 
     def without(self, names, removed, fraction):
         others = [name for name in self.linears if name not in set(names)]
@@ -163,7 +178,8 @@ class ElementSelector(UnitSelector):
         inputs = self._cost_inputs(method, factors, label, self.progress, placement)
         costs = self._forced_costs(method, inputs, removed)
         sizes = [lin.weight.numel() for lin in self.linears.values()]
-        chosen = self._cheapest(lambda name: costs(name).reshape(-1), sizes, fraction, label, self.progress)
+        chosen = self._cheapest(lambda name: costs(name).reshape(-1), sizes, fraction, label, self.progress,
+                                self._caps(removed))
         return {name: chosen[name].reshape(lin.weight.shape) for name, lin in self.linears.items()}
 
 
@@ -299,10 +315,10 @@ def _every_layer_here(placement: LayerPlacement) -> None:
 
 def make_selector(granularity: str, nm: tuple[int, int] | None, scope: str, model: nn.Module,
                   adapter: ArchitectureAdapter, linears: dict[str, nn.Linear], progress: bool,
-                  width_multiple: int = 1) -> UnitSelector:
+                  width_multiple: int = 1, max_layer_sparsity: float = 1.0) -> UnitSelector:
     """The selector for a granularity: ``unstructured``, ``structured``, or an N:M pattern."""
     if nm is not None:
         return NMSelector(linears, *nm, scope=scope, progress=progress)
     if granularity == "structured":
         return StructureSelector(model, adapter, linears, progress=progress, width_multiple=width_multiple)
-    return ElementSelector(linears, scope=scope, progress=progress)
+    return ElementSelector(linears, scope=scope, progress=progress, max_layer_sparsity=max_layer_sparsity)

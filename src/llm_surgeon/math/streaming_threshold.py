@@ -61,3 +61,32 @@ def streaming_select_cheapest(source: CostSource, sizes: Sequence[int], k: int) 
         ties_left -= at.numel()
         masks.append(mask)
     return masks
+
+
+def capped_select_cheapest(source: CostSource, sizes: Sequence[int], k: int, caps: Sequence[int]
+                           ) -> list[torch.Tensor]:
+    """Flat masks of the ``k`` cheapest entries over all layers with at most ``caps[i]`` from layer ``i``.
+
+    The greedy rule (take the cheapest entry left whose layer is not yet full) is optimal for a count
+    with per-layer limits (a partition matroid), and its threshold only rises as layers fill. So a layer
+    that holds more than its cap below the free layers' unconstrained threshold is full in the greedy
+    answer too: it is fixed at its cap (its own cheapest ``caps[i]``), the rest are selected again, until
+    no free layer overflows — usually two or three rounds of :func:`streaming_select_cheapest`.
+    """
+    if len(caps) != len(sizes) or any(not 0 <= c <= n for c, n in zip(caps, sizes, strict=True)):
+        raise ValueError("every cap must lie between 0 and its layer's size")
+    if not 0 <= k <= sum(caps):
+        raise ValueError(f"cannot select {k} entries with at most {sum(caps)} allowed by the caps")
+    full: set[int] = set()
+    while True:
+        free = [i for i in range(len(sizes)) if i not in full]
+        left = k - sum(caps[i] for i in full)
+        masks = streaming_select_cheapest(lambda j: source(free[j]), [sizes[i] for i in free], left)
+        overflowing = {i for i, mask in zip(free, masks, strict=True) if int(mask.sum()) > caps[i]}
+        if not overflowing:
+            break
+        full |= overflowing
+    chosen = dict(zip(free, masks, strict=True))
+    for i in full:
+        chosen[i] = streaming_select_cheapest(lambda _: source(i), [sizes[i]], caps[i])[0]
+    return [chosen[i] for i in range(len(sizes))]
