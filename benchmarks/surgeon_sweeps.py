@@ -54,6 +54,12 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         "at most 70% of a layer": [*UNSTRUCTURED_BASE, "--max-layer-sparsity", "0.7"],
         "at most 60% of a layer": [*UNSTRUCTURED_BASE, "--max-layer-sparsity", "0.6"],
     },
+    "nm-costs": {  # 2:4 in one shot: a group priced by its two cheapest single costs, or by the pair's joint cost
+        "2:4, summed single costs (the paper's)": ["--method", "surgeon", "--granularity", "2:4", "--shots", "1",
+                                                  "--update-start", "independent", "--nm-costs", "independent"],
+        "2:4, joint pair costs": ["--method", "surgeon", "--granularity", "2:4", "--shots", "1", "--update-start",
+                                  "independent", "--nm-costs", "joint"],
+    },
     "fisher": {
         "base (empirical)": UNSTRUCTURED_BASE,
         "true (labels sampled)": [*UNSTRUCTURED_BASE, "--fisher", "true"],

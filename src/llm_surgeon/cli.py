@@ -15,7 +15,7 @@ import sys
 from llm_surgeon.allocator import release_freed_memory
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
-from llm_surgeon.methods import STRUCTURE_COSTS, UPDATE_SOLVERS, UPDATE_STARTS, method_names, methods_help
+from llm_surgeon.methods import NM_COSTS, STRUCTURE_COSTS, UPDATE_SOLVERS, UPDATE_STARTS, method_names, methods_help
 from llm_surgeon.models.adapters import supported_model_types
 
 DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
@@ -81,6 +81,9 @@ def _add_method_flags(parser: argparse.ArgumentParser) -> None:
                         help="how the correlated update is solved: PCG on the kept weights (4 matmuls a step), or CG "
                              "on the removed weights' multipliers (2 matmuls a step; a research option, worse in a "
                              "real run)")
+    parser.add_argument("--nm-costs", default=d.nm_costs, choices=NM_COSTS,
+                        help="N:M surgeon: price a group by its N cheapest single-weight costs summed (independent) "
+                             "or by the N weights' joint OBS cost, their inputs' correlation counted (joint)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size,
                         help="calibration windows per forward/backward pass (sets the activation memory)")
     parser.add_argument("--sparsegpt-damp", type=float, default=d.sparsegpt_damp,
@@ -149,7 +152,7 @@ def _config_from_args(args: argparse.Namespace) -> PruneConfig:
         calib_data=args.calib_data, text_field=args.text_field,
         damp_g=args.damp_g, damp_a=args.damp_a, fisher=args.fisher, magnitude_scope=args.magnitude_scope,
         update_iterations=args.update_iterations, update_tolerance=args.update_tolerance,
-        update_start=args.update_start, update_solver=args.update_solver,
+        update_start=args.update_start, update_solver=args.update_solver, nm_costs=args.nm_costs,
         batch_size=args.batch_size, sparsegpt_damp=args.sparsegpt_damp,
         lora_rank=args.lora_rank, lora_lr=args.lora_lr, lora_epochs=args.lora_epochs,
         prune_unrouted=args.prune_unrouted, max_layer_sparsity=args.max_layer_sparsity,

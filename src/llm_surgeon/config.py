@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from llm_surgeon.errors import ConfigError
 from llm_surgeon.methods import (
     NM,
+    NM_COSTS,
     STRUCTURE_COSTS,
     STRUCTURED,
     UNSTRUCTURED,
@@ -62,6 +63,10 @@ class PruneConfig:
     ``"removed"`` (CG on the removed weights' multipliers from the independent start, two matmuls a step;
     BENCHMARKS.md: faster to the optimum at 50% in every layer, but worse in a real one-shot run: 30.86
     against 28.75)."""
+    nm_costs: str = NM_COSTS[0]
+    """N:M LLM Surgeon: a group's cost is the sum of its N cheapest single-weight costs (``"independent"``, the
+    paper's) or the N weights' joint OBS cost with their inputs' correlation (``"joint"``), each group losing
+    its jointly cheapest N."""
     batch_size: int = 8
     """Calibration windows per forward/backward pass."""
     sparsegpt_damp: float = 0.01
@@ -199,6 +204,11 @@ class PruneConfig:
             raise ConfigError("--width-multiple rounds the FFN widths of structured pruning; use --granularity "
                               "structured or drop it")
         self._validate_layer_cap()
+        if self.nm_costs not in NM_COSTS:
+            raise ConfigError(f"N:M costs must be one of {', '.join(NM_COSTS)}")
+        if self.nm_costs != NM_COSTS[0] and (self.method != "surgeon" or nm is None):
+            raise ConfigError("--nm-costs chooses how LLM Surgeon prices an N:M group; use --method surgeon with "
+                              "an N:M granularity such as 2:4, or drop it")
         if self.reconstruct_iterations < 1 or not self.reconstruct_damp > 0:
             raise ConfigError("reconstruction needs at least 1 iteration and a positive damping")
         if self.lora_rank < 0 or self.lora_epochs < 1 or not self.lora_lr > 0:

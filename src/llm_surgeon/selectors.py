@@ -17,9 +17,8 @@ from tqdm.auto import tqdm
 
 from llm_surgeon.biases import add_to_bias, declare_biases
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
-from llm_surgeon.math.costs import nm_group_costs
 from llm_surgeon.math.flap import standardized
-from llm_surgeon.math.selection import force_removed, nm_layer_mask
+from llm_surgeon.math.selection import chosen_elements, force_removed
 from llm_surgeon.math.streaming_threshold import capped_select_cheapest, streaming_select_cheapest
 from llm_surgeon.math.structured import equal_width_slots, remove_cheapest, round_kept_counts, select_structures
 from llm_surgeon.math.threshold import linear_schedule, select_cheapest
@@ -208,12 +207,13 @@ class NMSelector(UnitSelector):
 
     def select(self, method, factors, removed, fraction, label="", placement=EVERY_LAYER_HERE):
         inputs = self._cost_inputs(method, factors, label, self.progress, placement)
-        costs = self._forced_costs(method, inputs, removed)
+
+        def choice(name: str) -> tuple[torch.Tensor, torch.Tensor]:  # made afresh on every call, never all kept
+            return method.nm_choice(self.linears[name].weight.detach(), inputs[name], removed[name], self.n, self.m)
+
         sizes = [lin.weight.numel() // self.m for lin in self.linears.values()]
-        chosen = self._cheapest(lambda name: nm_group_costs(costs(name), self.n, self.m).reshape(-1), sizes,
-                                fraction, label, self.progress)
-        return {name: nm_layer_mask(costs(name), chosen[name], removed[name], self.n, self.m)
-                for name in self.linears}
+        chosen = self._cheapest(lambda name: choice(name)[0].reshape(-1), sizes, fraction, label, self.progress)
+        return {name: chosen_elements(choice(name)[1], chosen[name], removed[name], self.m) for name in self.linears}
 
 
 class StructureSelector(UnitSelector):

@@ -25,11 +25,17 @@ def _force_removed(costs: dict[str, torch.Tensor], removed: dict[str, torch.Tens
     return {name: force_removed(c, removed[name]) for name, c in costs.items()}
 
 
+def chosen_elements(group_choice: torch.Tensor, chosen_groups: torch.Tensor, removed: torch.Tensor, m: int
+                    ) -> torch.Tensor:
+    """One layer's mask: the elements each chosen group would lose (``group_choice``), plus what was removed."""
+    group_mask = chosen_groups.reshape(group_choice.shape[0], -1).repeat_interleave(m, dim=1)
+    return (group_choice & group_mask) | removed
+
+
 def nm_layer_mask(forced: torch.Tensor, chosen_groups: torch.Tensor, removed: torch.Tensor, n: int, m: int
                   ) -> torch.Tensor:
     """One layer's mask: the ``n`` cheapest elements of every chosen group, plus what was removed before."""
-    group_mask = chosen_groups.reshape(forced.shape[0], -1).repeat_interleave(m, dim=1)
-    return (nm_group_element_mask(forced, n, m) & group_mask) | removed
+    return chosen_elements(nm_group_element_mask(forced, n, m), chosen_groups, removed, m)
 
 
 def select_unstructured(

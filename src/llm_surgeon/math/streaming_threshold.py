@@ -81,12 +81,12 @@ def capped_select_cheapest(source: CostSource, sizes: Sequence[int], k: int, cap
     while True:
         free = [i for i in range(len(sizes)) if i not in full]
         left = k - sum(caps[i] for i in full)
-        masks = streaming_select_cheapest(lambda j: source(free[j]), [sizes[i] for i in free], left)
+        masks = streaming_select_cheapest(lambda j, free=free: source(free[j]), [sizes[i] for i in free], left)
         overflowing = {i for i, mask in zip(free, masks, strict=True) if int(mask.sum()) > caps[i]}
         if not overflowing:
             break
         full |= overflowing
     chosen = dict(zip(free, masks, strict=True))
     for i in full:
-        chosen[i] = streaming_select_cheapest(lambda _: source(i), [sizes[i]], caps[i])[0]
+        chosen[i] = streaming_select_cheapest(lambda _, i=i: source(i), [sizes[i]], caps[i])[0]
     return [chosen[i] for i in range(len(sizes))]

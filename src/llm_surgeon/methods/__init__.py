@@ -6,6 +6,7 @@ a new method is one small class and one :func:`register_method` line here.
 
 from llm_surgeon.methods.base import (
     NM,
+    NM_COSTS,
     STRUCTURE_COSTS,
     STRUCTURED,
     UNSTRUCTURED,
@@ -30,4 +31,4 @@ for _method in (SurgeonPruning, SparseGPT, Wanda, KroneckerOBD, LayerOBD, Magnit
 __all__ = ["MethodBase", "PruningMethod", "LayerwiseMethod", "get_method", "method_class", "method_names",
            "methods_help", "register_method", "MagnitudePruning", "SurgeonPruning", "LayerOBD", "KroneckerOBD",
            "SparseGPT", "Wanda", "ZipLMPruning", "FLAPPruning", "UNSTRUCTURED", "NM", "STRUCTURED",
-           "STRUCTURE_COSTS", "UPDATE_SOLVERS", "UPDATE_STARTS"]
+           "STRUCTURE_COSTS", "UPDATE_SOLVERS", "UPDATE_STARTS", "NM_COSTS"]

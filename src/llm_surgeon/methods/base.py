@@ -14,7 +14,9 @@ from typing import ClassVar
 
 import torch
 
+from llm_surgeon.math.costs import nm_group_costs, nm_group_element_mask
 from llm_surgeon.math.obs import UpdateStats
+from llm_surgeon.math.selection import force_removed
 
 UNSTRUCTURED, NM, STRUCTURED = "unstructured", "nm", "structured"
 """Granularity kinds a method can support (``nm`` stands for every N:M pattern)."""
@@ -22,6 +24,9 @@ STRUCTURE_COSTS = ("outputs", "all")
 """How structured LLM Surgeon prices a structure (``--structure-costs``); the first is the default."""
 UPDATE_STARTS = ("independent", "zeroed")
 """Where LLM Surgeon's correlated update starts its PCG (``--update-start``); the first is the default."""
+NM_COSTS = ("independent", "joint")
+"""How LLM Surgeon prices an N:M group (``--nm-costs``): the sum of its N cheapest single-weight costs (the first,
+the default) or the N weights' joint OBS cost, correlations of the group's inputs included."""
 UPDATE_SOLVERS = ("kept", "removed")
 """How LLM Surgeon's correlated update is solved (``--update-solver``): PCG on the kept weights (the default) or CG
 on the removed weights' multipliers (:func:`~llm_surgeon.math.obs.removed_set_obs_update`)."""
@@ -91,6 +96,14 @@ class PruningMethod(MethodBase):
         """The part of a layer's factors that :meth:`element_costs` reads, kept for every layer through the
         selection of a shot; override to keep less than the whole factors (e.g. their diagonals)."""
         return factors
+
+    def nm_choice(self, W: torch.Tensor, inputs, removed: torch.Tensor, n: int, m: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each group's cost of being brought into N:M form, ``(rows, cols // m)``, ``-inf`` for a group with
+        weights removed already, and the weights each group would lose, ``(rows, cols)``, the removed ones
+        included. By default the ``n`` cheapest single-weight costs of a group, summed."""
+        forced = force_removed(self.element_costs(W, inputs), removed)
+        return nm_group_costs(forced, n, m), nm_group_element_mask(forced, n, m) | removed
 
     def update(self, W: torch.Tensor, remove: torch.Tensor, factors) -> tuple[torch.Tensor, UpdateStats | None]:
         """New weights with exact zeros on ``remove``; by default no compensation."""

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 import torch
 
 from llm_surgeon.math import structured as rows_cols
-from llm_surgeon.math.costs import element_costs
+from llm_surgeon.math.costs import diagonal_blocks, element_costs, nm_joint_choice
 from llm_surgeon.math.kfac import DampedFactors
 from llm_surgeon.math.obs import UpdateStats, kronecker_obs_update, removed_set_obs_update
 from llm_surgeon.methods.base import (
     NM,
+    NM_COSTS,
     STRUCTURE_COSTS,
     STRUCTURED,
     UNSTRUCTURED,
@@ -23,10 +24,12 @@ from llm_surgeon.methods.base import (
 
 @dataclass(frozen=True)
 class InverseDiagonals:
-    """``diag(G⁻¹)`` and ``diag(A⁻¹)`` of one layer: all its element costs need."""
+    """``diag(G⁻¹)`` and ``diag(A⁻¹)`` of one layer: all its element costs need (and, for joint N:M costs,
+    the ``m x m`` blocks of ``A⁻¹`` on the diagonal, ``(in // m, m, m)``)."""
 
     G_inv: torch.Tensor
     A_inv: torch.Tensor
+    A_inv_blocks: torch.Tensor | None = None
 
 
 class SurgeonPruning(PruningMethod):
@@ -45,10 +48,22 @@ class SurgeonPruning(PruningMethod):
         """CG on the removed weights' multipliers instead of PCG on the kept weights (``--update-solver``)."""
         self.outputs_only = (config.structure_costs if config else STRUCTURE_COSTS[0]) == "outputs"
         """Structured: only the output projections' columns are priced and compensated (``--structure-costs``)."""
+        joint = config is not None and config.nm is not None and config.nm_costs == NM_COSTS[1]
+        self.joint_group = config.nm[1] if joint else None
+        """N:M: the group width whose weights are priced together (``--nm-costs joint``); None: one by one."""
 
     def cost_inputs(self, factors: DampedFactors) -> InverseDiagonals:
-        """The costs read only the inverses' diagonals: two vectors per layer instead of four matrices."""
-        return InverseDiagonals(factors.G_inv.diagonal().clone(), factors.A_inv.diagonal().clone())
+        """The costs read only the inverses' diagonals: two vectors per layer instead of four matrices (and
+        ``A⁻¹``'s diagonal blocks of the group width for joint N:M costs)."""
+        blocks = None if self.joint_group is None else diagonal_blocks(factors.A_inv, self.joint_group).clone()
+        return InverseDiagonals(factors.G_inv.diagonal().clone(), factors.A_inv.diagonal().clone(), blocks)
+
+    def nm_choice(self, W, inputs, removed, n, m):
+        """With ``--nm-costs joint``, each group's ``n`` weights priced together (their inputs' correlation in
+        ``A⁻¹`` counted, :func:`~llm_surgeon.math.costs.nm_joint_choice`); else the summed single costs."""
+        if self.joint_group is None:
+            return super().nm_choice(W, inputs, removed, n, m)
+        return nm_joint_choice(W, inputs.G_inv, inputs.A_inv_blocks, removed, n, m)
 
     def element_costs(self, W: torch.Tensor, factors: DampedFactors | InverseDiagonals) -> torch.Tensor:
         if isinstance(factors, InverseDiagonals):
