@@ -17,7 +17,15 @@ from llm_surgeon.pruner import prune_model
 from llm_surgeon.resources import MemoryLayout
 from tests.conftest import tiny_llama, tiny_opt
 
-GRANULARITIES = ("unstructured", "2:4", "structured")
+GRANULARITIES = ("unstructured", "2:4", "structured", "unstructured capped", "2:4 joint")
+"""The granularities, and two selections beyond the paper's (a per-layer cap, joint N:M costs)."""
+
+
+def _config(case: str) -> PruneConfig:
+    granularity, _, variant = case.partition(" ")
+    extra = {"capped": dict(max_layer_sparsity=0.6), "joint": dict(nm_costs="joint"), "": {}}[variant]
+    return PruneConfig(granularity=granularity, sparsity=0.3 if granularity == "structured" else 0.5, shots=2,
+                       batch_size=3, **extra)
 
 
 def test_owners_cover_every_layer_once_and_balance_the_load():
@@ -72,8 +80,7 @@ def _rank_main(rank: int, world: int, rendezvous: str, family: str, out: str, sc
                  "owners": owner_collector.owners}
         for granularity in GRANULARITIES:
             model = _make(family)
-            config = PruneConfig(granularity=granularity, sparsity=0.3 if granularity == "structured" else 0.5,
-                                 shots=2, batch_size=3)
+            config = _config(granularity)
             kind = DataParallelCollector if granularity == "structured" else OwnerCollector
             # Owners with block groups on disk: the composition a large model runs.
             layout = MemoryLayout(block_groups=2, scratch_dir=scratch) if granularity == "2:4" else None
@@ -116,8 +123,7 @@ def test_two_gloo_ranks_give_the_factors_masks_and_weights_of_one_process(family
             torch.testing.assert_close(mean, ranks[0]["factors"][name][3], rtol=1e-6, atol=1e-8, msg=name)
     for granularity in GRANULARITIES:
         model = _make(family)
-        config = PruneConfig(granularity=granularity, sparsity=0.3 if granularity == "structured" else 0.5,
-                             shots=2, batch_size=3)
+        config = _config(granularity)
         result = prune_model(model, _windows(), config, progress=False)
         for rank in ranks:
             for name, mask in result.masks.items():
