@@ -41,11 +41,9 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         "independent start, 50 iterations": [*UNSTRUCTURED_BASE, "--update-iterations", "50"],
         "removed-set CG, 20 iterations (half the matmuls)": [*UNSTRUCTURED_BASE, "--update-solver", "removed"],
     },
-    "damping-fine": {  # between the grid's points: G between 0.1 (the default) and 1.0, A below 0.1
+    "damping-fine": {  # between the grid's points: G between 0.1 (the default) and 1.0
         "base (A 0.1, G 0.1)": UNSTRUCTURED_BASE,
         "A 0.1, G 0.3": [*UNSTRUCTURED_BASE, "--damp-g", "0.3"],
-        "A 0.1, G 0.05": [*UNSTRUCTURED_BASE, "--damp-g", "0.05"],
-        "A 0.03, G 0.1": [*UNSTRUCTURED_BASE, "--damp-a", "0.03"],
     },
     "layer-cap": {  # the global threshold with a ceiling per layer (the uncapped one empties q_proj to 59-99%)
         "base (no cap)": UNSTRUCTURED_BASE,
@@ -86,6 +84,8 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         "64 x 512, 1 shot (base)": UNSTRUCTURED_BASE,
         "128 x 512, 1 shot (2x the pass)": [*UNSTRUCTURED_BASE, "--calib-samples", "128"],
         "32 x 512, 2 shots (the same passes)": [*SURGEON_50, "--shots", "2", "--calib-samples", "32"],
+        "16 x 2048, 1 shot (the same tokens at the evaluation's length)": [
+            *UNSTRUCTURED_BASE, "--calib-samples", "16", "--calib-seqlen", "2048", "--batch-size", "2"],
     },
     "structured-costs": {  # 80% kept in one shot: how a structure is priced
         "surgeon, all members (the paper's)": ["--method", "surgeon", *STRUCTURED_BASE, "--structure-costs", "all"],
