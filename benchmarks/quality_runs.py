@@ -37,6 +37,12 @@ RUNS: dict[str, list[str]] = {
     # the bench grid's 2:4 row ran with the zeroed start (the default then): the independent start at 2:4
     "surgeon-2:4-independent": ["--method", "surgeon", "--granularity", "2:4", "--shots", "5", "--update-start",
                                 "independent"],
+    # 2:4 with each group's two weights priced together (--nm-costs joint)
+    "surgeon-2:4-joint": ["--method", "surgeon", "--granularity", "2:4", "--shots", "5", "--update-start",
+                          "independent", "--nm-costs", "joint"],
+    # 50% with every setting the 40-window sweeps found worth a little: 50 PCG steps, at most 90% of a layer
+    "surgeon-50-pcg50-cap90": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "5", "--update-start",
+                               "independent", "--update-iterations", "50", "--max-layer-sparsity", "0.9"],
     "surgeon-2:4-rec": ["--method", "surgeon", "--granularity", "2:4", "--shots", "5", "--reconstruct"],
     # structured, 80% of the prunable parameters kept
     "ziplm-struct-90": ["--method", "ziplm", "--granularity", "structured", "--sparsity", "0.1", "--shots", "5"],
