@@ -57,6 +57,8 @@ def test_a_capped_surgeon_run_reaches_the_target_with_no_layer_over_the_cap(cali
     (dict(max_layer_sparsity=0.0), "must be in"),
     (dict(max_layer_sparsity=1.5), "must be in"),
     (dict(max_layer_sparsity=0.8, granularity="2:4"), "unstructured"),
+    (dict(max_layer_sparsity=0.8, method="sparsegpt"), "same fraction"),
+    (dict(max_layer_sparsity=0.8, method="magnitude", magnitude_scope="layer"), "same fraction"),
 ])
 def test_impossible_caps_are_refused_before_any_work(overrides, message):
     with pytest.raises(ConfigError, match=message):

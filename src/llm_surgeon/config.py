@@ -14,6 +14,7 @@ from llm_surgeon.methods import (
     UNSTRUCTURED,
     UPDATE_SOLVERS,
     UPDATE_STARTS,
+    LayerwiseMethod,
     method_class,
     method_names,
 )
@@ -154,6 +155,10 @@ class PruneConfig:
         if self.granularity != UNSTRUCTURED:
             raise ConfigError("--max-layer-sparsity caps the global threshold of unstructured pruning; use "
                               "--granularity unstructured or drop it")
+        if issubclass(method_class(self.method), LayerwiseMethod) or (
+                self.method == "magnitude" and self.magnitude_scope == "layer"):
+            raise ConfigError(f"--max-layer-sparsity caps a global threshold; {self.method} here prunes every "
+                              "layer to the same fraction already: drop it")
         if self.max_layer_sparsity < self.sparsity:
             raise ConfigError(f"--max-layer-sparsity {self.max_layer_sparsity} is below the target sparsity "
                               f"{self.sparsity}: no layer could reach it")
