@@ -58,6 +58,13 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         "2:4, joint pair costs": ["--method", "surgeon", "--granularity", "2:4", "--shots", "1", "--update-start",
                                   "independent", "--nm-costs", "joint"],
     },
+    "nm-costs-seed1": {  # the same pair on another draw of the calibration windows (seed 1)
+        "2:4, summed single costs (the paper's), seed 1": ["--method", "surgeon", "--granularity", "2:4", "--shots",
+                                                          "1", "--update-start", "independent", "--nm-costs",
+                                                          "independent", "--seed", "1"],
+        "2:4, joint pair costs, seed 1": ["--method", "surgeon", "--granularity", "2:4", "--shots", "1",
+                                          "--update-start", "independent", "--nm-costs", "joint", "--seed", "1"],
+    },
     "fisher": {
         "base (empirical)": UNSTRUCTURED_BASE,
         "true (labels sampled)": [*UNSTRUCTURED_BASE, "--fisher", "true"],
@@ -72,6 +79,10 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         "sparsegpt, rank 16": ["--method", "sparsegpt", "--sparsity", "0.5", "--lora-rank", "16"],
         "dense (nothing pruned), rank 16": ["--method", "magnitude", "--sparsity", "0.0", "--shots", "1",
                                             "--lora-rank", "16", "--eval-dense"],
+    },
+    "rank-shots": {  # the correction after each of 5 shots (the rank sweep's rows correct after one shot)
+        "5 shots, no correction": [*SURGEON_50, "--shots", "5"],
+        "5 shots, rank 16 after each": [*SURGEON_50, "--shots", "5", "--lora-rank", "16"],
     },
     "shots": {
         "base (1 shot)": UNSTRUCTURED_BASE,

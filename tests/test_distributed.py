@@ -17,13 +17,13 @@ from llm_surgeon.pruner import prune_model
 from llm_surgeon.resources import MemoryLayout
 from tests.conftest import tiny_llama, tiny_opt
 
-GRANULARITIES = ("unstructured", "2:4", "structured", "unstructured capped", "2:4 joint")
-"""The granularities, and two selections beyond the paper's (a per-layer cap, joint N:M costs)."""
+GRANULARITIES = ("unstructured", "2:4", "structured", "unstructured capped", "2:4 independent")
+"""The granularities (2:4 with joint N:M costs, the default), a per-layer cap, and the paper's summed N:M costs."""
 
 
 def _config(case: str) -> PruneConfig:
     granularity, _, variant = case.partition(" ")
-    extra = {"capped": dict(max_layer_sparsity=0.6), "joint": dict(nm_costs="joint"), "": {}}[variant]
+    extra = {"capped": dict(max_layer_sparsity=0.6), "independent": dict(nm_costs="independent"), "": {}}[variant]
     return PruneConfig(granularity=granularity, sparsity=0.3 if granularity == "structured" else 0.5, shots=2,
                        batch_size=3, **extra)
 

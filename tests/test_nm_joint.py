@@ -75,6 +75,22 @@ def test_groups_with_removed_weights_keep_them_and_come_first():
     assert torch.equal(mask[1, 4:], removed[1, 4:])
 
 
+def test_chunked_rows_give_the_same_choice_as_one_chunk():
+    W = torch.randn(7, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    removed = torch.zeros_like(W, dtype=torch.bool)
+    removed[2, 5] = removed[6, 12] = True
+    G_inv_diag = torch.rand(7, dtype=torch.float64) + 0.5
+    blocks = diagonal_blocks(torch.linalg.inv(_spd(16, 6)), 8)
+    whole = nm_joint_choice(W, G_inv_diag, blocks, removed, 4, 8)
+    row_by_row = nm_joint_choice(W, G_inv_diag, blocks, removed, 4, 8, chunk_elements=1)  # 4:8, one row a chunk
+    assert torch.equal(whole[0], row_by_row[0]) and torch.equal(whole[1], row_by_row[1])
+
+
+def test_joint_costs_are_the_nm_default():
+    assert PruneConfig().nm_costs == "joint"
+    PruneConfig(method="sparsegpt", granularity="2:4").validate()  # other methods ignore the default
+
+
 def test_a_joint_run_meets_the_pattern_and_the_cheaper_quadratic(calibration):
     model = tiny_llama()
     prune(model, calibration, PruneConfig(method="surgeon", granularity="2:4", shots=2, nm_costs="joint"),
@@ -84,7 +100,8 @@ def test_a_joint_run_meets_the_pattern_and_the_cheaper_quadratic(calibration):
         assert int((lin.weight == 0).sum()) == lin.weight.numel() // 2
 
 
-@pytest.mark.parametrize("overrides", [dict(nm_costs="joint"), dict(nm_costs="joint", granularity="2:4", method="kobd"),
+@pytest.mark.parametrize("overrides", [dict(nm_costs="independent"),
+                                       dict(nm_costs="independent", granularity="2:4", method="kobd"),
                                        dict(nm_costs="pairs", granularity="2:4")])
 def test_joint_costs_outside_nm_surgeon_are_refused(overrides):
     with pytest.raises(ConfigError, match="N:M"):

@@ -42,6 +42,8 @@ def _config(method: str, granularity: str) -> PruneConfig:
         extra["structure_costs"] = "all"  # pinned before output-column pricing became the default
     elif method == "surgeon":
         extra["update_start"] = "zeroed"  # pinned before the independent start became the default
+        if granularity == "2:4":
+            extra["nm_costs"] = "independent"  # pinned before joint N:M costs became the default
     return PruneConfig(method=method, granularity=granularity, sparsity=sparsity, shots=2, **extra)
 
 

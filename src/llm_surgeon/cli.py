@@ -82,8 +82,9 @@ def _add_method_flags(parser: argparse.ArgumentParser) -> None:
                              "on the removed weights' multipliers (2 matmuls a step; a research option, worse in a "
                              "real run)")
     parser.add_argument("--nm-costs", default=d.nm_costs, choices=NM_COSTS,
-                        help="N:M surgeon: price a group by its N cheapest single-weight costs summed (independent) "
-                             "or by the N weights' joint OBS cost, their inputs' correlation counted (joint)")
+                        help="N:M surgeon: price a group by the N weights' joint OBS cost, their inputs' correlation "
+                             "counted (joint, the default), or by its N cheapest single-weight costs summed "
+                             "(independent, the paper's)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size,
                         help="calibration windows per forward/backward pass (sets the activation memory)")
     parser.add_argument("--sparsegpt-damp", type=float, default=d.sparsegpt_damp,

@@ -50,7 +50,7 @@ def diagonal_blocks(matrix: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def nm_joint_choice(W: torch.Tensor, G_inv_diag: torch.Tensor, A_inv_blocks: torch.Tensor, removed: torch.Tensor,
-                    n: int, m: int, rows_per_chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                    n: int, m: int, chunk_elements: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor]:
     """Each group's cost of losing ``n`` of its ``m`` weights together, and which ``n``.
 
     Removing a set ``S`` of one row ``i`` with the optimal update of every other weight raises the
@@ -62,11 +62,15 @@ def nm_joint_choice(W: torch.Tensor, G_inv_diag: torch.Tensor, A_inv_blocks: tor
     A group with weights already removed must keep them: it costs ``-inf`` and chooses the cheapest subset
     holding them (its removed set itself when that has ``n`` or more).
 
+    Rows are taken a chunk at a time, each chunk's ``(rows, groups, C(m, n), n)`` subset weights at most
+    ``chunk_elements``: a wide pattern such as 4:8 (70 subsets) stays as bounded in memory as 2:4 (6).
+
     Returns ``(rows, cols // m)`` group costs and a ``(rows, cols)`` mask of each group's chosen weights.
     """
     rows, cols = W.shape
     groups, work = cols // m, torch.promote_types(W.dtype, torch.float32)
     subsets = nm_subsets(n, m).to(W.device)
+    rows_per_chunk = max(1, chunk_elements // (groups * subsets.numel()))
     blocks = A_inv_blocks.to(work)
     inverse = torch.linalg.inv(blocks[:, subsets[:, :, None], subsets[:, None, :]])  # (groups, C, n, n)
     member = torch.zeros(len(subsets), m, dtype=torch.bool, device=W.device)

@@ -12,7 +12,6 @@ from llm_surgeon.math.kfac import DampedFactors
 from llm_surgeon.math.obs import UpdateStats, kronecker_obs_update, removed_set_obs_update
 from llm_surgeon.methods.base import (
     NM,
-    NM_COSTS,
     STRUCTURE_COSTS,
     STRUCTURED,
     UNSTRUCTURED,
@@ -48,9 +47,10 @@ class SurgeonPruning(PruningMethod):
         """CG on the removed weights' multipliers instead of PCG on the kept weights (``--update-solver``)."""
         self.outputs_only = (config.structure_costs if config else STRUCTURE_COSTS[0]) == "outputs"
         """Structured: only the output projections' columns are priced and compensated (``--structure-costs``)."""
-        joint = config is not None and config.nm is not None and config.nm_costs == NM_COSTS[1]
+        joint = config is not None and config.nm is not None and config.nm_costs == "joint"
         self.joint_group = config.nm[1] if joint else None
-        """N:M: the group width whose weights are priced together (``--nm-costs joint``); None: one by one."""
+        """N:M: the group width whose weights are priced together (``--nm-costs joint``, the default); None: one by
+        one (``--nm-costs independent``, and every other granularity)."""
 
     def cost_inputs(self, factors: DampedFactors) -> InverseDiagonals:
         """The costs read only the inverses' diagonals: two vectors per layer instead of four matrices (and
