@@ -58,13 +58,6 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         "2:4, joint pair costs": ["--method", "surgeon", "--granularity", "2:4", "--shots", "1", "--update-start",
                                   "independent", "--nm-costs", "joint"],
     },
-    "nm-costs-seed1": {  # the same pair on another draw of the calibration windows (seed 1)
-        "2:4, summed single costs (the paper's), seed 1": ["--method", "surgeon", "--granularity", "2:4", "--shots",
-                                                          "1", "--update-start", "independent", "--nm-costs",
-                                                          "independent", "--seed", "1"],
-        "2:4, joint pair costs, seed 1": ["--method", "surgeon", "--granularity", "2:4", "--shots", "1",
-                                          "--update-start", "independent", "--nm-costs", "joint", "--seed", "1"],
-    },
     "fisher": {
         "base (empirical)": UNSTRUCTURED_BASE,
         "true (labels sampled)": [*UNSTRUCTURED_BASE, "--fisher", "true"],
@@ -106,6 +99,8 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         "flap": ["--method", "flap", *STRUCTURED_BASE],
     },
 }
+SWEEPS["nm-costs-seed1"] = {  # the same pair on another draw of the calibration windows
+    f"{label}, seed 1": [*flags, "--seed", "1"] for label, flags in SWEEPS["nm-costs"].items()}
 
 
 def _arguments() -> argparse.Namespace:

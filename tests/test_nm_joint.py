@@ -103,6 +103,6 @@ def test_a_joint_run_meets_the_pattern_and_the_cheaper_quadratic(calibration):
 @pytest.mark.parametrize("overrides", [dict(nm_costs="independent"),
                                        dict(nm_costs="independent", granularity="2:4", method="kobd"),
                                        dict(nm_costs="pairs", granularity="2:4")])
-def test_joint_costs_outside_nm_surgeon_are_refused(overrides):
+def test_nm_costs_outside_nm_surgeon_are_refused(overrides):
     with pytest.raises(ConfigError, match="N:M"):
         PruneConfig(**overrides).validate()
