@@ -44,6 +44,7 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
     "damping-fine": {  # between the grid's points: G between 0.1 (the default) and 1.0
         "base (A 0.1, G 0.1)": UNSTRUCTURED_BASE,
         "A 0.1, G 0.3": [*UNSTRUCTURED_BASE, "--damp-g", "0.3"],
+        "A 0.1, G 0.5": [*UNSTRUCTURED_BASE, "--damp-g", "0.5"],
     },
     "layer-cap": {  # the global threshold with a ceiling per layer (the uncapped one empties q_proj to 59-99%)
         "base (no cap)": UNSTRUCTURED_BASE,
@@ -76,6 +77,7 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
     "rank-shots": {  # the correction after each of 5 shots (the rank sweep's rows correct after one shot)
         "5 shots, no correction": [*SURGEON_50, "--shots", "5"],
         "5 shots, rank 16 after each": [*SURGEON_50, "--shots", "5", "--lora-rank", "16"],
+        "5 shots, rank 4 after each": [*SURGEON_50, "--shots", "5", "--lora-rank", "4"],
     },
     "shots": {
         "base (1 shot)": UNSTRUCTURED_BASE,
