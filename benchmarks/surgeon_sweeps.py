@@ -78,6 +78,9 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         "5 shots, no correction": [*SURGEON_50, "--shots", "5"],
         "5 shots, rank 16 after each": [*SURGEON_50, "--shots", "5", "--lora-rank", "16"],
         "5 shots, rank 4 after each": [*SURGEON_50, "--shots", "5", "--lora-rank", "4"],
+        # the dense model trained as long as five corrections train (one correction of five epochs)
+        "dense (nothing pruned), rank 16 for 5 epochs": ["--method", "magnitude", "--sparsity", "0.0", "--shots", "1",
+                                                         "--lora-rank", "16", "--lora-epochs", "5"],
     },
     "shots": {
         "base (1 shot)": UNSTRUCTURED_BASE,
