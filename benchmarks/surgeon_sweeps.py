@@ -24,6 +24,8 @@ SURGEON_50 = ["--method", "surgeon", "--sparsity", "0.5", "--update-start", "ind
 UNSTRUCTURED_BASE = ["--method", "surgeon", "--sparsity", "0.5", "--shots", "1", "--update-start", "independent"]
 ZEROED_START = ["--method", "surgeon", "--sparsity", "0.5", "--shots", "1", "--update-start", "zeroed"]
 STRUCTURED_BASE = ["--granularity", "structured", "--sparsity", "0.2", "--shots", "1"]
+# nothing pruned, then one rank-16 correction: how much of a correction's gain is fitting the calibration text
+DENSE_RANK16 = ["--method", "magnitude", "--sparsity", "0.0", "--shots", "1", "--lora-rank", "16"]
 
 SWEEPS: dict[str, dict[str, list[str]]] = {
     "damping": {
@@ -71,16 +73,14 @@ SWEEPS: dict[str, dict[str, list[str]]] = {
         # is fitting WikiText-2 itself: the calibration text is WikiText-2 valid, the evaluation its test)
         "sparsegpt, no correction": ["--method", "sparsegpt", "--sparsity", "0.5"],
         "sparsegpt, rank 16": ["--method", "sparsegpt", "--sparsity", "0.5", "--lora-rank", "16"],
-        "dense (nothing pruned), rank 16": ["--method", "magnitude", "--sparsity", "0.0", "--shots", "1",
-                                            "--lora-rank", "16", "--eval-dense"],
+        "dense (nothing pruned), rank 16": [*DENSE_RANK16, "--eval-dense"],
     },
     "rank-shots": {  # the correction after each of 5 shots (the rank sweep's rows correct after one shot)
         "5 shots, no correction": [*SURGEON_50, "--shots", "5"],
         "5 shots, rank 16 after each": [*SURGEON_50, "--shots", "5", "--lora-rank", "16"],
         "5 shots, rank 4 after each": [*SURGEON_50, "--shots", "5", "--lora-rank", "4"],
         # the dense model trained as long as five corrections train (one correction of five epochs)
-        "dense (nothing pruned), rank 16 for 5 epochs": ["--method", "magnitude", "--sparsity", "0.0", "--shots", "1",
-                                                         "--lora-rank", "16", "--lora-epochs", "5"],
+        "dense (nothing pruned), rank 16 for 5 epochs": [*DENSE_RANK16, "--lora-epochs", "5"],
     },
     "shots": {
         "base (1 shot)": UNSTRUCTURED_BASE,
