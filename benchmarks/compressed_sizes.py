@@ -40,9 +40,9 @@ def digest(model) -> str:
 
 def main() -> None:
     from llm_surgeon import PruneConfig, load_pruned, prune
-    from llm_surgeon.footprint import folder_bytes
+    from llm_surgeon.artifacts.output_dir import save_model_files
+    from llm_surgeon.evaluation.footprint import folder_bytes
     from llm_surgeon.models.loading import load_model_and_tokenizer
-    from llm_surgeon.outputs import save_model_files
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")

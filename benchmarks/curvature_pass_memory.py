@@ -6,7 +6,7 @@ Measures in this process, so run it once per code version to compare, e.g. at tw
 
 Prints one JSON line: seconds, peak RSS (CPU) or peak allocated (CUDA), the trace of the
 first layer's G (which must agree between versions that claim the same math), and beside the
-measured growth over the loaded model the prediction of ``llm_surgeon.resources`` for this pass:
+measured growth over the loaded model the prediction of ``llm_surgeon.planning.memory`` for this pass:
 raw factor sums plus the activations of one batch plus one chunk of logits.
 """
 
@@ -18,12 +18,12 @@ import time
 
 import torch
 
-from llm_surgeon.curvature import CurvatureRequest, LocalCollector
-from llm_surgeon.data import calibration_windows, resolve_data_dir
+from llm_surgeon.artifacts.report import peak_memory_mb
+from llm_surgeon.curvature.collectors import CurvatureRequest, LocalCollector
+from llm_surgeon.data.calibration import calibration_windows, resolve_data_dir
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.models.loading import load_model_and_tokenizer
-from llm_surgeon.report import peak_memory_mb
-from llm_surgeon.resources import raw_factor_bytes, shot_memory
+from llm_surgeon.planning.memory import raw_factor_bytes, shot_memory
 
 
 def main() -> None:

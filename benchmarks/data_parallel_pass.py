@@ -28,9 +28,9 @@ import torch
 def child(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
-    from llm_surgeon.curvature import CurvatureRequest, LocalCollector
-    from llm_surgeon.data import calibration_windows, resolve_data_dir
-    from llm_surgeon.distributed import DataParallelCollector
+    from llm_surgeon.curvature.collectors import CurvatureRequest, LocalCollector
+    from llm_surgeon.curvature.distributed import DataParallelCollector
+    from llm_surgeon.data.calibration import calibration_windows, resolve_data_dir
     from llm_surgeon.models.adapters import get_adapter
     from llm_surgeon.models.loading import load_model_and_tokenizer
 
@@ -57,9 +57,9 @@ def child(args: argparse.Namespace) -> None:
 def surgeon_masks(linears, factors) -> dict[str, torch.Tensor]:
     """LLM Surgeon's 50% masks by one global threshold from ``factors`` (no update)."""
     from llm_surgeon import PruneConfig
-    from llm_surgeon.factors import LazyDampedFactors
+    from llm_surgeon.curvature.factors import LazyDampedFactors
+    from llm_surgeon.engine.selectors import ElementSelector
     from llm_surgeon.methods import get_method
-    from llm_surgeon.selectors import ElementSelector
 
     config = PruneConfig()
     removed = {name: torch.zeros_like(lin.weight, dtype=torch.bool) for name, lin in linears.items()}

@@ -118,7 +118,7 @@ def build_model(config_path: Path, device: str, dtype: torch.dtype):
 def replay_collector(inner):
     """A collector that collects once per set of layers and hands the same factors back afterwards (the
     dense model's curvature, for a second shot from the same dense weights)."""
-    from llm_surgeon.curvature import CurvatureCollector
+    from llm_surgeon.curvature.collectors import CurvatureCollector
 
     class ReplayCollector(CurvatureCollector):
         def __init__(self):
@@ -143,10 +143,10 @@ def replay_collector(inner):
 def one_shot(model, adapter, linears, windows, granularity: str, args, collector, scratch: str) -> dict:
     from llm_surgeon import PruneConfig
     from llm_surgeon.api import check_memory
-    from llm_surgeon.planning import shot_flops
-    from llm_surgeon.pruner import prune_model, setup
-    from llm_surgeon.report import peak_memory_mb
-    from llm_surgeon.resources import MemoryLayout
+    from llm_surgeon.artifacts.report import peak_memory_mb
+    from llm_surgeon.curvature.layout import MemoryLayout
+    from llm_surgeon.engine.pruner import prune_model, setup
+    from llm_surgeon.planning.plan import shot_flops
 
     config = PruneConfig(granularity=granularity, sparsity=0.5, shots=1, calib_samples=args.samples,
                          calib_seqlen=args.seqlen, batch_size=args.batch_size,
@@ -176,7 +176,7 @@ def one_shot(model, adapter, linears, windows, granularity: str, args, collector
 
 
 def surgeon_shots(args, rec: Recorder) -> dict:
-    from llm_surgeon.curvature import LocalCollector
+    from llm_surgeon.curvature.collectors import LocalCollector
     from llm_surgeon.models.adapters import get_adapter
 
     start = time.perf_counter()

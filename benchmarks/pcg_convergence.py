@@ -24,8 +24,8 @@ from functools import partial
 import torch
 
 from llm_surgeon import load_calibration, load_model_and_tokenizer
-from llm_surgeon.curvature import CurvatureRequest, LocalCollector
-from llm_surgeon.factors import LazyDampedFactors
+from llm_surgeon.curvature.collectors import CurvatureRequest, LocalCollector
+from llm_surgeon.curvature.factors import LazyDampedFactors
 from llm_surgeon.math.costs import element_costs
 from llm_surgeon.math.obs import kronecker_obs_update, kronecker_quadratic, removed_set_obs_update
 from llm_surgeon.models.adapters import get_adapter

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from llm_surgeon.config import PruneConfig
-from llm_surgeon.planning import plan_shot
-from llm_surgeon.resources import parse_bytes
+from llm_surgeon.planning.memory import parse_bytes
+from llm_surgeon.planning.plan import plan_shot
 
 GIB = 2**30
 

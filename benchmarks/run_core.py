@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from llm_surgeon.bench import DENSE, Protocol, RunSpec, run_bench
-from llm_surgeon.io import atomic_write_json
+from llm_surgeon.runtime.files import atomic_write_json
 
 RUNS: dict[str, tuple[int, RunSpec | None]] = {
     "dense": (1, None),

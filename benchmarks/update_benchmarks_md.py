@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from llm_surgeon.bench import render_markdown, render_plot, reproduce_commands
-from llm_surgeon.io import atomic_write_text
+from llm_surgeon.runtime.files import atomic_write_text
 
 
 def bench_section(results: dict, bench_dir: str, plot: str | None) -> str:

@@ -34,8 +34,8 @@ def latency_ms(model, ids: torch.Tensor, repeats: int) -> float:
 
 def main() -> None:
     from llm_surgeon import PruneConfig, evaluate, load_calibration, prune
-    from llm_surgeon.compaction import compact
-    from llm_surgeon.footprint import parameter_count
+    from llm_surgeon.artifacts.compaction import compact
+    from llm_surgeon.evaluation.footprint import parameter_count
     from llm_surgeon.models.adapters import get_adapter
     from llm_surgeon.models.loading import load_model_and_tokenizer
 

@@ -116,7 +116,7 @@ def collect_factors(model, linears, windows, batch_size: int = 4, fisher: str = 
                     with_gradients: bool = True, diagonal_only: bool = False, packed: bool = False):
     """One single-process curvature pass, as the shot loop runs it; the factors as matrices unless ``packed``
     (as the collector keeps them)."""
-    from llm_surgeon.curvature import CurvatureRequest, LocalCollector
+    from llm_surgeon.curvature.collectors import CurvatureRequest, LocalCollector
     from llm_surgeon.models.adapters import get_adapter
 
     collector = LocalCollector(batch_size=batch_size, fisher=fisher, progress=False)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from llm_surgeon import PruneConfig, prune
-from llm_surgeon.compaction import apply_shapes, compact
+from llm_surgeon.artifacts.compaction import apply_shapes, compact
+from llm_surgeon.engine.pruner import sparsity_stats
 from llm_surgeon.models import adapters
 from llm_surgeon.models.adapters import LLAMA, ArchitectureAdapter, get_adapter, register_adapter
-from llm_surgeon.pruner import sparsity_stats
 from tests.conftest import collect_factors, true_loss_G
 
 
@@ -72,7 +72,7 @@ def test_softcapped_logits_give_the_factors_of_the_true_loss(calibration):
     for name in linears:
         torch.testing.assert_close(got[name].G.double(), reference[name], rtol=1e-3, atol=1e-9)
     # The plain LM head (what nll.py did before adapters owned the logits) gets them wrong.
-    from llm_surgeon.curvature import CurvatureRequest, LocalCollector
+    from llm_surgeon.curvature.collectors import CurvatureRequest, LocalCollector
 
     plain = LocalCollector(batch_size=4, progress=False).collect(model, LLAMA, linears, ids, CurvatureRequest(), 0)
     name = next(iter(linears))

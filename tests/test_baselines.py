@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from llm_surgeon import PruneConfig, prune
+from llm_surgeon.engine.pruner import sparsity_stats, validate_nm
 from llm_surgeon.math.sparsegpt import sparsegpt_prune
 from llm_surgeon.math.wanda import per_row_mask, wanda_scores
 from llm_surgeon.methods import UNSTRUCTURED, method_class, method_names
 from llm_surgeon.methods.obd import KroneckerOBD, LayerOBD
 from llm_surgeon.models.adapters import get_adapter
-from llm_surgeon.pruner import sparsity_stats, validate_nm
 from tests.conftest import collect_factors, tiny_llama
 
 
@@ -139,7 +139,7 @@ def test_sparsegpt_beats_magnitude_on_calibration_loss(calibration):
 def test_ziplm_column_costs_and_update_are_the_layerwise_obs_minimiser():
     """G = I: removing columns C of W costs the least ½ tr(ΔW A ΔWᵀ) with W_C + ΔW_C = 0 (a dense KKT
     solve), and the update is that minimiser; rows cost nothing (they feed only the removed columns)."""
-    from llm_surgeon.curvature import KroneckerFactors
+    from llm_surgeon.curvature.collectors import KroneckerFactors
     from llm_surgeon.methods.ziplm import ZipLMPruning
     from tests.conftest import dense_obs_minimiser, spd
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from llm_surgeon import PruneConfig, prune
-from llm_surgeon.correction import MaskedLowRankDelta, attach_deltas, correct_with_lora, detach_deltas
+from llm_surgeon.engine.correction import MaskedLowRankDelta, attach_deltas, correct_with_lora, detach_deltas
+from llm_surgeon.engine.pruner import sparsity_stats
 from llm_surgeon.models.adapters import get_adapter
-from llm_surgeon.pruner import sparsity_stats
 from tests.conftest import run_cli, tiny_llama, write_fake_wikitext, write_tiny_checkpoint
 
 
@@ -155,7 +155,7 @@ def test_resuming_after_a_shot_gives_the_uninterrupted_result(calibration):
     """Each correction starts fresh from seeds that depend only on the shot, so no optimizer state is lost."""
     import copy
 
-    from llm_surgeon.pruner import prune_model
+    from llm_surgeon.engine.pruner import prune_model
 
     config = PruneConfig(method="surgeon", sparsity=0.5, shots=3, batch_size=4, lora_rank=2, lora_lr=1e-2)
     reference = tiny_llama()
@@ -188,8 +188,8 @@ def test_a_correction_that_cannot_fit_is_refused_up_front_even_when_its_shot_fit
     from dataclasses import replace
 
     from llm_surgeon import api
+    from llm_surgeon.engine.pruner import setup
     from llm_surgeon.errors import LLMSurgeonError
-    from llm_surgeon.pruner import setup
 
     model = tiny_llama()
     adapter = get_adapter(model)

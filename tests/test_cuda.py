@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from llm_surgeon import PruneConfig
+from llm_surgeon.curvature.layout import MemoryLayout
+from llm_surgeon.engine.pruner import prune_model
 from llm_surgeon.math.streaming_threshold import streaming_select_cheapest
-from llm_surgeon.pruner import prune_model
-from llm_surgeon.resources import MemoryLayout
 from tests.conftest import tiny_llama, tiny_opt
 
 pytestmark = [pytest.mark.cuda,

@@ -9,12 +9,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from llm_surgeon import PruneConfig
-from llm_surgeon.curvature import CurvatureRequest, LocalCollector
-from llm_surgeon.distributed import DataParallelCollector, OwnerCollector, assign_owners, shard
+from llm_surgeon.curvature.collectors import CurvatureRequest, LocalCollector
+from llm_surgeon.curvature.distributed import DataParallelCollector, OwnerCollector, assign_owners, shard
+from llm_surgeon.curvature.layout import MemoryLayout
+from llm_surgeon.engine.pruner import prune_model
 from llm_surgeon.errors import LLMSurgeonError
 from llm_surgeon.models.adapters import get_adapter
-from llm_surgeon.pruner import prune_model
-from llm_surgeon.resources import MemoryLayout
 from tests.conftest import tiny_llama, tiny_opt
 
 GRANULARITIES = ("unstructured", "2:4", "structured", "unstructured capped", "2:4 independent")

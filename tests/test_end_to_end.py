@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from llm_surgeon import PruneConfig, prune
+from llm_surgeon.engine.pruner import sparsity_stats
 from llm_surgeon.models.adapters import get_adapter
-from llm_surgeon.pruner import sparsity_stats
 from tests.conftest import run_cli, tiny_llama, write_fake_wikitext, write_tiny_checkpoint
 
 REPORT_KEYS = {"method", "granularity", "target_sparsity", "achieved_sparsity", "per_layer_sparsity", "shots",
@@ -81,7 +81,7 @@ def test_surgeon_beats_magnitude_on_calibration_loss(calibration):
 def test_python_api_masks_persist_and_target_is_exact(tiny_model, calibration):
     config = PruneConfig(method="surgeon", sparsity=0.4, shots=3)
     seen: list[dict[str, torch.Tensor]] = []
-    from llm_surgeon.pruner import prune_model
+    from llm_surgeon.engine.pruner import prune_model
 
     result = prune_model(tiny_model, calibration, config, progress=False,
                          on_shot_end=lambda shot, r: seen.append({k: v.clone() for k, v in r.masks.items()}))

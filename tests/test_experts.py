@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from llm_surgeon import PruneConfig, prune
+from llm_surgeon.engine.pruner import prune_model, sparsity_stats
 from llm_surgeon.errors import ConfigError
 from llm_surgeon.math.selection import nm_violations
 from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.models.experts import ExpertView, expert_summary
-from llm_surgeon.pruner import prune_model, sparsity_stats
 from tests.conftest import collect_factors
 
 COMMON = dict(vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -200,7 +200,7 @@ def test_unrouted_experts_refuse_n_m_unless_pruned_by_magnitude(calibration):
 
 
 def test_structured_experts_drop_their_own_neurons_at_one_width_and_compact_exactly(calibration):
-    from llm_surgeon.compaction import EXPERT_WIDTH_ALIGNMENT, compact
+    from llm_surgeon.artifacts.compaction import EXPERT_WIDTH_ALIGNMENT, compact
 
     model = tiny_mixtral(seed=3)
     adapter = get_adapter(model)

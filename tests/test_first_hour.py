@@ -124,7 +124,7 @@ def test_progress_bars_name_their_shot_and_the_costs_step_has_one(calibration, c
 
 def test_the_memory_estimate_grows_with_the_batch_and_counts_the_factors():
     from llm_surgeon.models.adapters import get_adapter
-    from llm_surgeon.resources import shot_memory
+    from llm_surgeon.planning.memory import shot_memory
 
     model = tiny_llama()
     adapter = get_adapter(model)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from llm_surgeon import PruneConfig, prune
-from llm_surgeon.compaction import compact, load_pruned, save_architecture
-from llm_surgeon.curvature import CurvatureRequest, LocalCollector
+from llm_surgeon.artifacts.compaction import compact, load_pruned, save_architecture
+from llm_surgeon.curvature.collectors import CurvatureRequest, LocalCollector
 from llm_surgeon.errors import ConfigError
 from llm_surgeon.math import flap
 from llm_surgeon.math.structured import select_structures
@@ -98,7 +98,7 @@ def test_collector_means_are_the_layers_mean_inputs(calibration):
 
 
 def test_prepared_biases_are_zero_on_every_projection_and_change_nothing(calibration):
-    from llm_surgeon.biases import prepare_output_biases
+    from llm_surgeon.models.biases import prepare_output_biases
 
     model = tiny_llama(seed=5)
     with torch.no_grad():
@@ -189,7 +189,8 @@ def test_cli_flap_folder_reloads_with_its_biases_and_the_same_perplexity(tmp_pat
 def test_a_run_prepares_the_model_for_its_method_once(tmp_path, monkeypatch):
     """The run builds the method, layers and selector while checking its input and hands them to the shots,
     so FLAP's model preparation (zero biases) and the selector are made once, not again in the shot loop."""
-    from llm_surgeon import api, pruner
+    from llm_surgeon import api
+    from llm_surgeon.engine import pruner
     from llm_surgeon.methods.flap import FLAPPruning
     from tests.conftest import write_fake_wikitext, write_tiny_checkpoint
 

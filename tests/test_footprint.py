@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llm_surgeon.footprint import forward_footprint, parameter_count
+from llm_surgeon.evaluation.footprint import forward_footprint, parameter_count
 from tests.conftest import tiny_llama
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llm_surgeon.heatmap import kept_grid, render_sparsity_heatmap, sparsity_grid
+from llm_surgeon.artifacts.heatmap import kept_grid, render_sparsity_heatmap, sparsity_grid
 
 
 def test_grid_has_a_row_per_block_and_a_column_per_matrix_with_experts_averaged():

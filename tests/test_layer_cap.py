@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from llm_surgeon import PruneConfig, prune
+from llm_surgeon.engine.selectors import ElementSelector
 from llm_surgeon.errors import ConfigError
 from llm_surgeon.methods import MagnitudePruning
 from llm_surgeon.models.adapters import get_adapter
-from llm_surgeon.selectors import ElementSelector
 from tests.conftest import tiny_llama
 
 

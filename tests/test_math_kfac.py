@@ -81,8 +81,8 @@ def test_true_fisher_differs_from_empirical_and_is_seeded(calibration):
 def test_indefinite_curvature_gets_more_damping_once_then_a_clear_error():
     import pytest
 
+    from llm_surgeon.curvature.factors import damped_or_raise as _damped
     from llm_surgeon.errors import LLMSurgeonError
-    from llm_surgeon.factors import damped_or_raise as _damped
 
     indefinite = torch.diag(torch.tensor([1.0, 1.0, -0.25]))  # PD only with 10x the relative damping
     with pytest.warns(UserWarning, match="retrying with 10x damping"):

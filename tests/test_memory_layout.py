@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from llm_surgeon import PruneConfig
-from llm_surgeon.curvature import CurvatureRequest, LocalCollector
-from llm_surgeon.factor_groups import block_ranges, collect_in_groups
+from llm_surgeon.curvature.block_groups import block_ranges, collect_in_groups
+from llm_surgeon.curvature.collectors import CurvatureRequest, LocalCollector
+from llm_surgeon.curvature.layout import MemoryLayout
+from llm_surgeon.engine.pruner import prune_model, setup
 from llm_surgeon.models.adapters import get_adapter
-from llm_surgeon.pruner import prune_model, setup
-from llm_surgeon.resources import MemoryLayout, parse_bytes, shot_memory
+from llm_surgeon.planning.memory import parse_bytes, shot_memory
 from tests.conftest import tiny_llama, tiny_opt
 from tests.test_pinned import CASES, _key, _run_case, pinned  # noqa: F401  (pinned is a fixture)
 
@@ -80,7 +81,7 @@ def test_block_groups_and_host_factors_give_the_pinned_results(case, pinned, tmp
 
 
 def test_grouped_factors_wait_on_disk_during_the_shot(calibration, tmp_path, monkeypatch):
-    import llm_surgeon.factor_groups as groups
+    import llm_surgeon.curvature.block_groups as groups
 
     seen = []
     original = groups.SpilledFactors.add
@@ -105,7 +106,7 @@ def test_the_estimate_holds_the_largest_group_of_factor_sums():
     def factors(groups: int) -> int:
         return shot_memory(model, linears, 4, 1, 16, True, True, input_widths=widths, block_groups=groups).factors
 
-    from llm_surgeon.resources import raw_factor_bytes
+    from llm_surgeon.planning.memory import raw_factor_bytes
 
     raw = raw_factor_bytes(linears, widths)
     assert factors(1) - factors(2) == raw // 2 and factors(1) - factors(4) == raw - raw // 4

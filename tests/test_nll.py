@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from llm_surgeon.models.adapters import get_adapter
-from llm_surgeon.nll import backward_next_token_nll
+from llm_surgeon.models.nll import backward_next_token_nll
 from tests.conftest import tiny_llama
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from llm_surgeon import PruneConfig, prune
+from llm_surgeon.artifacts.semi_structured import to_semi_structured
+from llm_surgeon.engine.pruner import sparsity_stats, validate_nm
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
-from llm_surgeon.export import to_semi_structured
 from llm_surgeon.math.selection import nm_violations
 from llm_surgeon.models.adapters import get_adapter
-from llm_surgeon.pruner import sparsity_stats, validate_nm
 from tests.conftest import run_cli, tiny_llama, write_fake_wikitext, write_tiny_checkpoint
 
 
@@ -43,7 +43,7 @@ def test_intermediate_shots_bring_a_growing_fraction_of_groups_into_pattern(cali
         total = sum(m.numel() for m in result.masks.values())
         fractions.append(zeros / total)
 
-    from llm_surgeon.pruner import prune_model
+    from llm_surgeon.engine.pruner import prune_model
 
     prune_model(model, calibration, PruneConfig(granularity="2:4", shots=4), progress=False, on_shot_end=record)
     assert [round(f, 3) for f in fractions] == [0.125, 0.25, 0.375, 0.5]
@@ -97,7 +97,7 @@ def test_nm_pattern_survives_save_and_reload(tmp_path):
     assert report["semi_structured_export"]["applied"] is False
     code = (
         "import sys; from transformers import AutoModelForCausalLM;"
-        "from llm_surgeon.models.adapters import get_adapter; from llm_surgeon.pruner import validate_nm;"
+        "from llm_surgeon.models.adapters import get_adapter; from llm_surgeon.engine.pruner import validate_nm;"
         "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]);"
         "print(validate_nm(get_adapter(m).prunable_linears(m), 2, 4)['valid'])"
     )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llm_surgeon.models.adapters import get_adapter
-from llm_surgeon.resources import raw_factor_bytes
+from llm_surgeon.planning.memory import raw_factor_bytes
 from tests.conftest import collect_factors, run_cli, tiny_llama, tiny_opt
 
 
@@ -86,7 +86,7 @@ def test_plan_for_several_devices_divides_what_each_holds(tmp_path):
 
 def test_communication_per_rank_counts_boundaries_sums_and_weights():
     from llm_surgeon import PruneConfig
-    from llm_surgeon.planning import communication_bytes
+    from llm_surgeon.planning.plan import communication_bytes
 
     model = tiny_llama()
     adapter = get_adapter(model)
@@ -119,8 +119,8 @@ def test_plan_over_ranks_shares_the_time_and_says_what_moves(tmp_path):
 def test_planned_reconstruction_bytes_equal_what_the_refit_holds(make, calibration, monkeypatch):
     """The dense copy, the block states and the largest stage's sums of the plan are what ``reconstruct``
     allocates (its sums recorded stage by stage here)."""
-    from llm_surgeon import reconstruction
-    from llm_surgeon.resources import reconstruction_bytes
+    from llm_surgeon.engine import reconstruction
+    from llm_surgeon.planning.memory import reconstruction_bytes
 
     model = make()
     adapter = get_adapter(model)
@@ -147,8 +147,8 @@ def test_held_curvature_counts_shared_inputs_only_when_every_layer_is_held():
     """All layers: one ``A`` per distinct input; some layers (output-priced structures): one ``A`` each, the
     rule behind the memory, work and communication estimates alike."""
     from llm_surgeon import PruneConfig
-    from llm_surgeon.planning import communication_bytes, shot_flops
-    from llm_surgeon.resources import held_curvature
+    from llm_surgeon.planning.memory import held_curvature
+    from llm_surgeon.planning.plan import communication_bytes, shot_flops
 
     model = tiny_llama()
     adapter = get_adapter(model)
@@ -173,8 +173,8 @@ def test_held_curvature_counts_shared_inputs_only_when_every_layer_is_held():
 def test_planned_correction_bytes_equal_what_the_correction_allocates(calibration, monkeypatch):
     """The keep masks and the low-rank factors (values, gradients, Adam's moments) of the plan are what
     ``correct_with_lora`` allocates; the built weights have the weights' bytes."""
-    from llm_surgeon import correction
-    from llm_surgeon.resources import correction_bytes
+    from llm_surgeon.engine import correction
+    from llm_surgeon.planning.memory import correction_bytes
 
     model = tiny_llama()
     adapter = get_adapter(model)

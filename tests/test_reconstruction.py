@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from llm_surgeon import PruneConfig, prune
+from llm_surgeon.engine.pruner import PruneResult, prune_model
+from llm_surgeon.engine.reconstruction import reconstruct, snapshot_dense
 from llm_surgeon.errors import ConfigError
 from llm_surgeon.math.selection import nm_violations
 from llm_surgeon.models.adapters import get_adapter
-from llm_surgeon.pruner import PruneResult, prune_model
-from llm_surgeon.reconstruction import reconstruct, snapshot_dense
 from tests.conftest import tiny_llama, tiny_opt
 
 DAMP = 0.01
@@ -97,8 +97,8 @@ def test_sparsegpt_then_reconstruction_and_resuming_without_the_dense_weights(ca
 
 
 def test_the_stages_of_a_block_follow_its_data_flow(calibration):
-    from llm_surgeon.layerwise import capture_block_inputs
-    from llm_surgeon.reconstruction import fit_stages
+    from llm_surgeon.engine.layerwise import capture_block_inputs
+    from llm_surgeon.engine.reconstruction import fit_stages
 
     model = tiny_llama()
     adapter = get_adapter(model)

@@ -235,7 +235,7 @@ def test_a_shot_that_cannot_fit_is_refused_up_front(monkeypatch, tmp_path):
 
 
 def test_nan_activations_stop_with_a_message_naming_the_layer(calibration):
-    from llm_surgeon.pruner import prune_model
+    from llm_surgeon.engine.pruner import prune_model
 
     model = tiny_llama()
     with torch.no_grad():

@@ -12,9 +12,15 @@ import pytest
 import torch
 
 from llm_surgeon import PruneConfig, load_pruned, prune
-from llm_surgeon.footprint import folder_bytes
-from llm_surgeon.outputs import save_model_files
-from llm_surgeon.sparse_files import compress, compress_state, decompress, decompress_state, is_compressed_folder
+from llm_surgeon.artifacts.compressed import (
+    compress,
+    compress_state,
+    decompress,
+    decompress_state,
+    is_compressed_folder,
+)
+from llm_surgeon.artifacts.output_dir import save_model_files
+from llm_surgeon.evaluation.footprint import folder_bytes
 from tests.conftest import run_cli, tiny_llama, tiny_tokenizer, write_fake_wikitext, write_tiny_checkpoint
 
 

@@ -58,9 +58,9 @@ def test_the_shot_loop_selectors_equal_the_all_at_once_references(scope, granula
     """The selectors stream the layers; select_unstructured / select_nm hold them all: same masks."""
     from torch import nn
 
+    from llm_surgeon.engine.selectors import ElementSelector, NMSelector
     from llm_surgeon.math.selection import select_nm, select_unstructured
     from llm_surgeon.methods import MagnitudePruning
-    from llm_surgeon.selectors import ElementSelector, NMSelector
 
     torch.manual_seed(0)
     linears = {f"layer{i}": nn.Linear(8 * (i + 1), 4 + i) for i in range(3)}

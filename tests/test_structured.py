@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from llm_surgeon import PruneConfig, prune
-from llm_surgeon.compaction import compact, load_pruned, save_architecture
-from llm_surgeon.curvature import LocalCollector
+from llm_surgeon.artifacts.compaction import compact, load_pruned, save_architecture
+from llm_surgeon.curvature.collectors import LocalCollector
+from llm_surgeon.engine.pruner import prune_model
+from llm_surgeon.engine.selectors import StructureSelector
 from llm_surgeon.math.structured import select_structures
 from llm_surgeon.models.adapters import get_adapter
-from llm_surgeon.planning import plan_shot
-from llm_surgeon.pruner import prune_model
-from llm_surgeon.selectors import StructureSelector
+from llm_surgeon.planning.plan import plan_shot
 from tests.conftest import run_cli, tiny_llama, tiny_opt, write_fake_wikitext, write_tiny_checkpoint
 
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_surgeon import textsets
-from llm_surgeon.data import calibration_windows, evaluation_tokens
-from llm_surgeon.errors import DataError
-from llm_surgeon.textsets import (
+from llm_surgeon.data import textsets
+from llm_surgeon.data.calibration import calibration_windows, evaluation_tokens
+from llm_surgeon.data.textsets import (
     TextSet,
     calibration_text,
     check_calibration_files,
@@ -21,6 +20,7 @@ from llm_surgeon.textsets import (
     parse_text_set,
     parse_text_sets,
 )
+from llm_surgeon.errors import DataError
 from tests.conftest import CharTokenizer, write_fake_wikitext
 
 DOCS = [f"document {i}: " + "words " * (i % 7 + 3) for i in range(1105)]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llm_surgeon.errors import ConfigError, DataError
-from llm_surgeon.zeroshot import check_tasks, headline, parse_tasks, zero_shot
+from llm_surgeon.evaluation.zeroshot import check_tasks, headline, parse_tasks, zero_shot
 from tests.conftest import tiny_llama, tiny_tokenizer
 
 DOCS = [

@@ -2,10 +2,10 @@
 
 from llm_surgeon._version import __version__
 from llm_surgeon.api import RunOptions, evaluate, load_calibration, prune, prune_job, run_eval, run_prune
-from llm_surgeon.compaction import load_pruned
+from llm_surgeon.artifacts.compaction import load_pruned
 from llm_surgeon.config import PruneConfig
+from llm_surgeon.engine.pruner import PruneResult
 from llm_surgeon.models.loading import load_model_and_tokenizer
-from llm_surgeon.pruner import PruneResult
 
 __all__ = [
     "__version__",

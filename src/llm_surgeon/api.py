@@ -11,29 +11,36 @@ from pathlib import Path
 
 import torch
 
-from llm_surgeon import dense_cache
-from llm_surgeon.checkpoint import list_checkpoints, load_checkpoint, remove_checkpoints, save_checkpoint
-from llm_surgeon.compaction import compact
+from llm_surgeon.artifacts.checkpoints import list_checkpoints, load_checkpoint, remove_checkpoints, save_checkpoint
+from llm_surgeon.artifacts.compaction import compact
+from llm_surgeon.artifacts.compressed import SAVE_FORMATS
+from llm_surgeon.artifacts.heatmap import SPARSITY_PLOT, render_sparsity_heatmap
+from llm_surgeon.artifacts.output_dir import inspect_output, load_report, save_model_files
+from llm_surgeon.artifacts.report import build_report, peak_memory_mb
+from llm_surgeon.artifacts.semi_structured import densify, to_semi_structured
 from llm_surgeon.config import PruneConfig
-from llm_surgeon.data import CalibrationSpec, calibration_windows, evaluation_tokens, resolve_data_dir
-from llm_surgeon.devices import check_device, check_positive
-from llm_surgeon.distributed import DataParallelCollector, OwnerCollector, Ranks, joined_ranks
+from llm_surgeon.curvature.distributed import DataParallelCollector, OwnerCollector, Ranks, joined_ranks
+from llm_surgeon.curvature.layout import MemoryLayout
+from llm_surgeon.data.calibration import CalibrationSpec, calibration_windows, evaluation_tokens, resolve_data_dir
+from llm_surgeon.data.textsets import (
+    TextSet,
+    check_calibration_files,
+    check_evaluation_files,
+    parse_text_set,
+    parse_text_sets,
+)
+from llm_surgeon.engine.pruner import PruneResult, RunParts, needs_calibration, prune_model, setup, sparsity_stats
+from llm_surgeon.engine.reconstruction import DenseWeights, snapshot_dense
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
-from llm_surgeon.evaluation import PerplexityResult, perplexity
-from llm_surgeon.export import densify, to_semi_structured
-from llm_surgeon.footprint import forward_footprint
-from llm_surgeon.heatmap import SPARSITY_PLOT, render_sparsity_heatmap
-from llm_surgeon.io import REPORT_NAME, atomic_write_json
+from llm_surgeon.evaluation import dense_cache
+from llm_surgeon.evaluation.footprint import forward_footprint
+from llm_surgeon.evaluation.perplexity import PerplexityResult, perplexity
+from llm_surgeon.evaluation.zeroshot import check_tasks, parse_tasks, zero_shot
 from llm_surgeon.methods import method_class
 from llm_surgeon.models.adapters import ArchitectureAdapter, check_family, get_adapter
 from llm_surgeon.models.experts import expert_summary
 from llm_surgeon.models.loading import DEVICE_MAPS, load_config, load_model_and_tokenizer
-from llm_surgeon.outputs import inspect_output, load_report, save_model_files
-from llm_surgeon.pruner import PruneResult, RunParts, needs_calibration, prune_model, setup, sparsity_stats
-from llm_surgeon.reconstruction import DenseWeights, snapshot_dense
-from llm_surgeon.report import build_report, peak_memory_mb
-from llm_surgeon.resources import (
-    MemoryLayout,
+from llm_surgeon.planning.memory import (
     ShotMemory,
     available_bytes,
     fewest_block_groups,
@@ -42,15 +49,8 @@ from llm_surgeon.resources import (
     reconstruction_bytes,
     shot_memory,
 )
-from llm_surgeon.sparse_files import SAVE_FORMATS
-from llm_surgeon.textsets import (
-    TextSet,
-    check_calibration_files,
-    check_evaluation_files,
-    parse_text_set,
-    parse_text_sets,
-)
-from llm_surgeon.zeroshot import check_tasks, parse_tasks, zero_shot
+from llm_surgeon.runtime.devices import check_device, check_positive
+from llm_surgeon.runtime.files import REPORT_NAME, atomic_write_json
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -65,7 +65,7 @@ class RunOptions:
     eval_seqlen: int = 2048
     eval_max_windows: int | None = None
     eval_datasets: tuple[str, ...] = ("wikitext2",)
-    """The sets ``eval`` scores, each a named set in the data folder or a file (see :mod:`llm_surgeon.textsets`)."""
+    """The sets ``eval`` scores, each a named set in the data folder or a file (:mod:`llm_surgeon.data.textsets`)."""
     text_field: str = "text"
     """The field of JSON-lines or Parquet evaluation files that holds the text."""
     eval_tasks: tuple[str, ...] = ()
@@ -165,7 +165,7 @@ def load_calibration(tokenizer, samples: int = 128, seqlen: int = 2048, seed: in
 
 def prune(model, calibration: torch.Tensor | None, config: PruneConfig, progress: bool = True,
           adapter: ArchitectureAdapter | None = None, layout: MemoryLayout | None = None) -> PruneResult:
-    """Prune a loaded model in place (the library entry point); see :func:`~llm_surgeon.pruner.prune_model`.
+    """Prune a loaded model in place (the library entry point); see :func:`~llm_surgeon.engine.pruner.prune_model`.
 
     ``layout`` keeps the curvature sums elsewhere (``MemoryLayout(factor_device="cpu", block_groups=4)``)
     when they do not fit beside the model; the result is the same. A mixture-of-experts model gets its own
@@ -271,7 +271,7 @@ class PreparedRun:
     dense: DenseWeights | None = None
     """The dense weights a reconstructing run fits to, copied before a checkpoint's were loaded."""
     parts: RunParts | None = None
-    """The method, layers and selector :func:`~llm_surgeon.pruner.setup` built while preparing."""
+    """The method, layers and selector :func:`~llm_surgeon.engine.pruner.setup` built while preparing."""
 
 
 def _estimate_dict(estimate: ShotMemory | None, loaded_mb: float, layout: MemoryLayout, max_memory: int | None,
@@ -485,7 +485,7 @@ def prune_job(model_name: str, config: PruneConfig, options: RunOptions) -> Prun
     optionally evaluate, save. Re-running on the same ``out`` continues from the last complete checkpoint.
 
     Started by ``torchrun`` with several processes, the calibration windows are shared among the ranks
-    (:class:`~llm_surgeon.distributed.DataParallelCollector`) and rank 0 alone writes; the other ranks
+    (:class:`~llm_surgeon.curvature.distributed.DataParallelCollector`) and rank 0 alone writes; the other ranks
     return an empty report."""
     config.validate()
     options.validate()

@@ -20,14 +20,14 @@ import time
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
-from llm_surgeon.checkpoint import list_checkpoints
+from llm_surgeon.artifacts.checkpoints import list_checkpoints
 from llm_surgeon.config import PruneConfig, parse_nm
-from llm_surgeon.devices import check_device, check_positive
+from llm_surgeon.data.textsets import label, parse_text_set, parse_text_sets
 from llm_surgeon.errors import ConfigError
-from llm_surgeon.io import REPORT_NAME, atomic_write_json, atomic_write_text
+from llm_surgeon.evaluation.zeroshot import headline
 from llm_surgeon.methods import STRUCTURED, method_class, method_names
-from llm_surgeon.textsets import label, parse_text_set, parse_text_sets
-from llm_surgeon.zeroshot import headline
+from llm_surgeon.runtime.devices import check_device, check_positive
+from llm_surgeon.runtime.files import REPORT_NAME, atomic_write_json, atomic_write_text
 
 DENSE = "dense"
 

@@ -12,11 +12,11 @@ import json
 import signal
 import sys
 
-from llm_surgeon.allocator import release_freed_memory
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.methods import NM_COSTS, STRUCTURE_COSTS, UPDATE_SOLVERS, UPDATE_STARTS, method_names, methods_help
 from llm_surgeon.models.adapters import supported_model_types
+from llm_surgeon.runtime.allocator import release_freed_memory
 
 DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
 
@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_prune(args: argparse.Namespace) -> int:
     from llm_surgeon import api
-    from llm_surgeon.summary import human_summary
+    from llm_surgeon.artifacts.summary import human_summary
 
     options = api.RunOptions(
         out=args.out, data_dir=args.data_dir, eval=args.eval, eval_seqlen=args.eval_seqlen,
@@ -289,7 +289,7 @@ def _run_prune(args: argparse.Namespace) -> int:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from llm_surgeon import api
-    from llm_surgeon.zeroshot import headline
+    from llm_surgeon.evaluation.zeroshot import headline
 
     results = api.run_eval(args.model, args.data_dir, args.seqlen, args.max_windows, args.device, args.dtype,
                            progress=not args.no_progress, datasets=args.dataset.split(","),
@@ -309,8 +309,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
-    from llm_surgeon.planning import describe, plan_shot
-    from llm_surgeon.resources import parse_bytes
+    from llm_surgeon.planning.memory import parse_bytes
+    from llm_surgeon.planning.plan import describe, plan_shot
 
     device_bytes = int(args.device_memory * 2**30) if args.device_memory else None
     if args.max_memory is not None:
@@ -358,7 +358,7 @@ def _interrupted_message(args: argparse.Namespace) -> str:
         return "llm-surgeon: interrupted"
     from pathlib import Path
 
-    from llm_surgeon.checkpoint import list_checkpoints
+    from llm_surgeon.artifacts.checkpoints import list_checkpoints
 
     try:
         checkpoints = list_checkpoints(Path(args.out))

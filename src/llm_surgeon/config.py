@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, fields
 
+from llm_surgeon.data.textsets import parse_text_set
 from llm_surgeon.errors import ConfigError
 from llm_surgeon.methods import (
     NM,
@@ -18,7 +19,6 @@ from llm_surgeon.methods import (
     method_class,
     method_names,
 )
-from llm_surgeon.textsets import parse_text_set
 
 FISHER_TYPES = ("empirical", "true")
 MAGNITUDE_SCOPES = ("global", "layer")
@@ -81,7 +81,7 @@ class PruneConfig:
     """Passes over the calibration windows per correction."""
     reconstruct: bool = False
     """After every shot, re-fit each pruned layer's kept weights to the dense model's outputs by least squares
-    on the calibration windows (:mod:`llm_surgeon.reconstruction`), masks kept."""
+    on the calibration windows (:mod:`llm_surgeon.engine.reconstruction`), masks kept."""
     reconstruct_iterations: int = 30
     """Conjugate-gradient steps of each layer's masked least squares."""
     reconstruct_damp: float = 0.01

@@ -3,7 +3,7 @@
 Already-removed weights are forced back into the selection (their cost is ``-inf``), so
 masks only ever grow across shots. :func:`select_unstructured` and :func:`select_nm` take every
 layer's costs at once: they are the explicit references. The shot loop's selectors
-(:mod:`llm_surgeon.selectors`) compute the same masks from costs made one layer at a time, with
+(:mod:`llm_surgeon.engine.selectors`) compute the same masks from costs made one layer at a time, with
 :func:`force_removed` and :func:`nm_layer_mask` below and a streamed threshold, and are tested
 equal to these.
 """

@@ -1,6 +1,6 @@
 """Pruning methods: each says how much removing a weight costs and how to compensate.
 
-The shot loop, the global threshold and the masks are shared (:mod:`llm_surgeon.pruner`);
+The shot loop, the global threshold and the masks are shared (:mod:`llm_surgeon.engine.pruner`);
 a new method is one small class and one :func:`register_method` line here.
 """
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from llm_surgeon.biases import prepare_output_biases
 from llm_surgeon.math import flap
 from llm_surgeon.methods.base import STRUCTURED, PruningMethod
+from llm_surgeon.models.biases import prepare_output_biases
 
 
 class FLAPPruning(PruningMethod):

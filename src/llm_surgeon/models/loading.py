@@ -13,9 +13,9 @@ from urllib.parse import urlparse
 
 import torch
 
-from llm_surgeon.compaction import ARCHITECTURE_FILE, load_pruned
+from llm_surgeon.artifacts.compaction import ARCHITECTURE_FILE, load_pruned
+from llm_surgeon.artifacts.compressed import is_compressed_folder
 from llm_surgeon.errors import ModelLoadError
-from llm_surgeon.sparse_files import is_compressed_folder
 
 SMOLLM2_ALIAS = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -143,7 +143,7 @@ class ArchitectureAdapter:
     structure: StructureSpec | None = None
     body_path: str = "model"
     """The module whose ``last_hidden_state`` :meth:`logits` maps to logits; the loss is computed from
-    it in chunks (:mod:`llm_surgeon.nll`)."""
+    it in chunks (:mod:`llm_surgeon.models.nll`)."""
     logits_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] = field(default=_plain_logits)
     """``(model, hidden) -> logits``: the LM head plus whatever the family does after it (soft-capping,
     a logit scale). It must match the model's own forward, or the curvature's gradients are wrong."""

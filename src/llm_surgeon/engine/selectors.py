@@ -1,6 +1,6 @@
 """Unit selectors: what one shot removes — single weights, N:M groups, or whole structures.
 
-The shot loop (:mod:`llm_surgeon.pruner`) is the same for every granularity; it hands the
+The shot loop (:mod:`llm_surgeon.engine.pruner`) is the same for every granularity; it hands the
 method's costs to a selector, which turns them into removal masks with one global threshold
 (or per layer) and then applies the method's compensation. Everything that differs between
 granularities lives here.
@@ -15,7 +15,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from llm_surgeon.biases import add_to_bias, declare_biases
+from llm_surgeon.curvature.placement import EVERY_LAYER_HERE, LayerPlacement, UpdateTotals
+from llm_surgeon.engine.structures import (
+    block_structures,
+    masks_from_state,
+    state_from_masks,
+    structure_costs,
+    structure_summary,
+)
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.math.flap import standardized
 from llm_surgeon.math.selection import chosen_elements, force_removed
@@ -23,14 +30,7 @@ from llm_surgeon.math.streaming_threshold import capped_select_cheapest, streami
 from llm_surgeon.math.structured import equal_width_slots, remove_cheapest, round_kept_counts, select_structures
 from llm_surgeon.math.threshold import linear_schedule, select_cheapest
 from llm_surgeon.models.adapters import ArchitectureAdapter
-from llm_surgeon.placement import EVERY_LAYER_HERE, LayerPlacement, UpdateTotals
-from llm_surgeon.structures import (
-    block_structures,
-    masks_from_state,
-    state_from_masks,
-    structure_costs,
-    structure_summary,
-)
+from llm_surgeon.models.biases import add_to_bias, declare_biases
 
 
 class UnitSelector(ABC):

@@ -1,4 +1,4 @@
-"""Calibration windows and evaluation tokens from a text set (:mod:`llm_surgeon.textsets`).
+"""Calibration windows and evaluation tokens from a text set (:mod:`llm_surgeon.data.textsets`).
 
 The data folder is ``--data-dir`` or ``$LLM_SURGEON_DATA``; without one, WikiText-2 comes from the
 Hugging Face hub through ``datasets`` when it is installed and online.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
+from llm_surgeon.data.textsets import WIKITEXT2, TextSet, calibration_text, evaluation_text
 from llm_surgeon.errors import DataError
-from llm_surgeon.textsets import WIKITEXT2, TextSet, calibration_text, evaluation_text
 
 DATA_ENV = "LLM_SURGEON_DATA"
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from llm_surgeon.layerwise import capture_block_inputs, run_block
+from llm_surgeon.engine.layerwise import capture_block_inputs, run_block
 from llm_surgeon.math.least_squares import masked_least_squares
 from llm_surgeon.models.adapters import ArchitectureAdapter
 

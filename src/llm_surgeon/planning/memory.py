@@ -20,25 +20,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llm_surgeon.models.nll import LOGIT_CHUNK_TOKENS
+
 ACTIVATION_FACTOR = 1.0
 """Peak RSS per token per block over (Σ Linear input + output widths) × dtype bytes (0.92 measured)."""
 LOGIT_COPIES = 3
 """Logits, their softmax and their gradient are alive at once for one chunk."""
-
-
-@dataclass(frozen=True)
-class MemoryLayout:
-    """Where a shot keeps its curvature; never changes the result, only where and when sums are held."""
-
-    factor_device: str | None = None
-    """Where the raw sums accumulate (None: beside each layer). ``cpu`` puts them in host memory."""
-    block_groups: int = 1
-    """Groups of consecutive blocks collected in separate passes, their sums waiting on disk in between."""
-    scratch_dir: str | None = None
-    """Where grouped sums wait (None: the system's temporary folder)."""
-
-    def to_dict(self) -> dict:
-        return {"factor_device": self.factor_device, "block_groups": self.block_groups}
 
 
 @dataclass(frozen=True)
@@ -88,7 +75,7 @@ def held_curvature(linears: dict[str, nn.Linear], input_widths: list[int] | None
 
 def largest_group_share(blocks: int, groups: int) -> float:
     """The largest group's share of the blocks when ``blocks`` are split into ``groups`` (see
-    :func:`llm_surgeon.factor_groups.block_ranges`: groups of ``ceil(blocks / groups)``)."""
+    :func:`llm_surgeon.curvature.block_groups.block_ranges`: groups of ``ceil(blocks / groups)``)."""
     return -(-blocks // groups) / blocks
 
 
@@ -132,7 +119,7 @@ def activation_bytes(linears: dict[str, nn.Linear], blocks: int, tokens: int, dt
 def correction_bytes(linears: dict[str, nn.Linear], blocks: int, tokens: int, dtype_bytes: int, rank: int,
                      input_widths: list[int] | None = None, eager_attention: tuple[int, int] | None = None
                      ) -> dict[str, int]:
-    """What the low-rank correction (:mod:`llm_surgeon.correction`) holds at its peak, by part, for one batch
+    """What the low-rank correction (:mod:`llm_surgeon.engine.correction`) holds at its peak, by part, for one batch
     of ``tokens`` (the logits' chunk comes on top, as in a pass).
 
     Its backward keeps what a curvature pass keeps (``backward``: :func:`activation_bytes`) and, because the
@@ -152,10 +139,6 @@ def correction_bytes(linears: dict[str, nn.Linear], blocks: int, tokens: int, dt
             "factors": 4 * 4 * rank * sum(lin.out_features + lin.in_features for lin in linears.values())}
 
 
-LOGIT_CHUNK_TOKENS = 256
-"""Positions whose logits (and their gradients) exist at once in a curvature pass: 256 x a 49k vocabulary is
-~50 MB per float32 copy (a 128k one ~130 MB), small beside the activations, and the LM head's matmul is
-still large enough to run at full speed."""
 
 
 def shot_memory(model: nn.Module, linears: dict[str, nn.Linear], blocks: int, batch_windows: int, seqlen: int,

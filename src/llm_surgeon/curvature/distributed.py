@@ -28,9 +28,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from llm_surgeon.curvature import FactorAccumulator, LocalCollector
+from llm_surgeon.curvature.collectors import FactorAccumulator, LocalCollector
+from llm_surgeon.curvature.placement import DeviceOf, LayerPlacement, UpdateTotals, moved
 from llm_surgeon.errors import LLMSurgeonError
-from llm_surgeon.placement import DeviceOf, LayerPlacement, UpdateTotals, moved
 
 
 def assign_owners(sizes: dict[str, int], world: int) -> dict[str, int]:
@@ -76,7 +76,8 @@ class CommClock:
 
 
 class DataParallelCollector(LocalCollector):
-    """:class:`~llm_surgeon.curvature.LocalCollector`'s passes on this rank's shard, the sums reduced across ranks.
+    """:class:`~llm_surgeon.curvature.collectors.LocalCollector`'s passes on this rank's shard, the sums reduced
+    across ranks.
 
     With ``fisher="true"`` each rank samples its own labels (seeded by ``seed`` and its rank), so the
     factors are another draw of the same estimator rather than one process's draw.

@@ -20,19 +20,19 @@ import torch
 from torch import nn
 
 from llm_surgeon.config import PruneConfig
-from llm_surgeon.correction import correct_with_lora
-from llm_surgeon.curvature import CurvatureCollector, CurvatureRequest, LocalCollector
+from llm_surgeon.curvature.block_groups import block_ranges, collect_in_groups
+from llm_surgeon.curvature.collectors import CurvatureCollector, CurvatureRequest, LocalCollector
+from llm_surgeon.curvature.factors import LazyDampedFactors, RawFactorsOnDevice
+from llm_surgeon.curvature.layout import MemoryLayout
+from llm_surgeon.curvature.placement import EVERY_LAYER_HERE
+from llm_surgeon.engine.correction import correct_with_lora
+from llm_surgeon.engine.layerwise import prune_layerwise
+from llm_surgeon.engine.reconstruction import DenseWeights, reconstruct, snapshot_dense
+from llm_surgeon.engine.selectors import UnitSelector, make_selector
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
-from llm_surgeon.factor_groups import block_ranges, collect_in_groups
-from llm_surgeon.factors import LazyDampedFactors, RawFactorsOnDevice
-from llm_surgeon.layerwise import prune_layerwise
 from llm_surgeon.math.selection import nm_violations
 from llm_surgeon.methods import LayerwiseMethod, MethodBase, PruningMethod, get_method
 from llm_surgeon.models.adapters import ArchitectureAdapter, get_adapter
-from llm_surgeon.placement import EVERY_LAYER_HERE
-from llm_surgeon.reconstruction import DenseWeights, reconstruct, snapshot_dense
-from llm_surgeon.resources import MemoryLayout
-from llm_surgeon.selectors import UnitSelector, make_selector
 
 
 @dataclass
@@ -292,7 +292,7 @@ def prune_model(
     ``calibration`` is a (samples, seqlen) tensor of token ids; it may be ``None`` only for
     methods that need no data. ``start`` resumes from the masks and records of a checkpoint.
     ``adapter`` defaults to the registered one for the model's family, ``collector`` to a
-    single-process :class:`~llm_surgeon.curvature.LocalCollector`. ``layout`` says where the curvature
+    single-process :class:`~llm_surgeon.curvature.collectors.LocalCollector`. ``layout`` says where the curvature
     sums live (host memory, block groups on disk); it changes memory and time, never the result.
     ``dense`` gives the dense weights a reconstructing run fits to (taken here when not resuming).
     ``parts`` are what :func:`setup` built for this model and config (built here when not given).

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from llm_surgeon.curvature.placement import EVERY_LAYER_HERE, LayerPlacement
 from llm_surgeon.errors import LLMSurgeonError
 from llm_surgeon.math.symmetric import pack_upper, unpack_upper
 from llm_surgeon.models.adapters import ArchitectureAdapter
-from llm_surgeon.nll import backward_next_token_nll
-from llm_surgeon.placement import EVERY_LAYER_HERE, LayerPlacement
+from llm_surgeon.models.nll import backward_next_token_nll
 
 
 class NonFiniteActivationError(LLMSurgeonError):

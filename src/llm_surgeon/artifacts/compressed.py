@@ -7,7 +7,7 @@ one bit per weight, rows packed little-endian, ``ceil(in / 8)`` bytes each) and 
 A matrix at 50% sparsity then takes half its values plus one bit per weight (float32: 2.125 bytes per
 weight instead of 4). transformers dropped its own reader of this format (it requires
 compressed-tensors >= 0.15, which has none), so the folder also gets a modeling file that
-decompresses on ``from_pretrained(DIR, trust_remote_code=True)`` (:mod:`llm_surgeon.remote_code`);
+decompresses on ``from_pretrained(DIR, trust_remote_code=True)`` (:mod:`llm_surgeon.artifacts.remote_code`);
 :func:`llm_surgeon.load_pruned` reads it too.
 """
 

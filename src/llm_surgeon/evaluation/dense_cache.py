@@ -13,8 +13,8 @@ import json
 import os
 from pathlib import Path
 
-from llm_surgeon.io import atomic_write_json
-from llm_surgeon.textsets import WIKITEXT2, TextSet, evaluation_files
+from llm_surgeon.data.textsets import WIKITEXT2, TextSet, evaluation_files
+from llm_surgeon.runtime.files import atomic_write_json
 
 CACHE_ENV = "LLM_SURGEON_CACHE"
 CACHE_FILE = "dense_ppl.json"

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from llm_surgeon.curvature import input_device
+from llm_surgeon.curvature.collectors import input_device
 from llm_surgeon.models.adapters import ArchitectureAdapter
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from llm_surgeon.textsets import label
-from llm_surgeon.zeroshot import headline
+from llm_surgeon.data.textsets import label
+from llm_surgeon.evaluation.zeroshot import headline
 
 
 def _ppl_line(ppl: dict) -> list[str]:

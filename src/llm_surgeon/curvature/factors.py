@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from llm_surgeon.curvature import KroneckerFactors
+from llm_surgeon.curvature.collectors import KroneckerFactors
 from llm_surgeon.errors import LLMSurgeonError
 from llm_surgeon.math.kfac import DampedFactors, NonFiniteCurvatureError, damped_with_inverse
 from llm_surgeon.math.symmetric import unpack_upper

@@ -1,7 +1,7 @@
 """Which process computes each layer's costs and update in a shot, and how the others learn the results.
 
 Alone, a process computes every layer (:data:`EVERY_LAYER_HERE`). Over several ranks, each layer can
-have one owner (:class:`llm_surgeon.distributed.OwnedLayers`): the owner alone damps and inverts the
+have one owner (:class:`llm_surgeon.curvature.distributed.OwnedLayers`): the owner alone damps and inverts the
 layer's factors, turns them into what the costs read and runs the update. The selectors ask only this
 interface, so the global threshold is the same code whatever the placement: every rank receives every
 layer's cost inputs (two vectors per layer for LLM Surgeon, not the factors) and the current weights,

@@ -12,15 +12,20 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from llm_surgeon.checkpoint import config_differences, list_checkpoints
-from llm_surgeon.compaction import save_architecture
+from llm_surgeon.artifacts.checkpoints import config_differences, list_checkpoints
+from llm_surgeon.artifacts.compaction import save_architecture
+from llm_surgeon.artifacts.compressed import compress_state, quantization_config
+from llm_surgeon.artifacts.remote_code import (
+    MODELING_FILE,
+    SPARSE_CLASS_NAME,
+    attach_remote_code,
+    sparse_modeling_source,
+)
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.errors import ConfigError, UnsupportedArchitectureError
-from llm_surgeon.footprint import folder_bytes
-from llm_surgeon.io import REPORT_NAME, apply_default_modes, fsync_tree
+from llm_surgeon.evaluation.footprint import folder_bytes
 from llm_surgeon.models.adapters import get_adapter
-from llm_surgeon.remote_code import MODELING_FILE, SPARSE_CLASS_NAME, attach_remote_code, sparse_modeling_source
-from llm_surgeon.sparse_files import compress_state, quantization_config
+from llm_surgeon.runtime.files import REPORT_NAME, apply_default_modes, fsync_tree
 
 
 def restore_own_modules(model) -> None:
@@ -70,8 +75,8 @@ def save_model_files(model, tokenizer, out: Path, shapes: list[dict] | None = No
     """Write a ``save_pretrained`` checkpoint so that it is never half-complete; return the weights' bytes.
 
     A structurally pruned model (``shapes``) also gets a modeling file that plain transformers loads with
-    ``trust_remote_code=True`` (:mod:`llm_surgeon.remote_code`); ``save_format="compressed"`` stores the
-    pruned matrices as bitmask and values (:mod:`llm_surgeon.sparse_files`; ``sparsity`` = (fraction,
+    ``trust_remote_code=True`` (:mod:`llm_surgeon.artifacts.remote_code`); ``save_format="compressed"`` stores the
+    pruned matrices as bitmask and values (:mod:`llm_surgeon.artifacts.compressed`; ``sparsity`` = (fraction,
     pattern) for the config), with a modeling file that reads them. Files are written to a hidden staging
     folder inside ``out`` and moved in one by one; ``report.json`` is removed first (the caller writes it
     last), so its presence means "complete".

@@ -1,7 +1,7 @@
 """``llm-surgeon plan``: a shot's peak memory and time, predicted from a model's config alone.
 
 The model is built on PyTorch's meta device (shapes, no storage), so the plan for a 70B model
-takes seconds and no weights. Memory comes from :mod:`llm_surgeon.resources` (the same estimate
+takes seconds and no weights. Memory comes from :mod:`llm_surgeon.planning.memory` (the same estimate
 ``prune`` refuses a run with); time is the shot's floating-point work over a throughput measured
 on this machine in about a second (or given with ``--tflops`` to plan for another machine).
 """
@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 from llm_surgeon.config import PruneConfig
+from llm_surgeon.curvature.block_groups import block_ranges
+from llm_surgeon.engine.selectors import make_selector
 from llm_surgeon.errors import ConfigError, ModelLoadError
-from llm_surgeon.factor_groups import block_ranges
 from llm_surgeon.methods import get_method
 from llm_surgeon.models.adapters import ArchitectureAdapter, checked_meta_model, get_adapter
-from llm_surgeon.resources import (
+from llm_surgeon.planning.memory import (
     ShotMemory,
     fewest_block_groups,
     held_curvature,
@@ -29,7 +30,6 @@ from llm_surgeon.resources import (
     reconstruction_bytes,
     shot_memory,
 )
-from llm_surgeon.selectors import make_selector
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 RUNTIME_BYTES = 300 * 2**20
@@ -68,10 +68,10 @@ class ShotPlan:
     """Bytes each rank sends or receives in one shot, by kind (see :func:`communication_bytes`)."""
     correction_bytes: int = 0
     """``--lora-rank``: the low-rank correction after the shot, which trains once the factors are freed (the peak
-    is the larger phase; :func:`~llm_surgeon.resources.correction_bytes`)."""
+    is the larger phase; :func:`~llm_surgeon.planning.memory.correction_bytes`)."""
     reconstruction_bytes: dict[str, int] | None = None
     """``--reconstruct``: the dense copy (held all run) and the re-fit's own needs, by part
-    (:func:`~llm_surgeon.resources.reconstruction_bytes`)."""
+    (:func:`~llm_surgeon.planning.memory.reconstruction_bytes`)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,7 +117,7 @@ def shot_flops(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str
     per layer; inversions: float64 Cholesky and inverse of every factor, twice (for the costs, then the
     update); update: ``update_iterations`` PCG steps of four Kronecker products per layer; correction (``--lora-rank``):
     its epochs over the calibration tokens, weight gradients included. ``curvature``: the
-    layers whose factors the shot collects when not all (:func:`~llm_surgeon.resources.held_curvature`).
+    layers whose factors the shot collects when not all (:func:`~llm_surgeon.planning.memory.held_curvature`).
     """
     held, widths = held_curvature(linears, input_widths, curvature)
     c = model.config

@@ -15,8 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm_surgeon.models.adapters import ArchitectureAdapter
-from llm_surgeon.resources import LOGIT_CHUNK_TOKENS
 
+LOGIT_CHUNK_TOKENS = 256
+"""Positions whose logits (and their gradients) exist at once in a curvature pass: 256 x a 49k vocabulary is
+~50 MB per float32 copy (a 128k one ~130 MB), small beside the activations, and the LM head's matmul is
+still large enough to run at full speed."""
 DEFAULT_CHUNK_TOKENS = LOGIT_CHUNK_TOKENS
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llm_surgeon.artifacts.compressed import decompress_state, is_compressed_folder
+from llm_surgeon.engine.structures import BlockStructures, block_structures, state_from_masks
 from llm_surgeon.errors import ModelLoadError
-from llm_surgeon.io import atomic_write_json
 from llm_surgeon.models.adapters import ArchitectureAdapter, BlockLayout, get_adapter
-from llm_surgeon.sparse_files import decompress_state, is_compressed_folder
-from llm_surgeon.structures import BlockStructures, block_structures, state_from_masks
+from llm_surgeon.runtime.files import atomic_write_json
 
 ARCHITECTURE_FILE = "pruned_architecture.json"
 

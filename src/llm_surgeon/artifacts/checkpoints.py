@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from llm_surgeon.config import PruneConfig
+from llm_surgeon.engine.pruner import PruneResult, ShotRecord
 from llm_surgeon.errors import LLMSurgeonError
-from llm_surgeon.io import atomic_write_json, fsync_tree
-from llm_surgeon.pruner import PruneResult, ShotRecord
+from llm_surgeon.runtime.files import atomic_write_json, fsync_tree
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.safetensors"

@@ -22,10 +22,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from llm_surgeon.curvature import frozen_parameters, input_device
+from llm_surgeon.curvature.collectors import frozen_parameters, input_device
 from llm_surgeon.errors import LLMSurgeonError
 from llm_surgeon.models.adapters import ArchitectureAdapter
-from llm_surgeon.nll import backward_next_token_nll
+from llm_surgeon.models.nll import backward_next_token_nll
 
 
 class MaskedLowRankDelta(nn.Module):

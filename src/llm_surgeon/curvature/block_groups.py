@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llm_surgeon.curvature import CurvatureCollector, CurvatureRequest, KroneckerFactors
+from llm_surgeon.curvature.collectors import CurvatureCollector, CurvatureRequest, KroneckerFactors
 from llm_surgeon.models.adapters import ArchitectureAdapter
 
 

@@ -1,0 +1,1 @@
+"""Text sets (named sets and files) and calibration windows."""

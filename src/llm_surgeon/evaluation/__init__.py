@@ -1,0 +1,1 @@
+"""Perplexity, zero-shot accuracy, the dense-result cache and the compact model's footprint."""

@@ -1,0 +1,1 @@
+"""Devices, the allocator and atomic file writes: plumbing every layer may use."""
