@@ -182,7 +182,7 @@ def _shot_needs(model, adapter: ArchitectureAdapter, parts: RunParts, config: Pr
     method = parts.method
     return shot_memory(model, parts.linears, len(adapter.blocks(model)), config.batch_size, config.calib_seqlen,
                        full_factors=method.holds_full_factors(),
-                       backward=method.curvature in ("kfac", "kfac_inverse"),
+                       backward=method.curvature.gradients,
                        input_widths=adapter.distinct_input_widths(model), block_groups=groups, devices=devices,
                        curvature=parts.selector.curvature_layers(method), correction_rank=config.lora_rank)
 

@@ -1,7 +1,9 @@
 """``llm-surgeon``: a thin command line over :mod:`llm_surgeon.api`.
 
-Every flag has a one-line help with its default; method and family lists come from the
-registries. Mistakes are one ``llm-surgeon: error: ...`` line and exit code 2, never a usage
+Every flag has a one-line help with its default, in titled groups (the basics first, research settings
+last); the settings' flags are generated from :class:`~llm_surgeon.config.PruneConfig`'s fields (each
+method's options dataclass), and method and family lists come from the registries. Mistakes are one
+``llm-surgeon: error: ...`` line and exit code 2 (with the nearest valid choice for a typo), never a usage
 block or a traceback.
 """
 
@@ -9,12 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
+from dataclasses import Field
 
+from llm_surgeon._version import __version__
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
-from llm_surgeon.methods import NM_COSTS, STRUCTURE_COSTS, UPDATE_SOLVERS, UPDATE_STARTS, method_names, methods_help
+from llm_surgeon.methods import method_names, methods_help
+from llm_surgeon.methods.options import GROUPS, flag_name, flag_spec, flagged_fields, nearest
 from llm_surgeon.models.adapters import supported_model_types
 from llm_surgeon.runtime.allocator import release_freed_memory
 
@@ -22,24 +28,51 @@ DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
-    """Every optional flag's help ends with its default; required ones and positionals need none."""
+    """Every optional flag's help ends with its default, stated once: not for switches (off unless given),
+    nor for an empty or ``None`` default (the help says what nothing means)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
-        if action.option_strings and not action.required and action.default is not argparse.SUPPRESS:
+        shown = not (action.default is None or action.default is False or action.default == ""
+                     or action.default == argparse.SUPPRESS)
+        if action.option_strings and not action.required and shown and "%(default)" not in help_text:
             help_text += " (default: %(default)s)"
         return help_text
 
 
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (with a pointer to ``--help``) instead of the usage block."""
+    """An argument parser whose errors are one line (with a pointer to ``--help``) instead of the usage block,
+    with the nearest valid choice suggested for a typo."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", DefaultsFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
+        match = _INVALID_CHOICE.search(message)
+        if match:
+            message += nearest(match.group(1), re.findall(r"'([^']*)'", match.group(2)))
         self.exit(2, f"llm-surgeon: error: {message} (see '{self.prog} --help')\n")
+
+
+class FlagGroups:
+    """The argument groups of one subcommand, made in :data:`GROUPS` order the first time each is asked for."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.parser = parser
+        self._groups: dict[str, argparse._ArgumentGroup] = {}
+
+    def __getitem__(self, name: str) -> argparse._ArgumentGroup:
+        if name not in self._groups:
+            self._groups[name] = self.parser.add_argument_group(GROUPS[name])
+        return self._groups[name]
+
+    def open_all(self) -> None:
+        for name in GROUPS:
+            self[name]
 
 
 def _model_help() -> str:
@@ -47,191 +80,178 @@ def _model_help() -> str:
             + ", ".join(supported_model_types()))
 
 
-def _add_common_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default=None,
+def _add_common_flags(groups: FlagGroups, dtype: bool = True) -> None:
+    memory = groups["memory"]
+    memory.add_argument("--data-dir", default=None,
                         help="folder holding the named text sets: wikitext-2-raw/, ptb/, c4/ "
                              "(None: $LLM_SURGEON_DATA, else WikiText-2 from the Hugging Face hub)")
-    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="weights' dtype while pruning")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    memory.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
+    if dtype:
+        memory.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="weights' dtype while pruning")
+    groups["output"].add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _add_method_flags(parser: argparse.ArgumentParser) -> None:
-    d = PruneConfig()
-    parser.add_argument("--method", default=d.method, choices=method_names(), metavar="METHOD",
-                        help=f"pruning method, one of: {methods_help()}")
-    parser.add_argument("--granularity", default=d.granularity, help="unstructured, structured, or N:M such as 2:4")
-    parser.add_argument("--sparsity", type=float, default=d.sparsity,
-                        help="target fraction of zeros (unstructured) or of prunable parameters removed (structured)")
-    parser.add_argument("--shots", type=int, default=d.shots, help="shots over which the sparsity rises")
-    parser.add_argument("--damp-g", type=float, default=d.damp_g, help="damping of G, relative to its mean diagonal")
-    parser.add_argument("--damp-a", type=float, default=d.damp_a, help="damping of A, relative to its mean diagonal")
-    parser.add_argument("--fisher", default=d.fisher, choices=["empirical", "true"],
-                        help="labels of the curvature pass: the data's (empirical) or sampled from the model (true)")
-    parser.add_argument("--magnitude-scope", default=d.magnitude_scope, choices=["global", "layer"],
-                        help="magnitude: one threshold across layers, or the same fraction in every layer")
-    parser.add_argument("--update-iterations", type=int, default=d.update_iterations,
-                        help="max PCG iterations of the correlated update per layer and shot")
-    parser.add_argument("--update-tolerance", type=float, default=d.update_tolerance,
-                        help="PCG stops when the preconditioned residual falls below this fraction of its start")
-    parser.add_argument("--update-start", default=d.update_start, choices=UPDATE_STARTS,
-                        help="where the correlated update starts: the sum of the removed weights' single-weight OBS "
-                             "updates (independent), or the removed weights zeroed")
-    parser.add_argument("--update-solver", default=d.update_solver, choices=UPDATE_SOLVERS,
-                        help="how the correlated update is solved: PCG on the kept weights (4 matmuls a step), or CG "
-                             "on the removed weights' multipliers (2 matmuls a step; a research option, worse in a "
-                             "real run)")
-    parser.add_argument("--nm-costs", default=d.nm_costs, choices=NM_COSTS,
-                        help="N:M surgeon: price a group by the N weights' joint OBS cost, their inputs' correlation "
-                             "counted (joint, the default), or by its N cheapest single-weight costs summed "
-                             "(independent, the paper's)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size,
-                        help="calibration windows per forward/backward pass (sets the activation memory)")
-    parser.add_argument("--sparsegpt-damp", type=float, default=d.sparsegpt_damp,
-                        help="SparseGPT dampening, fraction of the mean diagonal of X Xᵀ")
-    parser.add_argument("--lora-rank", type=int, default=d.lora_rank,
-                        help="rank of a low-rank correction trained on the calibration text after every shot "
-                             "and absorbed with the masks kept (0: off)")
-    parser.add_argument("--lora-lr", type=float, default=d.lora_lr, help="Adam learning rate of the correction")
-    parser.add_argument("--lora-epochs", type=int, default=d.lora_epochs,
-                        help="passes over the calibration windows per correction")
-    parser.add_argument("--reconstruct", action="store_true",
-                        help="after every shot, re-fit each pruned layer's kept weights to the dense model's outputs "
-                             "(layer-wise least squares on the calibration windows, masks kept)")
-    parser.add_argument("--reconstruct-iterations", type=int, default=d.reconstruct_iterations,
-                        help="conjugate-gradient steps of each layer's reconstruction")
-    parser.add_argument("--structure-costs", default=d.structure_costs, choices=STRUCTURE_COSTS,
-                        help="structured surgeon: price and update only the output projection's columns, the rows "
-                             "that fed them zeroed (outputs), or every member of a structure (all, the paper's)")
-    parser.add_argument("--width-multiple", type=int, default=d.width_multiple, metavar="K",
-                        help="structured: every block keeps a multiple of K FFN neurons (e.g. 64 for GEMM-friendly "
-                             "shapes), chosen inside the global selection (1: widths as the costs fall)")
-    parser.add_argument("--max-layer-sparsity", type=float, default=d.max_layer_sparsity, metavar="FRACTION",
-                        help="unstructured, global threshold: no layer loses more than this fraction of its weights "
-                             "(1.0: no cap, the paper's allocation)")
-    parser.add_argument("--prune-unrouted", action="store_true",
-                        help="mixture of experts: prune experts that received no calibration token by magnitude "
-                             "(default: leave them dense; N:M then refuses)")
+def _add_setting(groups: FlagGroups, f: Field) -> None:
+    """One PruneConfig field as a flag: name, default, type, choices and help from the field itself."""
+    spec = flag_spec(f)
+    kwargs: dict = {"default": f.default, "help": spec.help}
+    if isinstance(f.default, bool):
+        kwargs["action"] = "store_true"
+    else:
+        kwargs["type"] = spec.type or type(f.default)
+        if kwargs["type"] is str:
+            del kwargs["type"]
+    if spec.choices:
+        kwargs["choices"] = list(spec.choices)
+    if spec.metavar:
+        kwargs["metavar"] = spec.metavar
+    if f.name == "method":  # the registry's methods, each with its one-line summary
+        kwargs.update(choices=method_names(), metavar="METHOD",
+                      help=f"pruning method: {', '.join(method_names())} (each described at the end)")
+    groups[spec.group].add_argument(flag_name(f.name), **kwargs)
 
 
-def _add_calibration_flags(parser: argparse.ArgumentParser, samples: int, seqlen: int) -> None:
-    parser.add_argument("--calib-samples", type=int, default=samples, help="calibration windows")
-    parser.add_argument("--calib-seqlen", type=int, default=seqlen, help="tokens per calibration window")
-    parser.add_argument("--seed", type=int, default=PruneConfig().seed,
-                        help="seed of the calibration draw and of sampled labels")
-    parser.add_argument("--calib-data", default=PruneConfig().calib_data, metavar="SET_OR_FILE",
-                        help="calibration text: wikitext2, ptb or c4 in --data-dir (train split, else valid), or a "
-                             ".txt/.jsonl/.json/.parquet file (optionally .gz)")
-    parser.add_argument("--text-field", default=PruneConfig().text_field,
-                        help="field of JSON-lines/Parquet records that holds the text")
+def _add_settings(groups: FlagGroups, only: set[str] | None = None) -> None:
+    """Every setting of :class:`PruneConfig` (or those named in ``only``) as generated flags."""
+    for f in flagged_fields(PruneConfig):
+        if only is None or f.name in only:
+            _add_setting(groups, f)
 
 
-def _add_eval_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
-    parser.add_argument(f"--{prefix}seqlen", type=int, default=2048, help="tokens per evaluation window")
-    parser.add_argument(f"--{prefix}max-windows", type=int, default=None,
-                        help="evaluate only the first K windows (None: all; c4 scores at most 256)")
+def _add_eval_flags(groups: FlagGroups, prefix: str) -> None:
+    evaluation = groups["evaluation"]
+    evaluation.add_argument(f"--{prefix}seqlen", type=int, default=2048, help="tokens per evaluation window")
+    evaluation.add_argument(f"--{prefix}max-windows", type=int, default=None,
+                            help="evaluate only the first K windows (None: all; c4 scores at most 256)")
     if prefix:
-        parser.add_argument(f"--{prefix}datasets", default="wikitext2", metavar="SETS",
-                            help="comma-separated evaluation sets: wikitext2, ptb, c4 in --data-dir, or text, "
-                                 "JSON-lines or Parquet files (records' --text-field)")
+        evaluation.add_argument(f"--{prefix}datasets", default="wikitext2", metavar="SETS",
+                                help="comma-separated evaluation sets: wikitext2, ptb, c4 in --data-dir, or text, "
+                                     "JSON-lines or Parquet files (records' --text-field)")
 
 
-def _add_task_flags(parser: argparse.ArgumentParser, flag: str) -> None:
-    parser.add_argument(flag, default="", metavar="TASKS",
-                        help="comma-separated lm-evaluation-harness tasks for zero-shot accuracy, e.g. "
-                             "piqa,arc_easy (needs pip install 'llm-surgeon[eval]'; empty: none)")
-    parser.add_argument("--tasks-dir", default=None,
-                        help="folder of lm-eval task YAML files added to the harness's own (e.g. local data)")
-    parser.add_argument("--tasks-limit", type=int, default=None,
-                        help="score only the first N documents of each task (None: all)")
+def _add_task_flags(groups: FlagGroups, flag: str) -> None:
+    evaluation = groups["evaluation"]
+    evaluation.add_argument(flag, default="", metavar="TASKS",
+                            help="comma-separated lm-evaluation-harness tasks for zero-shot accuracy, e.g. "
+                                 "piqa,arc_easy (needs pip install 'llm-surgeon[eval]'; empty: none)")
+    evaluation.add_argument("--tasks-dir", default=None,
+                            help="folder of lm-eval task YAML files added to the harness's own (e.g. local data)")
+    evaluation.add_argument("--tasks-limit", type=int, default=None,
+                            help="score only the first N documents of each task (None: all)")
 
 
 def _config_from_args(args: argparse.Namespace) -> PruneConfig:
-    return PruneConfig(
-        method=args.method, granularity=args.granularity, sparsity=args.sparsity, shots=args.shots,
-        calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, seed=args.seed,
-        calib_data=args.calib_data, text_field=args.text_field,
-        damp_g=args.damp_g, damp_a=args.damp_a, fisher=args.fisher, magnitude_scope=args.magnitude_scope,
-        update_iterations=args.update_iterations, update_tolerance=args.update_tolerance,
-        update_start=args.update_start, update_solver=args.update_solver, nm_costs=args.nm_costs,
-        batch_size=args.batch_size, sparsegpt_damp=args.sparsegpt_damp,
-        lora_rank=args.lora_rank, lora_lr=args.lora_lr, lora_epochs=args.lora_epochs,
-        prune_unrouted=args.prune_unrouted, max_layer_sparsity=args.max_layer_sparsity,
-        width_multiple=args.width_multiple, reconstruct=args.reconstruct,
-        reconstruct_iterations=args.reconstruct_iterations, structure_costs=args.structure_costs,
-    )
+    return PruneConfig(**{f.name: getattr(args, f.name) for f in flagged_fields(PruneConfig)})
+
+
+def _subcommand(sub, name: str, help: str, usage: str) -> tuple[argparse.ArgumentParser, FlagGroups]:  # noqa: A002
+    parser = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                            usage=f"llm-surgeon {name} {usage}")
+    groups = FlagGroups(parser)
+    groups.open_all()
+    return parser, groups
 
 
 def _prune_parser(sub) -> None:
-    d = PruneConfig()
-    prune = sub.add_parser("prune", help="prune a model and save it with a report.json")
+    prune, groups = _subcommand(sub, "prune", "prune a model and save it with a report.json",
+                                "MODEL --out DIR [--method M] [--granularity G] [--sparsity S] [options]")
+    prune.epilog = f"methods: {methods_help()}"
     prune.add_argument("model", help=_model_help())
-    prune.add_argument("--out", required=True, help="output folder (a save_pretrained checkpoint + report.json)")
-    _add_method_flags(prune)
-    _add_calibration_flags(prune, d.calib_samples, d.calib_seqlen)
-    prune.add_argument("--eval", action="store_true", help="evaluate perplexity on --eval-datasets after pruning")
-    prune.add_argument("--eval-dense", action="store_true",
-                       help="with --eval: also evaluate the dense model on the same windows before pruning")
-    _add_eval_flags(prune, "eval-")
-    _add_task_flags(prune, "--eval-tasks")
-    prune.add_argument("--overwrite", action="store_true", help="replace an output folder that holds another run")
-    prune.add_argument("--resume", action="store_true",
-                       help="continue from the last complete checkpoint in --out (the same command again does too)")
-    prune.add_argument("--semi-structured-export", action="store_true",
-                       help="with 2:4 on a CUDA GPU and fp16/bf16: evaluate with torch semi-structured sparse weights")
-    prune.add_argument("--save-format", default="dense", choices=["dense", "compressed"],
-                       help="dense: safetensors with the zeros; compressed: pruned matrices as bitmask + nonzero "
-                            "values (compressed-tensors' sparse-bitmask layout; loads with trust_remote_code=True)")
-    prune.add_argument("--json", action="store_true", help="print one JSON summary instead of the human one")
-    _add_memory_flags(prune)
-    _add_common_flags(prune)
+    groups["basics"].add_argument("--out", required=True,
+                                  help="output folder (a save_pretrained checkpoint + report.json)")
+    _add_settings(groups)
+    evaluation = groups["evaluation"]
+    evaluation.add_argument("--eval", action="store_true", help="evaluate perplexity on --eval-datasets after pruning")
+    evaluation.add_argument("--eval-dense", action="store_true",
+                            help="with --eval: also evaluate the dense model on the same windows before pruning")
+    _add_eval_flags(groups, "eval-")
+    _add_task_flags(groups, "--eval-tasks")
+    _add_output_flags(groups["output"])
+    _add_memory_flags(groups["memory"])
+    _add_common_flags(groups)
 
 
-def _add_memory_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-memory", default=None, metavar="SIZE",
+def _add_output_flags(output: argparse._ArgumentGroup) -> None:
+    output.add_argument("--overwrite", action="store_true", help="replace an output folder that holds another run")
+    output.add_argument("--resume", action="store_true",
+                        help="continue from the last complete checkpoint in --out (the same command again does too)")
+    output.add_argument("--semi-structured-export", action="store_true",
+                        help="with 2:4 on a CUDA GPU and fp16/bf16: evaluate with torch semi-structured sparse "
+                             "weights")
+    output.add_argument("--save-format", default="dense", choices=["dense", "compressed"],
+                        help="dense: safetensors with the zeros; compressed: pruned matrices as bitmask + nonzero "
+                             "values (compressed-tensors' sparse-bitmask layout; loads with trust_remote_code=True)")
+    output.add_argument("--json", action="store_true", help="print one JSON summary instead of the human one")
+
+
+def _add_memory_flags(memory: argparse._ArgumentGroup) -> None:
+    memory.add_argument("--max-memory", default=None, metavar="SIZE",
                         help="memory budget such as 20GiB: the blocks are split into groups whose curvature is "
                              "collected in separate passes so that a shot fits (None: the device's free memory)")
-    parser.add_argument("--factor-device", default=None,
+    memory.add_argument("--factor-device", default=None,
                         help="where the curvature sums accumulate, e.g. cpu for host memory (None: beside each layer)")
-    parser.add_argument("--device-map", default=None, choices=["auto", "balanced", "sequential"],
+    memory.add_argument("--device-map", default=None, choices=["auto", "balanced", "sequential"],
                         help="spread the blocks over the visible GPUs with accelerate (one process); each layer's "
                              "factors and update stay on its GPU. Not with torchrun (each rank holds a whole model)")
 
 
+BENCH_SETTINGS = {"shots", "calib_samples", "calib_seqlen", "seed", "calib_data", "text_field"}
+"""The settings a bench grid shares across its runs (the methods' own keep their defaults there)."""
+
+
 def _bench_parser(sub) -> None:
-    d = PruneConfig()
-    bench = sub.add_parser("bench", help="run a grid of methods x granularities x sparsities under one protocol")
+    bench, groups = _subcommand(sub, "bench", "run a grid of methods x granularities x sparsities under one protocol",
+                                "MODEL --out DIR [--methods M,..] [--granularities G,..] [--sparsities S,..] "
+                                "[options]")
     bench.add_argument("model", help=_model_help())
-    bench.add_argument("--out", required=True, help="folder for results.json, results.md, results.png and runs/")
-    bench.add_argument("--methods", default=",".join(method_names()), help="comma-separated methods")
-    bench.add_argument("--granularities", default="unstructured",
-                       help="comma-separated: unstructured, structured, N:M patterns")
-    bench.add_argument("--sparsities", default="0.5", help="comma-separated (unstructured and structured runs)")
-    bench.add_argument("--shots", type=int, default=d.shots, help="shots of multi-shot methods")
-    _add_calibration_flags(bench, d.calib_samples, d.calib_seqlen)
-    _add_eval_flags(bench, "eval-")
-    _add_task_flags(bench, "--eval-tasks")
-    _add_common_flags(bench)
+    basics = groups["basics"]
+    basics.add_argument("--out", required=True, help="folder for results.json, results.md, results.png and runs/")
+    basics.add_argument("--methods", default=",".join(method_names()), help="comma-separated methods")
+    basics.add_argument("--granularities", default="unstructured",
+                        help="comma-separated: unstructured, structured, N:M patterns")
+    basics.add_argument("--sparsities", default="0.5", help="comma-separated (unstructured and structured runs)")
+    _add_settings(groups, BENCH_SETTINGS)
+    _add_eval_flags(groups, "eval-")
+    _add_task_flags(groups, "--eval-tasks")
+    _add_common_flags(groups)
 
 
 def _plan_parser(sub) -> None:
-    d = PruneConfig()
-    plan = sub.add_parser("plan", help="predict a shot's peak memory and time from the model's config alone")
+    plan, groups = _subcommand(sub, "plan", "predict a shot's peak memory and time from the model's config alone",
+                               "MODEL_OR_CONFIG_JSON [the method and calibration flags of prune] [options]")
+    plan.epilog = f"methods: {methods_help()}"
     plan.add_argument("model", help=_model_help() + "; or a config.json")
-    _add_method_flags(plan)
-    _add_calibration_flags(plan, d.calib_samples, d.calib_seqlen)
-    plan.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="weights' dtype while pruning")
-    plan.add_argument("--max-memory", default=None, metavar="SIZE",
-                      help="memory of each device to plan for, such as 80GiB; the block groups (and if need be the "
-                           "batch size) are chosen to fit it, as prune --max-memory does (None: nothing about fitting)")
-    plan.add_argument("--device-memory", type=float, default=None, help="the same in GiB, as a number")
-    plan.add_argument("--devices", type=int, default=1,
-                      help="devices the blocks are split over evenly (as device_map='auto' does)")
-    plan.add_argument("--ranks", type=int, default=1,
-                      help="torchrun processes sharing the windows, each holding the model on --devices devices")
-    plan.add_argument("--tflops", type=float, default=None,
-                      help="throughput to plan with (None: measure this machine's matmul for a second)")
-    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_settings(groups)
+    memory = groups["memory"]
+    memory.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="weights' dtype while pruning")
+    memory.add_argument("--max-memory", default=None, metavar="SIZE",
+                        help="memory of each device to plan for, such as 80GiB; the block groups (and if need be the "
+                             "batch size) are chosen to fit it, as prune --max-memory does (None: nothing about "
+                             "fitting)")
+    memory.add_argument("--device-memory", type=float, default=None, help="the same in GiB, as a number")
+    memory.add_argument("--devices", type=int, default=1,
+                        help="devices the blocks are split over evenly (as device_map='auto' does)")
+    memory.add_argument("--ranks", type=int, default=1,
+                        help="torchrun processes sharing the windows, each holding the model on --devices devices")
+    memory.add_argument("--tflops", type=float, default=None,
+                        help="throughput to plan with (None: measure this machine's matmul for a second)")
+    groups["output"].add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _eval_parser(sub) -> None:
+    ev, groups = _subcommand(sub, "eval", "perplexity of a model or pruned folder on one or more text sets",
+                             "MODEL_OR_DIR [--dataset SETS] [--seqlen N] [--max-windows K] [options]")
+    ev.add_argument("model", help=_model_help() + "; or a folder written by prune")
+    evaluation = groups["evaluation"]
+    evaluation.add_argument("--dataset", default="wikitext2", metavar="SETS",
+                            help="comma-separated evaluation sets: wikitext2, ptb, c4 in --data-dir, or text, "
+                                 "JSON-lines or Parquet files")
+    evaluation.add_argument("--text-field", default="text",
+                            help="field of JSON-lines/Parquet records that holds the text")
+    _add_task_flags(groups, "--tasks")
+    _add_eval_flags(groups, "")
+    groups["output"].add_argument("--json", action="store_true", help="print one JSON object")
+    _add_common_flags(groups)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,20 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="llm-surgeon",
         description="Prune Hugging Face causal LMs with LLM Surgeon and evaluate them under the standard protocol.",
     )
+    parser.add_argument("--version", action="version", version=f"llm-surgeon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _prune_parser(sub)
     _plan_parser(sub)
     _bench_parser(sub)
-    ev = sub.add_parser("eval", help="perplexity of a model or pruned folder on one or more text sets")
-    ev.add_argument("model", help=_model_help() + "; or a folder written by prune")
-    ev.add_argument("--dataset", default="wikitext2", metavar="SETS",
-                    help="comma-separated evaluation sets: wikitext2, ptb, c4 in --data-dir, or text, JSON-lines "
-                         "or Parquet files")
-    ev.add_argument("--text-field", default="text", help="field of JSON-lines/Parquet records that holds the text")
-    _add_task_flags(ev, "--tasks")
-    _add_eval_flags(ev, "")
-    ev.add_argument("--json", action="store_true", help="print one JSON object")
-    _add_common_flags(ev)
+    _eval_parser(sub)
     return parser
 
 

@@ -31,7 +31,7 @@ from llm_surgeon.engine.reconstruction import DenseWeights, reconstruct, snapsho
 from llm_surgeon.engine.selectors import UnitSelector, make_selector
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.math.selection import nm_violations
-from llm_surgeon.methods import LayerwiseMethod, MethodBase, PruningMethod, get_method
+from llm_surgeon.methods import LayerwiseMethod, MagnitudePruning, MethodBase, PruningMethod, get_method
 from llm_surgeon.models.adapters import ArchitectureAdapter, get_adapter
 
 
@@ -165,9 +165,9 @@ def _raw_factors(job: PruneJob, method: PruningMethod, layers: dict[str, nn.Line
                  shot: int, label: str, scratch: Path | None) -> Mapping:
     """The curvature pass of a shot over ``layers`` (those the selection reads): nothing, inputs only, or
     full/diagonal Kronecker factors; with block groups one pass per group, the sums waiting in ``scratch``."""
-    if method.curvature == "none":
+    if not method.curvature.collects:
         return {}
-    request = CurvatureRequest(with_gradients=method.curvature != "inputs", diagonal_only=method.diagonal_only,
+    request = CurvatureRequest(with_gradients=method.curvature.gradients, diagonal_only=method.diagonal_only,
                                input_means=method.input_means)
     seed = job.config.seed + shot
     if scratch is None:
@@ -180,7 +180,7 @@ def _raw_factors(job: PruneJob, method: PruningMethod, layers: dict[str, nn.Line
 def _cost_factors(job: PruneJob, method: PruningMethod, raw: Mapping) -> RawFactorsOnDevice | LazyDampedFactors:
     """What the method's costs and update read: the raw factors, or damped ones with their inverses, made
     one layer at a time beside the layer when asked for (``.get(name)`` either way)."""
-    if method.curvature != "kfac_inverse":
+    if not method.curvature.inverses:
         return RawFactorsOnDevice(raw, job.device_of)
     return LazyDampedFactors(raw, job.config.damp_g, job.config.damp_a, job.device_of)
 
@@ -188,7 +188,7 @@ def _cost_factors(job: PruneJob, method: PruningMethod, raw: Mapping) -> RawFact
 @contextmanager
 def _scratch(job: PruneJob, method: PruningMethod) -> Iterator[Path | None]:
     """A folder for one shot's grouped factor sums (None without groups), removed when the shot ends."""
-    if job.layout.block_groups == 1 or method.curvature == "none":
+    if job.layout.block_groups == 1 or not method.curvature.collects:
         yield None
         return
     with tempfile.TemporaryDirectory(prefix=".llm-surgeon-factors-", dir=job.layout.scratch_dir) as folder:
@@ -209,8 +209,8 @@ def _shot_with_scratch(job: PruneJob, method: PruningMethod, selector: UnitSelec
     raw = _raw_factors(job, method, selector.curvature_layers(method), collector, shot, label, scratch)
     t1 = time.perf_counter()
     factors = _cost_factors(job, method, raw)  # damped layer by layer when asked for
-    placement = collector.placement() if method.curvature != "none" else EVERY_LAYER_HERE
-    rows = collector.routed_rows() if method.curvature != "none" else {}
+    placement = collector.placement() if method.curvature.collects else EVERY_LAYER_HERE
+    rows = collector.routed_rows() if method.curvature.collects else {}
     unrouted = [name for name in job.linears if rows.get(name, 1) == 0]
     masks = dict(result.masks)
     if unrouted:
@@ -243,7 +243,7 @@ def _unrouted_shot(job: PruneJob, selector: UnitSelector, unrouted: list[str], m
             raise ConfigError(f"{len(unrouted)} experts received no calibration token (first: {unrouted[0]}); "
                               "N:M must hold in every layer: use more calibration text or --prune-unrouted")
         return {}
-    magnitude = get_method("magnitude", job.config)
+    magnitude = MagnitudePruning(job.config)
     part = selector.subset(unrouted, scope="layer")
     chosen = part.select(magnitude, {}, masks, fraction, f"{label}: unrouted experts")
     part.apply(magnitude, {}, chosen, f"{label}: unrouted experts", job.progress)

@@ -17,11 +17,12 @@ from llm_surgeon.methods.base import (
     PruningMethod,
 )
 from llm_surgeon.methods.flap import FLAPPruning
-from llm_surgeon.methods.layerwise import SparseGPT, Wanda
-from llm_surgeon.methods.magnitude import MagnitudePruning
+from llm_surgeon.methods.layerwise import InputHessianOptions, SparseGPT, Wanda
+from llm_surgeon.methods.magnitude import MagnitudeOptions, MagnitudePruning
 from llm_surgeon.methods.obd import KroneckerOBD, LayerOBD
+from llm_surgeon.methods.options import CurvatureOptions, MethodOptions
 from llm_surgeon.methods.registry import get_method, method_class, method_names, methods_help, register_method
-from llm_surgeon.methods.surgeon import SurgeonPruning
+from llm_surgeon.methods.surgeon import SurgeonOptions, SurgeonPruning
 from llm_surgeon.methods.ziplm import ZipLMPruning
 
 for _method in (SurgeonPruning, SparseGPT, Wanda, KroneckerOBD, LayerOBD, MagnitudePruning, ZipLMPruning,
@@ -31,4 +32,5 @@ for _method in (SurgeonPruning, SparseGPT, Wanda, KroneckerOBD, LayerOBD, Magnit
 __all__ = ["MethodBase", "PruningMethod", "LayerwiseMethod", "get_method", "method_class", "method_names",
            "methods_help", "register_method", "MagnitudePruning", "SurgeonPruning", "LayerOBD", "KroneckerOBD",
            "SparseGPT", "Wanda", "ZipLMPruning", "FLAPPruning", "UNSTRUCTURED", "NM", "STRUCTURED",
-           "STRUCTURE_COSTS", "UPDATE_SOLVERS", "UPDATE_STARTS", "NM_COSTS"]
+           "STRUCTURE_COSTS", "UPDATE_SOLVERS", "UPDATE_STARTS", "NM_COSTS", "MethodOptions", "SurgeonOptions",
+           "MagnitudeOptions", "InputHessianOptions", "CurvatureOptions"]

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import torch
 
+from llm_surgeon.curvature.kinds import INPUTS, NO_CURVATURE, CurvatureKind
 from llm_surgeon.math.costs import nm_group_costs, nm_group_element_mask
 from llm_surgeon.math.obs import UpdateStats
 from llm_surgeon.math.selection import force_removed
@@ -37,11 +38,14 @@ class MethodBase(ABC):
     """What every method declares (class attributes) and how it is configured."""
 
     name: ClassVar[str]
+    options: ClassVar[type | None] = None
+    """The dataclass of this method's own settings (:mod:`llm_surgeon.methods.options`), or ``None``; a method may
+    share one with another (SparseGPT's and ZipLM's dampening of ``X Xᵀ``)."""
     summary: ClassVar[str] = ""
     """One line for ``--help`` and the README."""
-    curvature: ClassVar[str] = "none"
-    """What the costs need: ``"none"``, ``"inputs"`` (A from forward passes), ``"kfac"`` (A and G),
-    or ``"kfac_inverse"`` (damped A, G and their inverses)."""
+    curvature: ClassVar[CurvatureKind] = NO_CURVATURE
+    """What the costs need (:mod:`llm_surgeon.curvature.kinds`): nothing, ``INPUTS`` (A from forward passes),
+    ``KFAC`` (A and G) or ``KFAC_INVERSE`` (damped A, G and their inverses)."""
     diagonal_only: ClassVar[bool] = False
     """The costs read only diag(A) and diag(G), so only those are collected (O(d) per token, not O(d²))."""
     input_means: ClassVar[bool] = False
@@ -60,12 +64,12 @@ class MethodBase(ABC):
     @classmethod
     def needs_calibration(cls) -> bool:
         """Whether the method itself reads calibration text (a correction may still need it)."""
-        return cls.curvature != "none"
+        return cls.curvature.collects
 
     @classmethod
     def holds_full_factors(cls) -> bool:
         """Whether a shot keeps full A and G matrices (what the memory check sizes)."""
-        return cls.curvature not in ("none",) and not cls.diagonal_only
+        return cls.curvature.collects and not cls.diagonal_only
 
     def selection_scope(self) -> str:
         """``"global"`` (one threshold across layers) or ``"layer"`` (the same fraction in every layer)."""
@@ -153,11 +157,14 @@ class LayerwiseMethod(MethodBase):
     """A one-shot method that prunes each Linear from its own input Hessian ``H = Σ x xᵀ``."""
 
     multi_shot = False
-    curvature = "inputs"
+    curvature = INPUTS
 
     @classmethod
     def holds_full_factors(cls) -> bool:
         return False  # one block's H at a time
+
+    def selection_scope(self) -> str:
+        return "layer"  # every layer pruned to the same fraction, block by block
 
     @abstractmethod
     def prune_layer(self, W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple[int, int] | None

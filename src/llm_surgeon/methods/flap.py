@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from llm_surgeon.curvature.kinds import INPUTS
 from llm_surgeon.math import flap
 from llm_surgeon.methods.base import STRUCTURED, PruningMethod
 from llm_surgeon.models.biases import prepare_output_biases
@@ -24,7 +25,7 @@ class FLAPPruning(PruningMethod):
     name = "flap"
     summary = ("FLAP structured: input fluctuation x column energy at the output projections, standardised per "
                "layer, one global ranking, removed mean output kept as a bias (one shot, forward passes)")
-    curvature = "inputs"
+    curvature = INPUTS
     diagonal_only = True
     input_means = True
     multi_shot = False

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from llm_surgeon.errors import ConfigError
 from llm_surgeon.math.costs import nm_group_element_mask
 from llm_surgeon.math.sparsegpt import sparsegpt_prune
 from llm_surgeon.math.wanda import per_row_mask, wanda_scores
 from llm_surgeon.methods.base import LayerwiseMethod
+from llm_surgeon.methods.options import MethodOptions, option
+
+
+@dataclass
+class InputHessianOptions(MethodOptions):
+    """The dampening of the input Hessian ``X Xᵀ`` that SparseGPT and ZipLM invert."""
+
+    sparsegpt_damp: float = option(0.01, "SparseGPT (and ZipLM) dampening, fraction of the mean diagonal of X Xᵀ")
+
+    @classmethod
+    def check(cls, config) -> None:
+        if not config.sparsegpt_damp > 0:
+            raise ConfigError(f"--sparsegpt-damp must be positive, got {config.sparsegpt_damp}")
 
 
 class SparseGPT(LayerwiseMethod):
     name = "sparsegpt"
+    options = InputHessianOptions
     summary = "SparseGPT: one-shot OBS column sweep on X Xᵀ, block by block"
 
     def __init__(self, config=None, block_size: int = 128):
-        self.damp = config.sparsegpt_damp if config else 0.01
+        self.damp = (config or InputHessianOptions()).sparsegpt_damp
         self.block_size = block_size
 
     def prune_layer(self, W, H, sparsity, nm):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from llm_surgeon.curvature.kinds import INPUTS, KFAC
 from llm_surgeon.methods.base import PruningMethod
 
 
@@ -20,7 +21,7 @@ def _diagonal(factor: torch.Tensor) -> torch.Tensor:
 class LayerOBD(PruningMethod):
     name = "lobd"
     summary = "L-OBD: diagonal costs ½W²A_jj from the activations alone, global threshold, no update"
-    curvature = "inputs"
+    curvature = INPUTS
     diagonal_only = True
 
     def element_costs(self, W: torch.Tensor, factors) -> torch.Tensor:
@@ -30,7 +31,7 @@ class LayerOBD(PruningMethod):
 class KroneckerOBD(PruningMethod):
     name = "kobd"
     summary = "K-OBD: diagonal Kronecker costs ½W²G_ii A_jj, global threshold, no update"
-    curvature = "kfac"
+    curvature = KFAC
     diagonal_only = True
 
     def element_costs(self, W: torch.Tensor, factors) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from llm_surgeon.errors import ConfigError
 from llm_surgeon.methods.base import MethodBase
+from llm_surgeon.methods.options import nearest
 
 _METHODS: dict[str, type[MethodBase]] = {}
 
@@ -28,7 +29,7 @@ def method_names() -> list[str]:
 
 def method_class(name: str) -> type[MethodBase]:
     if name not in _METHODS:
-        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(_METHODS)}")
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(_METHODS)}{nearest(name, _METHODS)}")
     return _METHODS[name]
 
 

@@ -6,12 +6,15 @@ from dataclasses import dataclass
 
 import torch
 
+from llm_surgeon.curvature.kinds import KFAC_INVERSE
+from llm_surgeon.errors import ConfigError
 from llm_surgeon.math import structured as rows_cols
 from llm_surgeon.math.costs import diagonal_blocks, element_costs, nm_joint_choice
 from llm_surgeon.math.kfac import DampedFactors
 from llm_surgeon.math.obs import UpdateStats, kronecker_obs_update, removed_set_obs_update
 from llm_surgeon.methods.base import (
     NM,
+    NM_COSTS,
     STRUCTURE_COSTS,
     STRUCTURED,
     UNSTRUCTURED,
@@ -19,6 +22,56 @@ from llm_surgeon.methods.base import (
     UPDATE_STARTS,
     PruningMethod,
 )
+from llm_surgeon.methods.options import MethodOptions, check_choice, option, refuse_changed
+
+
+@dataclass
+class SurgeonOptions(MethodOptions):
+    """LLM Surgeon's own settings: how the correlated update is solved and how groups and structures are priced."""
+
+    update_iterations: int = option(20, "max PCG iterations of the correlated update per layer and shot")
+    update_tolerance: float = option(
+        1e-3, "PCG stops when the preconditioned residual falls below this fraction of its start")
+    update_start: str = option(
+        UPDATE_STARTS[0], "where the correlated update starts: the sum of the removed weights' single-weight OBS "
+        "updates (independent; BENCHMARKS.md: worth about 20 PCG steps), or the removed weights zeroed (the paper's)",
+        group="research", choices=UPDATE_STARTS)
+    update_solver: str = option(
+        UPDATE_SOLVERS[0], "how the correlated update is solved: PCG on the kept weights (4 matmuls a step), or CG "
+        "on the removed weights' multipliers (2 matmuls a step; a research option, worse in a real run: 30.86 "
+        "against 28.75)", group="research", choices=UPDATE_SOLVERS)
+    nm_costs: str = option(
+        NM_COSTS[0], "N:M surgeon: price a group by the N weights' joint OBS cost, their inputs' correlation "
+        "counted (joint; BENCHMARKS.md: 59.68 against 62.35 at 2:4 in 5 shots), or by its N cheapest single-weight "
+        "costs summed (independent, the paper's)", group="research", choices=NM_COSTS)
+    structure_costs: str = option(
+        STRUCTURE_COSTS[0], "structured surgeon: price and update only the output projection's columns, the rows "
+        "that fed them zeroed (outputs; BENCHMARKS.md: 30.12 against 43.89 at 80%% kept), or every member of a "
+        "structure (all, the paper's)", group="research", choices=STRUCTURE_COSTS)
+
+    @classmethod
+    def check(cls, config) -> None:
+        if config.update_iterations < 0:
+            raise ConfigError(f"update iterations must be >= 0, got {config.update_iterations}")
+        check_choice(config.update_start, UPDATE_STARTS, "update start")
+        check_choice(config.update_solver, UPDATE_SOLVERS, "update solver")
+        check_choice(config.structure_costs, STRUCTURE_COSTS, "structure costs")
+        check_choice(config.nm_costs, NM_COSTS, "N:M costs")
+        surgeon = config.method == SurgeonPruning.name
+        if not surgeon or config.granularity == STRUCTURED:
+            refuse_changed(config, cls, ["update_start"], "chooses where to start LLM Surgeon's unstructured / N:M "
+                           "update; use --method surgeon without structured granularity, or drop it")
+            refuse_changed(config, cls, ["update_solver"], "chooses how to solve LLM Surgeon's unstructured / N:M "
+                           "update; use --method surgeon without structured granularity, or drop it")
+        if config.update_solver != UPDATE_SOLVERS[0] and config.update_start != UPDATE_STARTS[0]:
+            raise ConfigError("--update-solver removed always starts from the independent updates; drop "
+                              "--update-start zeroed")
+        if config.granularity != STRUCTURED:
+            refuse_changed(config, cls, ["structure_costs"], "chooses how structured pruning prices a structure; "
+                           "use --granularity structured or drop it")
+        if not surgeon or config.nm is None:
+            refuse_changed(config, cls, ["nm_costs"], "chooses how LLM Surgeon prices an N:M group; use --method "
+                           "surgeon with an N:M granularity such as 2:4, or drop it")
 
 
 @dataclass(frozen=True)
@@ -33,22 +86,24 @@ class InverseDiagonals:
 
 class SurgeonPruning(PruningMethod):
     name = "surgeon"
+    options = SurgeonOptions
     summary = "LLM Surgeon (ours): Kronecker OBS costs, global threshold, correlated update, multi-shot"
-    curvature = "kfac_inverse"
+    curvature = KFAC_INVERSE
     granularities = frozenset({UNSTRUCTURED, NM, STRUCTURED})
 
     def __init__(self, config=None):
-        self.update_iterations = config.update_iterations if config else 20
-        self.update_tolerance = config.update_tolerance if config else 1e-3
-        self.warm_start = (config.update_start if config else UPDATE_STARTS[0]) == "independent"
+        config = config or SurgeonOptions()
+        self.update_iterations = config.update_iterations
+        self.update_tolerance = config.update_tolerance
+        self.warm_start = config.update_start == "independent"
         """PCG starts from the independent single-weight updates (the default; BENCHMARKS.md: never a worse
         quadratic, 28.75 against 28.86 in one shot to 50%) or from the removed weights zeroed."""
-        self.removed_set = (config.update_solver if config else UPDATE_SOLVERS[0]) == "removed"
+        self.removed_set = config.update_solver == "removed"
         """CG on the removed weights' multipliers instead of PCG on the kept weights (``--update-solver``)."""
-        self.outputs_only = (config.structure_costs if config else STRUCTURE_COSTS[0]) == "outputs"
+        self.outputs_only = config.structure_costs == "outputs"
         """Structured: only the output projections' columns are priced and compensated (``--structure-costs``)."""
-        joint = config is not None and config.nm is not None and config.nm_costs == "joint"
-        self.joint_group = config.nm[1] if joint else None
+        nm = getattr(config, "nm", None)
+        self.joint_group = nm[1] if nm is not None and config.nm_costs == "joint" else None
         """N:M: the group width whose weights are priced together (``--nm-costs joint``, the default); None: one by
         one (``--nm-costs independent``, and every other granularity)."""
 

@@ -16,20 +16,23 @@ from __future__ import annotations
 
 import torch
 
+from llm_surgeon.curvature.kinds import INPUTS
 from llm_surgeon.math import structured as rows_cols
 from llm_surgeon.math.kfac import damped_with_inverse
 from llm_surgeon.methods.base import STRUCTURED, PruningMethod
+from llm_surgeon.methods.layerwise import InputHessianOptions
 
 
 class ZipLMPruning(PruningMethod):
     name = "ziplm"
+    options = InputHessianOptions
     summary = ("ZipLM/SlimGPT-style structured: layer-wise OBS cost of whole heads and FFN neurons at the output "
                "projections (X Xᵀ), correlated column update, global threshold")
-    curvature = "inputs"
+    curvature = INPUTS
     granularities = frozenset({STRUCTURED})
 
     def __init__(self, config=None):
-        self.damp = config.sparsegpt_damp if config else 0.01
+        self.damp = (config or InputHessianOptions()).sparsegpt_damp
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _A_inv(self, factors) -> torch.Tensor:
