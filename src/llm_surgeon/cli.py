@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import sys
+import warnings
 from dataclasses import Field
 
 from llm_surgeon._version import __version__
@@ -386,12 +388,44 @@ def _terminate_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _notices_once() -> None:
+    """Warnings (a missing train split, a retried damping) as one ``llm-surgeon: note:`` line each, said once
+    per run, instead of Python's two lines with a source line."""
+    said: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = str(message)
+        if text not in said:
+            said.add(text)
+            print(f"llm-surgeon: note: {text}", file=sys.stderr, flush=True)
+
+    warnings.showwarning = show
+
+
+def _quiet_libraries(progress: bool) -> None:
+    """With ``--no-progress`` the libraries' own bars go too (transformers' GGUF de-quantizing and shard
+    writing, the hub's downloads), and torch's profiler keeps its kineto log lines to itself."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    if progress:
+        return
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+    except ImportError:  # pragma: no cover - transformers brings the hub
+        return
+    disable_progress_bars()
+
+
 COMMANDS = {"prune": _run_prune, "plan": _run_plan, "eval": _run_eval, "bench": _run_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     release_freed_memory()
+    _notices_once()
+    _quiet_libraries(not getattr(args, "no_progress", False))
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         return COMMANDS[args.command](args)
@@ -399,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llm-surgeon: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(_interrupted_message(args), file=sys.stderr)
+        newline = "\n" if sys.stderr.isatty() else ""  # off the progress bar's line
+        print(newline + _interrupted_message(args), file=sys.stderr)
         return 130
 
 

@@ -45,20 +45,23 @@ def perplexity(
     max_windows: int | None = None,
     dataset: str = "wikitext2",
     progress: bool = True,
+    label: str = "",
 ) -> PerplexityResult:
-    """Perplexity of ``model`` on ``tokens`` (1-D) in windows of ``seqlen``."""
+    """Perplexity of ``model`` on ``tokens`` (1-D) in windows of ``seqlen``; ``label`` names the model on the
+    progress bar (``"dense model"`` before pruning)."""
     if seqlen < 2:
         raise DataError(f"evaluation windows need at least 2 tokens, got seqlen {seqlen}")
     windows = tokens.numel() // seqlen
     if max_windows is not None:
         windows = min(windows, max_windows)
     if windows < 1:
-        raise DataError(f"evaluation text has {tokens.numel()} tokens, fewer than one window of {seqlen}")
+        raise DataError(f"evaluation text has {tokens.numel()} tokens, fewer than one window of {seqlen}; use a "
+                        f"window (--seqlen, --eval-seqlen) of at most {tokens.numel()}" + ("" if tokens.numel() >= 2 else " (and more text)"))
     device = model.get_input_embeddings().weight.device  # blocks may be spread over devices after it
     window_nll = _window_nll(model)
     total_nll = 0.0
     predicted = 0
-    for w in tqdm(range(windows), desc=f"perplexity (seqlen {seqlen})", disable=not progress):
+    for w in tqdm(range(windows), desc=f"{label + ': ' if label else ''}{dataset} perplexity (seqlen {seqlen})", disable=not progress):
         ids = tokens[w * seqlen : (w + 1) * seqlen].unsqueeze(0).to(device)
         total_nll += window_nll(ids)
         predicted += seqlen - 1

@@ -15,13 +15,21 @@ from llm_surgeon.models import adapters
 START, END = "<!-- families:start -->", "<!-- families:end -->"
 
 
+def layer_names(linear_names: list[str]) -> str:
+    """The layers of a block by their last name, or by their whole path inside the block where two share a
+    last name (DeepSeek-V3's dense MLP and shared experts both have a ``gate_proj``)."""
+    short = [name.rsplit(".", 1)[-1] for name in linear_names]
+    return ", ".join(f"`{name if short.count(last) > 1 else last}`" for name, last in zip(linear_names, short,
+                                                                                         strict=True))
+
+
 def family_table() -> str:
     """One row per registered model type, then the generic adapter's row."""
     rows = ["| `model_type` | adapter | logits | prunable layers per block | unstructured | N:M | structured |",
             "|---|---|---|---|---|---|---|"]
     for model_type in adapters.supported_model_types():
         adapter = adapters.adapter_for_model_type(model_type)
-        layers = ", ".join(f"`{name.rsplit('.', 1)[-1]}`" for name in adapter.linear_names)
+        layers = layer_names(list(adapter.linear_names))
         if adapter.experts_path:
             layers += f", each expert's `gate_up` and `down` (`{adapter.experts_path}`; router never)"
         structured = "yes" if adapter.structure is not None else "no (no structure description)"
