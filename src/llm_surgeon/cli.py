@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 
+from llm_surgeon.artifacts.formats import save_format_names
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.methods import NM_COSTS, STRUCTURE_COSTS, UPDATE_SOLVERS, UPDATE_STARTS, method_names, methods_help
@@ -179,7 +180,7 @@ def _prune_parser(sub) -> None:
                        help="continue from the last complete checkpoint in --out (the same command again does too)")
     prune.add_argument("--semi-structured-export", action="store_true",
                        help="with 2:4 on a CUDA GPU and fp16/bf16: evaluate with torch semi-structured sparse weights")
-    prune.add_argument("--save-format", default="dense", choices=["dense", "compressed"],
+    prune.add_argument("--save-format", default="dense", choices=save_format_names(),
                        help="dense: safetensors with the zeros; compressed: pruned matrices as bitmask + nonzero "
                             "values (compressed-tensors' sparse-bitmask layout; loads with trust_remote_code=True)")
     prune.add_argument("--json", action="store_true", help="print one JSON summary instead of the human one")
