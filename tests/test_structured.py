@@ -151,7 +151,7 @@ def test_width_multiple_rounds_every_blocks_ffn_width(family, calibration):
     widths = [layer["ffn_width_kept"] for layer in result.structure["layers"]]
     assert all(w % 8 == 0 and w >= 8 for w in widths), widths
     shapes = compact(model, result.masks)
-    assert [s["ffn_width"] for s in shapes] == widths
+    assert [s.ffn_width for s in shapes.blocks] == widths
     assert 0.3 <= result.structure["removed_fraction"] < 0.3 + 0.1
 
 
