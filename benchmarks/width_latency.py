@@ -65,7 +65,7 @@ def main() -> None:
         result = prune(model, windows, config, progress=False)
         seconds[label] = time.perf_counter() - start
         shapes = compact(model, result.masks, get_adapter(model))
-        widths[label] = [s["ffn_width"] for s in shapes]
+        widths[label] = [s.ffn_width for s in shapes.blocks]
         models[label] = model.eval()
 
     ids = torch.randint(0, dense.config.vocab_size, (1, args.tokens), generator=torch.Generator().manual_seed(0))

@@ -102,11 +102,11 @@ def test_fused_projections_prune_structurally_through_slices(method, calibration
     with torch.no_grad():
         compacted = model(input_ids=ids).logits
     torch.testing.assert_close(compacted, masked, rtol=1e-4, atol=1e-5)
-    for shape, block in zip(shapes, model.model.layers, strict=True):
+    for shape, block in zip(shapes.blocks, model.model.layers, strict=True):
         head_dim = 8
-        assert block.self_attn.qkv_proj.out_features == (shape["heads"] + 2 * shape["kv_heads"]) * head_dim
-        assert block.mlp.gate_up_proj.out_features == 2 * shape["ffn_width"]
-        assert shape["heads"] == 2 * shape["kv_heads"]
+        assert block.self_attn.qkv_proj.out_features == (shape.heads + 2 * shape.kv_heads) * head_dim
+        assert block.mlp.gate_up_proj.out_features == 2 * shape.ffn_width
+        assert shape.heads == 2 * shape.kv_heads
     rebuilt = _tiny_phi3()
     apply_shapes(rebuilt, shapes)
     rebuilt.load_state_dict(model.state_dict())

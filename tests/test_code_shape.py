@@ -1,4 +1,5 @@
-"""The package's shape: no import cycle (lazy imports included) and no function longer than a screen."""
+"""The package's shape: no import cycle and no import up the layers (lazy imports included), and no function
+longer than a screen."""
 
 from __future__ import annotations
 
@@ -62,6 +63,47 @@ def test_no_import_cycle_in_the_package():
         if name not in state:
             visit(name, [name])
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+LAYERS = [
+    {"errors", "_version"},
+    {"math", "runtime"},
+    {"data"},
+    {"models"},
+    {"methods"},
+    {"config"},
+    {"curvature"},
+    {"engine"},
+    {"evaluation"},
+    {"planning"},
+    {"artifacts"},
+    {"api", "bench", "gguf"},
+    {"cli"},
+    {"__main__"},
+]
+"""The package's layers, lowest first: a module may import its own layer and those below, never one above.
+The root ``__init__`` (the public facade) is outside the layers."""
+RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
+
+
+def _part(module: str) -> str | None:
+    """The top-level subpackage or module of ``llm_surgeon`` that ``module`` belongs to (None: the root)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def test_every_part_of_the_package_has_a_layer():
+    parts = {_part(name) for name in _modules()} - {None}
+    assert parts <= set(RANK), f"give these a layer in LAYERS: {sorted(parts - set(RANK))}"
+
+
+def test_no_module_imports_a_higher_layer():
+    modules = _modules()
+    edges = {(name, target) for name, tree in modules.items() for target in _imports(name, tree, set(modules))
+             if _part(name) in RANK and _part(target) in RANK}
+    assert ("llm_surgeon.api", "llm_surgeon.engine.pruner") in edges  # the walk sees real edges
+    upward = sorted(f"{name} -> {target}" for name, target in edges if RANK[_part(target)] > RANK[_part(name)])
+    assert not upward, "imports up the layers: " + "; ".join(upward)
 
 
 def test_no_function_longer_than_a_screen():

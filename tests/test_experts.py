@@ -224,9 +224,9 @@ def test_structured_experts_drop_their_own_neurons_at_one_width_and_compact_exac
     assert [layer["ffn_width_kept"] for layer in result.structure["layers"]] == kept
     assert all(layer["experts"] == 4 for layer in result.structure["layers"])
     shapes = compact(model, result.masks, adapter)
-    for b, shape in enumerate(shapes):
+    for b, shape in enumerate(shapes.blocks):
         fused = model.model.layers[b].mlp.experts
-        width = shape["ffn_width"]
+        width = shape.ffn_width
         assert width % EXPERT_WIDTH_ALIGNMENT == 0 or width == 48
         assert fused.gate_up_proj.shape == (4, 2 * width, 32) and fused.down_proj.shape == (4, 32, width)
     with torch.no_grad():

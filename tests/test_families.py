@@ -8,14 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm_surgeon import PruneConfig, prune
+from llm_surgeon import PruneConfig, load_model_and_tokenizer, prune
 from llm_surgeon.artifacts.compaction import compact
 from llm_surgeon.artifacts.output_dir import save_model_files
 from llm_surgeon.engine.pruner import sparsity_stats
 from llm_surgeon.errors import UnsupportedArchitectureError
 from llm_surgeon.math.selection import nm_violations
 from llm_surgeon.models.adapters import check_family, get_adapter
-from llm_surgeon.models.loading import load_model_and_tokenizer
 from tests.conftest import collect_factors, tiny_tokenizer, true_loss_G
 
 COMMON = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm_surgeon import PruneConfig, prune
-from llm_surgeon.artifacts.compaction import compact, load_pruned, save_architecture
+from llm_surgeon import PruneConfig, load_pruned, prune
+from llm_surgeon.artifacts.compaction import compact
 from llm_surgeon.curvature.collectors import CurvatureRequest, LocalCollector
 from llm_surgeon.errors import ConfigError
 from llm_surgeon.math import flap
@@ -128,7 +128,7 @@ def test_flap_prune_compensates_with_biases_that_save_and_reload(tmp_path, calib
         expected = model(input_ids=ids).logits
     shapes = compact(model, result.masks)
     model.save_pretrained(tmp_path)
-    save_architecture(tmp_path, shapes)
+    shapes.write(tmp_path)
     with torch.no_grad():
         reloaded = load_pruned(tmp_path)(input_ids=ids).logits
     torch.testing.assert_close(reloaded, expected, rtol=1e-4, atol=1e-5)

@@ -13,8 +13,9 @@ import torch
 
 from llm_surgeon import PruneConfig, load_pruned, prune
 from llm_surgeon.artifacts.compaction import compact
+from llm_surgeon.artifacts.formats import MODELING_FILE
+from llm_surgeon.artifacts.formats.structured_modeling import LAYOUT_KEY, modeling_source
 from llm_surgeon.artifacts.output_dir import save_model_files
-from llm_surgeon.artifacts.remote_code import LAYOUT_KEY, MODELING_FILE, modeling_source
 from llm_surgeon.models.adapters import get_adapter
 from tests.conftest import tiny_tokenizer
 from tests.test_families import FAMILIES, tiny

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from llm_surgeon import PruneConfig, load_pruned, prune
-from llm_surgeon.artifacts.compressed import (
+from llm_surgeon.artifacts.formats.bitmask import (
     compress,
     compress_state,
     decompress,

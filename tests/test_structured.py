@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from llm_surgeon import PruneConfig, prune
-from llm_surgeon.artifacts.compaction import compact, load_pruned, save_architecture
+from llm_surgeon import PruneConfig, load_pruned, prune
+from llm_surgeon.artifacts.compaction import compact
 from llm_surgeon.curvature.collectors import LocalCollector
 from llm_surgeon.engine.pruner import prune_model
 from llm_surgeon.engine.selectors import StructureSelector
@@ -64,9 +64,9 @@ def test_compact_model_equals_masked_model_and_is_smaller(family, method, calibr
     # Counted from the weights themselves, not from the selection's own bookkeeping.
     assert before - _params(model) == zero_lines == summary["prunable_params_before"] - summary["prunable_params_after"]
     assert 0.4 <= summary["removed_fraction"] < 0.55  # reaches the target with whole structures
-    assert any(s["ffn_width"] < 64 for s in shapes)
-    assert all(s["heads"] >= 1 and s["ffn_width"] >= 1 for s in shapes)
-    widths = {s["ffn_width"] for s in shapes} | {-s["heads"] for s in shapes}
+    assert any(s.ffn_width < 64 for s in shapes.blocks)
+    assert all(s.heads >= 1 and s.ffn_width >= 1 for s in shapes.blocks)
+    widths = {s.ffn_width for s in shapes.blocks} | {-s.heads for s in shapes.blocks}
     assert len(widths) > 2 or method == "magnitude"  # global threshold: layers differ
 
 
@@ -74,8 +74,8 @@ def test_gqa_units_keep_whole_kv_groups(calibration):
     model = _models()["llama-gqa"]()
     result = prune(model, calibration, PruneConfig(granularity="structured", sparsity=0.5, shots=1), progress=False)
     shapes = compact(model, result.masks)
-    for shape in shapes:
-        assert shape["heads"] == 2 * shape["kv_heads"]  # 4 query heads share 2 KV heads
+    for shape in shapes.blocks:
+        assert shape.heads == 2 * shape.kv_heads  # 4 query heads share 2 KV heads
 
 
 def test_saved_compact_model_reloads_in_a_fresh_process_and_generates(tmp_path, calibration):
@@ -83,7 +83,7 @@ def test_saved_compact_model_reloads_in_a_fresh_process_and_generates(tmp_path, 
     result = prune(model, calibration, PruneConfig(granularity="structured", sparsity=0.4, shots=2), progress=False)
     shapes = compact(model, result.masks)
     model.save_pretrained(tmp_path)
-    save_architecture(tmp_path, shapes)
+    shapes.write(tmp_path)
     ids = calibration[:1]
     with torch.no_grad():
         expected = model(input_ids=ids).logits
@@ -151,7 +151,7 @@ def test_width_multiple_rounds_every_blocks_ffn_width(family, calibration):
     widths = [layer["ffn_width_kept"] for layer in result.structure["layers"]]
     assert all(w % 8 == 0 and w >= 8 for w in widths), widths
     shapes = compact(model, result.masks)
-    assert [s["ffn_width"] for s in shapes] == widths
+    assert [s.ffn_width for s in shapes.blocks] == widths
     assert 0.3 <= result.structure["removed_fraction"] < 0.3 + 0.1
 
 

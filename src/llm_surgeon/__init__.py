@@ -2,10 +2,9 @@
 
 from llm_surgeon._version import __version__
 from llm_surgeon.api import RunOptions, evaluate, load_calibration, prune, prune_job, run_eval, run_prune
-from llm_surgeon.artifacts.compaction import load_pruned
+from llm_surgeon.artifacts.loading import load_model_and_tokenizer, load_pruned
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.engine.pruner import PruneResult
-from llm_surgeon.models.loading import load_model_and_tokenizer
 
 __all__ = [
     "__version__",

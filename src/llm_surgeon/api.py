@@ -13,8 +13,9 @@ import torch
 
 from llm_surgeon.artifacts.checkpoints import list_checkpoints, load_checkpoint, remove_checkpoints, save_checkpoint
 from llm_surgeon.artifacts.compaction import compact
-from llm_surgeon.artifacts.compressed import SAVE_FORMATS
+from llm_surgeon.artifacts.formats import check_selectable, refusal
 from llm_surgeon.artifacts.heatmap import SPARSITY_PLOT, render_sparsity_heatmap
+from llm_surgeon.artifacts.loading import load_model_and_tokenizer
 from llm_surgeon.artifacts.output_dir import inspect_output, load_report, save_model_files
 from llm_surgeon.artifacts.report import build_report, peak_memory_mb
 from llm_surgeon.artifacts.semi_structured import densify, to_semi_structured
@@ -39,7 +40,7 @@ from llm_surgeon.evaluation.zeroshot import check_tasks, parse_tasks, zero_shot
 from llm_surgeon.methods import method_class
 from llm_surgeon.models.adapters import ArchitectureAdapter, check_family, get_adapter
 from llm_surgeon.models.experts import expert_summary
-from llm_surgeon.models.loading import DEVICE_MAPS, load_config, load_model_and_tokenizer
+from llm_surgeon.models.loading import DEVICE_MAPS, load_config
 from llm_surgeon.planning.memory import (
     ShotMemory,
     available_bytes,
@@ -116,8 +117,7 @@ class RunOptions:
         for text_set in self.eval_sets() if self.eval else []:
             check_evaluation_files(text_set, data_dir)
         check_positive("--tasks-limit", self.tasks_limit)
-        if self.save_format not in SAVE_FORMATS:
-            raise ConfigError(f"--save-format {self.save_format!r}: choose one of {', '.join(SAVE_FORMATS)}")
+        check_selectable(self.save_format)
         check_tasks(parse_tasks(self.eval_tasks), self.tasks_dir)
         return self
 
@@ -303,9 +303,8 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
     model, tokenizer, _ = load_model_and_tokenizer(model_name, parse_dtype(options.dtype), options.device,
                                                    options.device_map)
     adapter = get_adapter(model)
-    if options.save_format == "compressed" and adapter.experts_path is not None:
-        raise ConfigError("--save-format compressed stores 2-D Linear weights; this model's experts are fused 3-D "
-                          "tensors: save it dense")
+    if reason := refusal(options.save_format, config.granularity, adapter):
+        raise ConfigError(reason)
     parts = setup(model, config, adapter, options.progress and ranks.writes)
     method, linears = parts.method, parts.linears
     calibration, spec, estimate, layout = None, None, None, MemoryLayout(factor_device=options.factor_device)
@@ -489,9 +488,8 @@ def prune_job(model_name: str, config: PruneConfig, options: RunOptions) -> Prun
     return an empty report."""
     config.validate()
     options.validate()
-    if options.save_format == "compressed" and config.granularity == "structured":
-        raise ConfigError("--save-format compressed is for unstructured and N:M models; a structured one is "
-                          "already physically smaller: drop it")
+    if reason := refusal(options.save_format, config.granularity):
+        raise ConfigError(reason)  # before the model is loaded
     out = Path(options.out)
     state = inspect_output(out, model_name, config, options.overwrite)
     if state == "done":

@@ -19,6 +19,7 @@ import warnings
 from dataclasses import Field
 
 from llm_surgeon._version import __version__
+from llm_surgeon.artifacts.formats import save_format_names
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.methods import method_names, methods_help
@@ -180,7 +181,7 @@ def _add_output_flags(output: argparse._ArgumentGroup) -> None:
     output.add_argument("--semi-structured-export", action="store_true",
                         help="with 2:4 on a CUDA GPU and fp16/bf16: evaluate with torch semi-structured sparse "
                              "weights")
-    output.add_argument("--save-format", default="dense", choices=["dense", "compressed"],
+    output.add_argument("--save-format", default="dense", choices=save_format_names(),
                         help="dense: safetensors with the zeros; compressed: pruned matrices as bitmask + nonzero "
                              "values (compressed-tensors' sparse-bitmask layout; loads with trust_remote_code=True)")
     output.add_argument("--json", action="store_true", help="print one JSON summary instead of the human one")

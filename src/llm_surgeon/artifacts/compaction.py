@@ -1,26 +1,22 @@
-"""Physically smaller models: compaction after structured pruning, and saving/loading per-block widths.
+"""Physically smaller models: compaction after structured pruning, and resizing a model to recorded widths.
 
 After the shot loop has zeroed whole rows and columns, :func:`compact` replaces every touched
 Linear by a smaller one and makes the attention module agree with its new head count.
-transformers configs hold one width for all blocks, so the widths are saved beside the
-weights (``pruned_architecture.json``) and :func:`load_pruned` rebuilds the model from them.
+transformers configs hold one width for all blocks, so the widths (a
+:class:`~llm_surgeon.artifacts.structured_layout.StructuredLayout`) are saved beside the weights and
+:func:`apply_shapes` resizes a freshly built model to them before its weights are loaded (the
+``structured`` save format, :mod:`llm_surgeon.artifacts.formats.structured`).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from llm_surgeon.artifacts.compressed import decompress_state, is_compressed_folder
+from llm_surgeon.artifacts.structured_layout import ARCHITECTURE_FILE, BlockWidths, StructuredLayout
 from llm_surgeon.engine.structures import BlockStructures, block_structures, state_from_masks
 from llm_surgeon.errors import ModelLoadError
 from llm_surgeon.models.adapters import ArchitectureAdapter, BlockLayout, get_adapter
-from llm_surgeon.runtime.files import atomic_write_json
-
-ARCHITECTURE_FILE = "pruned_architecture.json"
 
 
 def _replace(parent: nn.Module, rel: str, new: nn.Module) -> None:
@@ -77,7 +73,7 @@ def _resize_experts(fused: nn.Module, keep: list[torch.Tensor] | None, width: in
 
 
 def compact(model: nn.Module, masks: dict[str, torch.Tensor], adapter: ArchitectureAdapter | None = None
-            ) -> list[dict]:
+            ) -> StructuredLayout:
     """Replace pruned Linear layers by smaller ones (experts: the fused weights by narrower ones, every expert
     keeping its own neurons); return the per-block widths for saving."""
     adapter = adapter or get_adapter(model)
@@ -85,7 +81,7 @@ def compact(model: nn.Module, masks: dict[str, torch.Tensor], adapter: Architect
     neurons, groups = state_from_masks(units, adapter.module_name, masks)
     adapter.restore(model)  # experts: the fused module again, resized below
     experts_path = adapter.structure.experts
-    shapes = []
+    blocks = []
     for b, (block, u) in enumerate(zip(adapter.blocks(model), units, strict=True)):
         for rel, (kind, idx) in u.removed_indices(neurons[b], groups[b]).items():
             if adapter.is_expert_layer(rel):
@@ -103,8 +99,8 @@ def compact(model: nn.Module, masks: dict[str, torch.Tensor], adapter: Architect
         kv_heads = int((~groups[b]).sum())
         heads = kv_heads * u.layout.group_size
         adapter.set_head_counts(block.get_submodule(u.spec.attention), heads, kv_heads)
-        shapes.append({"ffn_width": width, "heads": heads, "kv_heads": kv_heads})
-    return shapes
+        blocks.append(BlockWidths(width, heads, kv_heads))
+    return StructuredLayout(tuple(blocks))
 
 
 def _compact_shape(u: BlockStructures, rel: str, lin: nn.Linear, after: BlockLayout) -> tuple[int, int]:
@@ -120,67 +116,22 @@ def _compact_shape(u: BlockStructures, rel: str, lin: nn.Linear, after: BlockLay
     return out, inp
 
 
-def apply_shapes(model: nn.Module, shapes: list[dict], adapter: ArchitectureAdapter | None = None) -> None:
+def apply_shapes(model: nn.Module, layout: StructuredLayout, adapter: ArchitectureAdapter | None = None) -> None:
     """Resize a freshly built full-size model to recorded per-block widths (weights to be loaded after)."""
     adapter = adapter or get_adapter(model)
     units = block_structures(model, adapter)
     adapter.restore(model)
     experts_path = adapter.structure.experts
-    if len(shapes) != len(units):
-        raise ModelLoadError(f"{ARCHITECTURE_FILE} lists {len(shapes)} blocks, the model has {len(units)}")
-    for block, u, shape in zip(adapter.blocks(model), units, shapes, strict=True):
-        after = BlockLayout(shape["heads"], shape["kv_heads"], u.layout.head_dim, shape["ffn_width"])
+    if len(layout) != len(units):
+        raise ModelLoadError(f"{ARCHITECTURE_FILE} lists {len(layout)} blocks, the model has {len(units)}")
+    for block, u, shape in zip(adapter.blocks(model), units, layout.blocks, strict=True):
+        after = BlockLayout(shape.heads, shape.kv_heads, u.layout.head_dim, shape.ffn_width)
         for rel, lin in u.linears.items():
             if adapter.is_expert_layer(rel):
                 continue
             rows, cols = _compact_shape(u, rel, lin, after)
             _replace(block, rel, nn.Linear(cols, rows, bias=lin.bias is not None, dtype=lin.weight.dtype))
         if experts_path is not None:
-            _resize_experts(block.get_submodule(experts_path), None, shape["ffn_width"])
-        adapter.set_head_counts(block.get_submodule(u.spec.attention), shape["heads"], shape["kv_heads"])
+            _resize_experts(block.get_submodule(experts_path), None, shape.ffn_width)
+        adapter.set_head_counts(block.get_submodule(u.spec.attention), shape.heads, shape.kv_heads)
 
-
-def save_architecture(folder: Path, shapes: list[dict]) -> None:
-    atomic_write_json(Path(folder) / ARCHITECTURE_FILE, {"format": 1, "blocks": shapes})
-
-
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ModelLoadError(f"no safetensors weights in {folder}")
-    state = {}
-    for file in files:
-        try:
-            state.update(load_file(str(file)))
-        except Exception as exc:  # safetensors raises its own error types
-            raise ModelLoadError(f"cannot read {file}: {exc}") from exc
-    return state
-
-
-def load_pruned(folder: str | Path, dtype: torch.dtype = torch.float32):
-    """Load a pruned folder as a standard ``PreTrainedModel``: per-block widths of a structured prune
-    (``pruned_architecture.json``) and weights stored as bitmask + values (``--save-format compressed``)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    folder = Path(folder)
-    arch_file = folder / ARCHITECTURE_FILE
-    compressed = is_compressed_folder(folder)
-    if not arch_file.is_file() and not compressed:
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-    config = AutoConfig.from_pretrained(folder)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # the weights are dense once read
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    if arch_file.is_file():
-        apply_shapes(model, json.loads(arch_file.read_text())["blocks"])
-    state = _read_weights(folder)
-    missing, unexpected = model.load_state_dict(decompress_state(state) if compressed else state, strict=False)
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    if unexpected or set(missing) - tied:
-        raise ModelLoadError(f"weights in {folder} do not match its config: "
-                             f"missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}")
-    model.tie_weights()
-    model.eval()
-    return model

@@ -1,4 +1,9 @@
-"""Loading a causal LM and its tokenizer from a hub id, a folder, a GGUF file or an alias."""
+"""Loading a causal LM and its tokenizer from a hub id, a folder, a GGUF file or an alias.
+
+Folders that plain ``from_pretrained`` cannot read (the save formats of a pruned model) are a higher
+layer's business: :func:`load_model_and_tokenizer` takes an optional ``read_folder`` for them, and the
+public loader (:func:`llm_surgeon.artifacts.loading.load_model_and_tokenizer`) passes the save formats' one.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,13 @@ import functools
 import importlib.util
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
-from llm_surgeon.artifacts.compaction import ARCHITECTURE_FILE, load_pruned
-from llm_surgeon.artifacts.compressed import is_compressed_folder
 from llm_surgeon.errors import ModelLoadError
 
 SMOLLM2_ALIAS = "smollm2-135m"
@@ -135,26 +139,30 @@ def _first_line(exc: Exception) -> str:
 DEVICE_MAPS = ("auto", "balanced", "sequential")
 """``--device-map`` values: accelerate's placements of the blocks over the visible GPUs."""
 
+FolderReader = Callable[[Path, torch.dtype], torch.nn.Module | None]
+"""Reads a saved folder that plain ``from_pretrained`` cannot (built in host memory), or returns None when
+the folder is not one of those."""
+
 
 def load_model_and_tokenizer(
-    model: str, dtype: torch.dtype = torch.float32, device: str = "cpu", device_map: str | None = None
+    model: str, dtype: torch.dtype = torch.float32, device: str = "cpu", device_map: str | None = None,
+    read_folder: FolderReader | None = None,
 ) -> tuple[torch.nn.Module, object, ModelSource]:
     """Load a causal LM in ``dtype`` on ``device`` with its tokenizer; one clear error on failure.
 
     With ``device_map`` (one of :data:`DEVICE_MAPS`) accelerate spreads the blocks over the visible
     devices instead (on a machine without GPUs, everything stays in host memory); a placement that would
     offload weights to disk or keep them off their execution device is refused, since pruning rewrites
-    every weight in place."""
+    every weight in place. ``read_folder`` reads the folders ``from_pretrained`` cannot (pruned ones);
+    without it every folder is read by ``from_pretrained``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model_source(model)
     kwargs = _load_kwargs(source)
-    folder = Path(source.path_or_id)
-    pruned = (folder / ARCHITECTURE_FILE).is_file() or is_compressed_folder(folder)
     try:
-        if pruned:
-            lm = load_pruned(source.path_or_id, dtype)
-        else:
+        lm = read_folder(Path(source.path_or_id), dtype) if read_folder is not None else None
+        pruned = lm is not None
+        if not pruned:
             placement = {"device_map": device_map} if device_map else {}
             lm = AutoModelForCausalLM.from_pretrained(source.path_or_id, dtype=dtype, **kwargs, **placement)
         tokenizer = AutoTokenizer.from_pretrained(source.path_or_id, **kwargs)

@@ -1,14 +1,12 @@
-"""Smaller files for sparse models: the pruned matrices stored as a bitmask plus their nonzero values.
+"""The sparse-bitmask layout: a pruned matrix as a bitmask plus its nonzero values, and the config that says so.
 
 The layout is compressed-tensors' ``sparse-bitmask`` format: for a weight ``NAME`` (out x in) the file holds
 ``NAME.shape`` (int64 [2]), ``NAME.compressed`` (the nonzero values, row by row), ``NAME.bitmask`` (uint8,
 one bit per weight, rows packed little-endian, ``ceil(in / 8)`` bytes each) and ``NAME.row_offsets``
 (int64, where each row's values start), and ``config.json`` says so under ``quantization_config``.
 A matrix at 50% sparsity then takes half its values plus one bit per weight (float32: 2.125 bytes per
-weight instead of 4). transformers dropped its own reader of this format (it requires
-compressed-tensors >= 0.15, which has none), so the folder also gets a modeling file that
-decompresses on ``from_pretrained(DIR, trust_remote_code=True)`` (:mod:`llm_surgeon.artifacts.remote_code`);
-:func:`llm_surgeon.load_pruned` reads it too.
+weight instead of 4). This module is the codec alone; the ``compressed`` save format
+(:mod:`llm_surgeon.artifacts.formats.compressed`) writes and reads folders with it.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SAVE_FORMATS = ("dense", "compressed")
 FORMAT = "sparse-bitmask"
 PARTS = ("shape", "compressed", "bitmask", "row_offsets")
 
