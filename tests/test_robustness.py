@@ -226,7 +226,7 @@ def test_a_shot_that_cannot_fit_is_refused_up_front(monkeypatch, tmp_path):
     model = write_tiny_checkpoint(tmp_path / "model")
     monkeypatch.setattr(api, "available_bytes", lambda device: 1024)
     expected = (r"not enough memory for one shot even in 2 block groups: about .* GiB needed \(factors .*"
-                r"activations of one batch .*batches of 8 x 32 tokens")
+                r"activations of one batch .*batches of 1 x 32 tokens.*already one window per batch")
     with pytest.raises(LLMSurgeonError, match=expected):
         api.run_prune(str(model), PruneConfig(shots=1, calib_samples=4, calib_seqlen=32),
                       api.RunOptions(out=str(tmp_path / "out"), data_dir=str(write_fake_wikitext(tmp_path / "d")),

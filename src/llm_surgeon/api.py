@@ -6,7 +6,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -41,14 +41,14 @@ from llm_surgeon.methods import method_class
 from llm_surgeon.models.adapters import ArchitectureAdapter, check_family, get_adapter
 from llm_surgeon.models.experts import expert_summary
 from llm_surgeon.models.loading import DEVICE_MAPS, load_config
+from llm_surgeon.planning.fit import SAFETY_MARGIN, ShotFit, first_batch, fit_shot, margin_bytes, shot_needs
 from llm_surgeon.planning.memory import (
     ShotMemory,
     available_bytes,
-    fewest_block_groups,
     in_use_bytes,
     parse_bytes,
     reconstruction_bytes,
-    shot_memory,
+    total_bytes,
 )
 from llm_surgeon.runtime.devices import check_device, check_positive
 from llm_surgeon.runtime.files import REPORT_NAME, atomic_write_json
@@ -178,13 +178,11 @@ def prune(model, calibration: torch.Tensor | None, config: PruneConfig, progress
 
 
 def _shot_needs(model, adapter: ArchitectureAdapter, parts: RunParts, config: PruneConfig, groups: int,
-                devices: int = 1) -> ShotMemory:
-    method = parts.method
-    return shot_memory(model, parts.linears, len(adapter.blocks(model)), config.batch_size, config.calib_seqlen,
-                       full_factors=method.holds_full_factors(),
-                       backward=method.curvature.gradients,
-                       input_widths=adapter.distinct_input_widths(model), block_groups=groups, devices=devices,
-                       curvature=parts.selector.curvature_layers(method), correction_rank=config.lora_rank)
+                devices: int = 1, batch: int | None = None) -> ShotMemory:
+    """The fit's estimate of one shot (:func:`~llm_surgeon.planning.fit.shot_needs`) in the model's dtype, at the
+    requested batch unless ``batch`` says otherwise."""
+    return shot_needs(model, adapter, parts, config, next(model.parameters()).element_size(), groups,
+                      batch or first_batch(config), devices)
 
 
 def block_devices(model, adapter: ArchitectureAdapter) -> dict[str, int]:
@@ -205,34 +203,70 @@ def room_bytes(device: str, max_memory: int | None) -> int | None:
     return room if free is None else min(room, free)
 
 
+def _tightest_room(devices: list[str], max_memory: int | None) -> tuple[int | None, int]:
+    """(room, margin) of the device with the least room once its margin is off: the busiest device is planned
+    for the smallest room. The margin is :data:`~llm_surgeon.planning.fit.SAFETY_MARGIN` of ``max_memory``, else
+    of the device's whole memory. (None, 0) when a device's free memory is unknown: nothing is checked."""
+    tightest: tuple[int, int] | None = None
+    for device in devices:
+        room = room_bytes(device, max_memory)
+        if room is None:
+            return None, 0
+        margin = margin_bytes(max_memory if max_memory is not None else total_bytes(device))
+        if tightest is None or room - margin < tightest[0] - tightest[1]:
+            tightest = (room, margin)
+    return tightest or (None, 0)
+
+
+def memory_fit(model, adapter: ArchitectureAdapter, parts: RunParts, config: PruneConfig, device: str,
+               max_memory: int | None = None) -> ShotFit:
+    """The block groups and micro-batch a shot runs with so that it fits, or a refusal in one line.
+
+    The fit is ``plan``'s (:func:`~llm_surgeon.planning.fit.fit_shot`) against the room measured here (the budget
+    less what this process holds, and the free memory) less the safety margin: the fewest block groups at the
+    requested batch, else a smaller batch (the same result in more passes), refused only when one window per
+    batch in the most groups does not fit, or when the batch may not change (a correction trains on it)."""
+    spread = block_devices(model, adapter)
+    room, margin = _tightest_room(list(spread) if len(spread) > 1 else [device], max_memory)
+    fit = fit_shot(model, adapter, parts, config, next(model.parameters()).element_size(), room, margin,
+                   len(spread))
+    if fit.fits is False:
+        raise LLMSurgeonError(_refusal(fit, config, device, max_memory))
+    return fit
+
+
+def _refusal(fit: ShotFit, config: PruneConfig, device: str, max_memory: int | None) -> str:
+    gib = 2**30
+    split = f" even in {fit.block_groups} block groups" if fit.block_groups > 1 else ""
+    budget = "within --max-memory" if max_memory is not None else "available"
+    if fit.batch_fixed:
+        advice = f"the batch is kept ({fit.batch_fixed}); lower --batch-size (a different result) or --calib-seqlen"
+    else:
+        advice = "already one window per batch; lower --calib-seqlen"
+    return (f"not enough memory for one shot{split}: about {fit.memory.total / gib:.1f} GiB needed "
+            f"({fit.memory.describe()}, batches of {fit.batch_size} x {config.calib_seqlen} tokens), "
+            f"{max(fit.room or 0, 0) / gib:.1f} GiB {budget} on {device} once {fit.margin / gib:.1f} GiB "
+            f"({SAFETY_MARGIN:.0%}) is kept free; {advice}")
+
+
 def check_memory(model, adapter: ArchitectureAdapter, parts: RunParts, config: PruneConfig, device: str,
                  max_memory: int | None = None, factor_device: str | None = None
                  ) -> tuple[ShotMemory, MemoryLayout]:
-    """Choose where a shot keeps its curvature so that it fits, or refuse in one line.
+    """:func:`memory_fit`'s estimate and layout (its batch, which may be smaller than the config's, is in
+    ``memory_fit(...).batch_size``: a caller that runs the passes itself must use it)."""
+    fit = memory_fit(model, adapter, parts, config, device, max_memory)
+    return fit.memory, MemoryLayout(factor_device=factor_device, block_groups=fit.block_groups)
 
-    The fewest block groups whose shot fits the room (the budget, else the free memory) win; a shot
-    that does not fit even one block per group is refused with the estimate and what to lower.
-    Returns the estimate (for the report, beside the measured peak) and the layout."""
-    spread = block_devices(model, adapter)
-    rooms = [room_bytes(d, max_memory) for d in spread] if len(spread) > 1 else [room_bytes(device, max_memory)]
-    room = None if None in rooms else min(rooms)  # the busiest device is planned for the smallest room
-    blocks = len(adapter.blocks(model))
-    most = blocks if parts.method.holds_full_factors() else 1
 
-    def needs(groups: int) -> ShotMemory:
-        return _shot_needs(model, adapter, parts, config, groups, len(spread))
-
-    chosen = fewest_block_groups(needs, room, most)
-    if chosen is not None:
-        return chosen[1], MemoryLayout(factor_device=factor_device, block_groups=chosen[0])
-    needed = needs(most)
-    split = f" even in {blocks} block groups" if most > 1 else ""
-    budget = "within --max-memory" if max_memory is not None else "available"
-    raise LLMSurgeonError(
-        f"not enough memory for one shot{split}: about {needed.total / 2**30:.1f} GiB needed ({needed.describe()}, "
-        f"batches of {config.batch_size} x {config.calib_seqlen} tokens), {max(room, 0) / 2**30:.1f} GiB {budget} "
-        f"on {device}; lower --batch-size or --calib-seqlen"
-    )
+def _fit_memory(model, adapter: ArchitectureAdapter, parts: RunParts, config: PruneConfig, options: RunOptions,
+                ranks: Ranks) -> tuple[ShotFit, MemoryLayout]:
+    """The run's fit, said in one stderr line when the batch had to be lowered (the report records it too)."""
+    fit = memory_fit(model, adapter, parts, config, options.device, options.budget_bytes())
+    if fit.batch_lowered and ranks.writes:
+        print(f"llm-surgeon: --batch-size {fit.requested_batch} does not fit in {fit.room / 2**30:.2f} GiB "
+              f"({SAFETY_MARGIN:.0%} of the device kept free); the passes run in batches of {fit.batch_size} "
+              f"windows, {fit.block_groups} block group(s): the same result in more passes", file=sys.stderr)
+    return fit, MemoryLayout(factor_device=options.factor_device, block_groups=fit.block_groups)
 
 
 @dataclass
@@ -272,22 +306,31 @@ class PreparedRun:
     """The dense weights a reconstructing run fits to, copied before a checkpoint's were loaded."""
     parts: RunParts | None = None
     """The method, layers and selector :func:`~llm_surgeon.engine.pruner.setup` built while preparing."""
+    pass_batch: int | None = None
+    """The micro-batch the passes run with when the memory fit lowered it (None: the config's)."""
+
+    def pass_config(self) -> PruneConfig:
+        """The config the shots run with: the user's, with the fitted batch (which changes memory and time, not
+        the result). Checkpoints and the report keep the user's, so re-running the same command resumes."""
+        return self.config if self.pass_batch is None else replace(self.config, batch_size=self.pass_batch)
 
 
-def _estimate_dict(estimate: ShotMemory | None, loaded_mb: float, layout: MemoryLayout, max_memory: int | None,
+def _estimate_dict(fit: ShotFit | None, loaded_mb: float, layout: MemoryLayout, max_memory: int | None,
                    attention: str | None, refit: dict[str, int] | None = None) -> dict | None:
     """The shot's predicted needs over the loaded model (which holds the dense copy of a reconstructing run);
-    the re-fit after a shot comes when the shot's factors are gone, so the peak is the larger of the two."""
-    if estimate is None:
+    the re-fit after a shot comes when the shot's factors are gone, so the peak is the larger of the two. With
+    the batch the passes ran with, the one asked for, and the margin the fit kept free."""
+    if fit is None:
         return None
-    mb = 2**20
+    mb, estimate = 2**20, fit.memory
     refit_mb = sum(v for k, v in (refit or {}).items() if k != "dense_copy") / mb
     return {"loaded_mb": loaded_mb, "factors_mb": estimate.factors / mb, "activations_mb": estimate.activations / mb,
             "logits_mb": estimate.logits / mb, "correction_mb": estimate.correction / mb,
             "reconstruction_mb": refit_mb,
             "predicted_peak_mb": loaded_mb + max(estimate.total / mb, refit_mb),
             "max_memory_mb": None if max_memory is None else max_memory / mb, "attention": attention,
-            **layout.to_dict()}
+            "batch_size": fit.batch_size, "requested_batch_size": fit.requested_batch, "margin_mb": fit.margin / mb,
+            "backward": fit.backward, **layout.to_dict()}
 
 
 def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state: str,
@@ -307,10 +350,9 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
         raise ConfigError(reason)
     parts = setup(model, config, adapter, options.progress and ranks.writes)
     method, linears = parts.method, parts.linears
-    calibration, spec, estimate, layout = None, None, None, MemoryLayout(factor_device=options.factor_device)
+    calibration, spec, fit, layout = None, None, None, MemoryLayout(factor_device=options.factor_device)
     if needs_calibration(method, config):
-        estimate, layout = check_memory(model, adapter, parts, config, options.device,
-                                        options.budget_bytes(), options.factor_device)
+        fit, layout = _fit_memory(model, adapter, parts, config, options, ranks)
         calibration, spec = calibration_windows(
             tokenizer, config.calib_samples, config.calib_seqlen, config.seed, data_dir,
             parse_text_set(config.calib_data, config.text_field),
@@ -340,20 +382,21 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
                        spec, resumed, resumed_from_shot, started, layout=layout, ranks=ranks,
                        every_layer_on_every_rank=parts.selector.needs_every_layer, dense=dense, parts=parts,
                        block_devices=block_devices(model, adapter),
-                       memory_estimate=_estimate_dict(estimate, loaded_mb, layout, options.budget_bytes(),
+                       pass_batch=fit.batch_size if fit is not None and fit.batch_lowered else None,
+                       memory_estimate=_estimate_dict(fit, loaded_mb, layout, options.budget_bytes(),
                                                       getattr(model.config, "_attn_implementation", None), refit))
 
 
 def execute_run(run: PreparedRun) -> PruneResult:
     """The shots, with a checkpoint after each (written by rank 0; the others wait for it)."""
     def checkpoint(shot: int, result: PruneResult) -> None:
-        if run.ranks.writes:
-            save_checkpoint(run.out, run.model_name, result, run.linears)
+        if run.ranks.writes:  # the user's config: the fitted batch is no part of the run's identity
+            save_checkpoint(run.out, run.model_name, replace(result, config=run.config), run.linears)
         run.ranks.barrier()
 
     collector = _collector(run)
     result = prune_model(
-        run.model, run.calibration, run.config, progress=run.options.progress and run.ranks.writes,
+        run.model, run.calibration, run.pass_config(), progress=run.options.progress and run.ranks.writes,
         start=run.resumed, adapter=run.adapter, layout=run.layout, collector=collector, on_shot_end=checkpoint,
         dense=run.dense, parts=run.parts,
     )
@@ -368,7 +411,7 @@ def _collector(run: PreparedRun) -> DataParallelCollector | None:
     if run.ranks.world == 1:
         return None
     kind = DataParallelCollector if run.every_layer_on_every_rank else OwnerCollector
-    return kind(run.config.batch_size, run.config.fisher, run.options.progress,
+    return kind(run.pass_config().batch_size, run.config.fisher, run.options.progress,
                 run.layout.factor_device if run.layout else None)
 
 

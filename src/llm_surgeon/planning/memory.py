@@ -238,6 +238,21 @@ def available_bytes(device: str | torch.device) -> int | None:
     return None
 
 
+def total_bytes(device: str | torch.device) -> int | None:
+    """The whole memory of ``device`` (CUDA's total, else the OS's MemTotal): what the safety margin is a share
+    of when no ``--max-memory`` is given."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        _, total = torch.cuda.mem_get_info(device)
+        return int(total)
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 10**3, "KIB": 2**10, "M": 2**20, "MB": 10**6, "MIB": 2**20,
           "G": 2**30, "GB": 10**9, "GIB": 2**30, "T": 2**40, "TB": 10**12, "TIB": 2**40}
 

@@ -1,15 +1,15 @@
-"""``llm-surgeon plan``: a shot's peak memory and time, predicted from a model's config alone.
+"""``llm-surgeon plan``: a shot's peak memory and time, and the whole run's time, predicted from a model's config.
 
 The model is built on PyTorch's meta device (shapes, no storage), so the plan for a 70B model
-takes seconds and no weights. Memory comes from :mod:`llm_surgeon.planning.memory` (the same estimate
-``prune`` refuses a run with); time is the shot's floating-point work over a throughput measured
-on this machine in about a second (or given with ``--tflops`` to plan for another machine).
+takes seconds and no weights. Memory and the settings that make a shot fit come from
+:func:`llm_surgeon.planning.fit.fit_shot`, the same fit ``prune`` runs with, margin included; time is the
+shot's floating-point work over this machine's matmul throughput (:mod:`llm_surgeon.planning.throughput`:
+a median of timings, cached per machine) or the one given with ``--tflops`` to plan for another machine.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,18 +18,12 @@ from torch import nn
 
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.curvature.block_groups import block_ranges
-from llm_surgeon.engine.selectors import make_selector
+from llm_surgeon.engine.pruner import RunParts, setup
 from llm_surgeon.errors import ConfigError, ModelLoadError
-from llm_surgeon.methods import get_method
 from llm_surgeon.models.adapters import ArchitectureAdapter, checked_meta_model, get_adapter
-from llm_surgeon.planning.memory import (
-    ShotMemory,
-    fewest_block_groups,
-    held_curvature,
-    raw_factor_bytes,
-    reconstruction_bytes,
-    shot_memory,
-)
+from llm_surgeon.planning.fit import SAFETY_MARGIN, ShotFit, fit_shot, margin_bytes
+from llm_surgeon.planning.memory import held_curvature, raw_factor_bytes, reconstruction_bytes
+from llm_surgeon.planning.throughput import Throughput, given_tflops, machine_tflops
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 RUNTIME_BYTES = 300 * 2**20
@@ -72,6 +66,21 @@ class ShotPlan:
     reconstruction_bytes: dict[str, int] | None = None
     """``--reconstruct``: the dense copy (held all run) and the re-fit's own needs, by part
     (:func:`~llm_surgeon.planning.memory.reconstruction_bytes`)."""
+    shots: int = 1
+    """The shots of the run (``effective_shots``: one for a one-shot method)."""
+    seconds_total: float = 0.0
+    """The whole run's time: every shot's (each shot does the same work)."""
+    margin_bytes: int = 0
+    """What a fitting plan leaves free on each device (:data:`~llm_surgeon.planning.fit.SAFETY_MARGIN`)."""
+    throughput_source: str = ""
+    """Which machine's throughput the time used, and how it was measured (or that ``--tflops`` gave it)."""
+    requested_batch_size: int = 8
+    """The micro-batch asked for (at most the windows); ``batch_size`` is smaller when only that fits."""
+    backward: bool = True
+    """Whether the method's passes keep activations for a backward
+    (:func:`~llm_surgeon.planning.fit.collects_gradients`)."""
+    batch_fixed: str | None = None
+    """Why the batch may not be lowered to fit (a correction trains on it), else None."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,20 +101,6 @@ def read_config(model_or_config: str):
     from llm_surgeon.models.loading import load_config
 
     return load_config(model_or_config)
-
-
-def measured_tflops(dtype: torch.dtype = torch.float32, seconds: float = 1.0, size: int = 1024) -> float:
-    """Dense matmul throughput of this machine's CPU (or the current CUDA device), in TFLOP/s."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    a = torch.randn(size, size, dtype=dtype, device=device)
-    a @ a  # warm-up
-    runs, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ a
-        runs += 1
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return 2 * size**3 * runs / (time.perf_counter() - start) / 1e12
 
 
 def shot_flops(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str, nn.Linear], config: PruneConfig,
@@ -166,95 +161,115 @@ def _pass_share(blocks: int, groups: int) -> float:
     return sum(1 / 3 + 2 / 3 * (blocks - r.start) / blocks for r in block_ranges(blocks, groups))
 
 
-def _device_needs(model, linears, curvature, blocks: int, widths: list[int], config: PruneConfig, method,
-                  dtype: str, devices: int, groups: int, batch: int) -> ShotMemory:
-    """The busiest device's share when the blocks are split evenly over ``devices`` (as ``device_map`` does)."""
-    return shot_memory(model, linears, blocks, batch, config.calib_seqlen, full_factors=method.holds_full_factors(),
-                       backward=True, input_widths=widths, dtype_bytes=DTYPE_BYTES[dtype], block_groups=groups,
-                       devices=devices, curvature=curvature, correction_rank=config.lora_rank)
+def _meta_run(model_or_config: str, config: PruneConfig) -> tuple[object, nn.Module, ArchitectureAdapter, RunParts]:
+    """The config, the model on the meta device, its adapter and what ``prune``'s setup builds for it (the
+    same method, layers and selector, and the method's model preparation: FLAP's biases)."""
+    model_config = read_config(model_or_config)
+    model = checked_meta_model(model_config)  # built once, refused in one line when no adapter can take it
+    adapter = get_adapter(model)
+    return model_config, model, adapter, setup(model, config, adapter)
 
 
-def _fitting_settings(needs, weights: int, room: int | None, most: int, batch: int
-                      ) -> tuple[int, int, ShotMemory, bool]:
-    """(block groups, batch size, estimate, fits): the fewest groups at the requested batch, else the largest
-    batch (halving) that fits with up to ``most`` groups; when nothing fits, the leanest settings tried."""
-    free = None if room is None else room - weights
-    while True:
-        chosen = fewest_block_groups(lambda g, b=batch: needs(g, b), free, most)
-        if chosen is not None:
-            return chosen[0], batch, chosen[1], True
-        if batch == 1:
-            return most, batch, needs(most, batch), False
-        batch = max(1, batch // 2)
+def _throughputs(tflops: float | None, dtype: str) -> tuple[Throughput, Throughput]:
+    """(float32 work, passes in the model's dtype): the given throughput for both, else this machine's."""
+    if tflops:
+        return given_tflops(tflops), given_tflops(tflops)
+    rate = machine_tflops(torch.float32)
+    return rate, rate if dtype == "float32" else machine_tflops(getattr(torch, dtype))
+
+
+def _shot_seconds(flops: dict[str, float], rate: Throughput, pass_rate: Throughput) -> float:
+    """Passes (and the correction's epochs) at the dtype's rate, the float32 work at the float32 rate; blocks
+    split over devices run one after another, so more devices do not speed it up."""
+    passes = flops["pass"] + flops.get("correction", 0.0)
+    return passes / (pass_rate.tflops * 1e12) + (sum(flops.values()) - passes) / (rate.tflops * 1e12)
 
 
 def plan_shot(model_or_config: str, config: PruneConfig, dtype: str = "float32", device_bytes: int | None = None,
               tflops: float | None = None, devices: int = 1, ranks: int = 1) -> ShotPlan:
-    """The plan of one shot of ``config`` for a model on ``devices`` devices of ``device_bytes``, from its config
-    alone, with the block groups (and, if needed, the micro-batch) that make it fit. With ``ranks`` data-parallel
-    processes each rank holds the same (its partial sums are full-size), and the work is shared: the passes by
-    the windows, the inversions and the update by the layer owners."""
+    """The plan of ``config`` for a model on ``devices`` devices of ``device_bytes``, from its config alone: the
+    block groups and micro-batch that make a shot fit (:func:`~llm_surgeon.planning.fit.fit_shot`, with its
+    margin), a shot's time and the whole run's. With ``ranks`` data-parallel processes each rank holds the same
+    (its partial sums are full-size), and the work is shared: the passes by the windows, the inversions and the
+    update by the layer owners."""
     config.validate()
     for flag, value in (("--devices", devices), ("--ranks", ranks)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
-    model_config = read_config(model_or_config)
-    model = checked_meta_model(model_config)  # built once, refused in one line when no adapter can take it
-    adapter = get_adapter(model)
-    linears = adapter.prunable_linears(model)
-    widths = adapter.distinct_input_widths(model)
-    method = get_method(config.method, config)
-    curvature = make_selector(config.granularity, config.nm, method.selection_scope(), model, adapter, linears,
-                              False, config.width_multiple).curvature_layers(method)
+    model_config, model, adapter, parts = _meta_run(model_or_config, config)
+    linears, widths = parts.linears, adapter.distinct_input_widths(model)
+    curvature = parts.selector.curvature_layers(parts.method)
     blocks = len(adapter.blocks(model))
     parameters = sum(p.numel() for p in model.parameters())
     weights = parameters * DTYPE_BYTES[dtype] // devices + RUNTIME_BYTES
-    needs = lambda groups, batch: _device_needs(  # noqa: E731
-        model, linears, curvature, blocks, widths, config, method, dtype, devices, groups, batch)
-    most = max(1, blocks // devices) if method.holds_full_factors() else 1
-    groups, batch, memory, fits = _fitting_settings(needs, weights, device_bytes, most, config.batch_size)
+    fit = fit_shot(model, adapter, parts, config, DTYPE_BYTES[dtype],
+                   None if device_bytes is None else device_bytes - weights, margin_bytes(device_bytes), devices)
     flops = shot_flops(model, adapter, linears, config, widths, curvature)
-    flops["pass"] *= _pass_share(blocks, min(blocks, groups))
-    # Blocks split over devices run one after another: no speed-up from more devices.
-    rate = tflops or measured_tflops()
-    pass_rate = tflops or (rate if dtype == "float32" else measured_tflops(getattr(torch, dtype)))
-    passes = flops["pass"] + flops.get("correction", 0.0)  # forward/backward work, in the model's dtype
-    seconds = passes / (pass_rate * 1e12) + (sum(flops.values()) - passes) / (rate * 1e12)
-    communication = communication_bytes(model, linears, curvature, widths, config, dtype, devices, ranks,
-                                         _pass_share(blocks, min(blocks, groups)))
+    share = _pass_share(blocks, min(blocks, fit.block_groups))
+    flops["pass"] *= share
+    rate, pass_rate = _throughputs(tflops, dtype)
+    seconds = _shot_seconds(flops, rate, pass_rate) / ranks
+    communication = communication_bytes(model, linears, curvature, widths, config, dtype, devices, ranks, share)
     refit = reconstruction_bytes(model, adapter, linears, config.calib_samples, config.calib_seqlen,
                                  DTYPE_BYTES[dtype]) if config.reconstruct else None
-    return ShotPlan(model_config.model_type, parameters, devices, weights, memory.factors, memory.activations,
-                    memory.logits, weights + memory.total, flops, rate, pass_rate, seconds / ranks,
-                    device_bytes, None if device_bytes is None else fits, groups, batch, ranks, communication,
-                    memory.correction, refit)
+    source = rate.source if pass_rate == rate else f"{rate.source}; passes: {pass_rate.source}"
+    return ShotPlan(model_config.model_type, parameters, devices, weights, fit.memory.factors,
+                    fit.memory.activations, fit.memory.logits, weights + fit.memory.total, flops, rate.tflops,
+                    pass_rate.tflops, seconds, device_bytes, fit.fits, fit.block_groups, fit.batch_size, ranks,
+                    communication, fit.memory.correction, refit, **_run_fields(fit, config, seconds, source))
+
+
+def _run_fields(fit: ShotFit, config: PruneConfig, seconds: float, source: str) -> dict:
+    """The plan's fields beyond one shot: the whole run's time, the margin, the batch asked for and why it stays."""
+    return {"shots": config.effective_shots, "seconds_total": seconds * config.effective_shots,
+            "margin_bytes": fit.margin, "throughput_source": source, "requested_batch_size": fit.requested_batch,
+            "backward": fit.backward, "batch_fixed": fit.batch_fixed}
 
 
 def describe(plan: ShotPlan) -> str:
     gib = 2**30
-    fits = "" if plan.fits is None else (" — fits" if plan.fits else " — does NOT fit")
-    device = f" of {plan.device_bytes / gib:.0f} GiB{fits}" if plan.device_bytes else ""
     each = f" per device (x{plan.devices}, blocks split evenly)" if plan.devices > 1 else ""
     parts = ", ".join(f"{k} {v / 1e12:.1f}" for k, v in plan.flops.items())
-    settings = f"--batch-size {plan.batch_size}, {plan.block_groups} block group(s)"
-    if plan.device_bytes:
-        settings += f" (chosen by --max-memory {plan.device_bytes / gib:.0f}GiB)"
-    if plan.ranks > 1:
-        settings += f", {plan.ranks} ranks (each as above)"
     moved = ", ".join(f"{k.replace('_', ' ')} {v / gib:.1f}" for k, v in (plan.communication_bytes or {}).items()
                       if v)
     return "\n".join([
         f"llm-surgeon plan: {plan.model_type}, {plan.parameters / 1e9:.2f} B parameters",
-        f"  peak memory   {plan.peak_bytes / gib:.1f} GiB{each}{device}: weights {plan.weights_bytes / gib:.1f}, "
-        f"factors {plan.factors_bytes / gib:.1f}, activations of one batch {plan.activations_bytes / gib:.1f}, "
-        f"logits {plan.logits_bytes / gib:.1f}"
+        f"  peak memory   {plan.peak_bytes / gib:.1f} GiB{each}{_describe_device(plan)}: weights "
+        f"{plan.weights_bytes / gib:.1f}, factors {plan.factors_bytes / gib:.1f}, activations of one batch "
+        f"{plan.activations_bytes / gib:.1f}, logits {plan.logits_bytes / gib:.1f}"
         + (f"; the correction after the shot {plan.correction_bytes / gib:.1f}" if plan.correction_bytes else ""),
-        f"  settings      {settings}",
-        f"  time per shot {plan.seconds_per_shot:.0f} s at {plan.tflops:.2f} TFLOP/s (passes at "
-        f"{plan.pass_tflops:.2f}; {parts} TFLOP)",
+        f"  settings      {_describe_settings(plan)}",
+        f"  time per shot {plan.seconds_per_shot:.0f} s; whole run ({plan.shots} shot{'s' if plan.shots > 1 else ''})"
+        f" {plan.seconds_total:.0f} s at {plan.tflops:.2f} TFLOP/s (passes at {plan.pass_tflops:.2f}; {parts} TFLOP)",
+        f"  throughput    {plan.throughput_source}",
         *([f"  moved / rank  {moved} GiB per shot"] if moved else []),
         *([_describe_reconstruction(plan.reconstruction_bytes)] if plan.reconstruction_bytes else []),
     ])
+
+
+def _describe_device(plan: ShotPlan) -> str:
+    """`` of 80 GiB — fits, 4.0 GiB (5%) kept free ...``: the verdict always states the margin it kept."""
+    if not plan.device_bytes:
+        return ""
+    gib = 2**30
+    verdict = "fits" if plan.fits else "does NOT fit"
+    return (f" of {plan.device_bytes / gib:.3g} GiB — {verdict}, {plan.margin_bytes / gib:.2g} GiB "
+            f"({SAFETY_MARGIN:.0%}) kept free for allocator fragmentation and the CUDA context")
+
+
+def _describe_settings(plan: ShotPlan) -> str:
+    gib = 2**30
+    settings = f"--batch-size {plan.batch_size}"
+    if plan.batch_size < plan.requested_batch_size:
+        settings += f" (lowered from {plan.requested_batch_size}: the same result in more passes)"
+    elif plan.fits is False and plan.batch_fixed:
+        settings += f" (kept: {plan.batch_fixed})"
+    settings += f", {plan.block_groups} block group(s)"
+    if plan.device_bytes:
+        settings += f" (chosen by --max-memory {plan.device_bytes / gib:.3g}GiB)"
+    if plan.ranks > 1:
+        settings += f", {plan.ranks} ranks (each as above)"
+    return settings
 
 
 def _describe_reconstruction(parts: dict[str, int]) -> str:
