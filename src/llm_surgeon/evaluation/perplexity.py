@@ -56,12 +56,13 @@ def perplexity(
         windows = min(windows, max_windows)
     if windows < 1:
         raise DataError(f"evaluation text has {tokens.numel()} tokens, fewer than one window of {seqlen}; use a "
-                        f"window (--seqlen, --eval-seqlen) of at most {tokens.numel()}" + ("" if tokens.numel() >= 2 else " (and more text)"))
+                        f"window (--seqlen, --eval-seqlen) of at most {tokens.numel()}")
     device = model.get_input_embeddings().weight.device  # blocks may be spread over devices after it
     window_nll = _window_nll(model)
     total_nll = 0.0
     predicted = 0
-    for w in tqdm(range(windows), desc=f"{label + ': ' if label else ''}{dataset} perplexity (seqlen {seqlen})", disable=not progress):
+    desc = f"{label + ': ' if label else ''}{dataset} perplexity (seqlen {seqlen})"
+    for w in tqdm(range(windows), desc=desc, disable=not progress):
         ids = tokens[w * seqlen : (w + 1) * seqlen].unsqueeze(0).to(device)
         total_nll += window_nll(ids)
         predicted += seqlen - 1
