@@ -4,6 +4,14 @@ The reference file was written by the code as it stood before the pruning loop, 
 registry and the curvature collector were reshaped (issue 12), so this test says that the
 reshaping changed no result. Regenerate only for an intended change of the numbers:
 ``LLM_SURGEON_REPIN=1 python -m pytest tests/test_pinned.py`` (and say why in the commit).
+
+Masks must match exactly. Weights must match to float32 rounding on the machine that pinned them, but
+CPUs differ in their float32 kernels (AVX-512 against AVX2 accumulation orders), and the correlated update
+of the tiny OPT model, re-estimated over two shots on 128 tokens, amplifies that: on a 2-core AMD EPYC the
+unchanged code (3fc5a55) lands within 8.9e-3 of the pinned weights in relative Frobenius norm (OPT
+surgeon 2:4; 1.1e-4 for Llama), with every mask equal. So a layer's weights may differ by at most
+:data:`WEIGHT_TOLERANCE` of their norm: far below what a changed formula or a lost update does (the update
+moves the kept weights by tens of percent), far above the kernels' noise.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from tests.conftest import tiny_llama, tiny_opt
 
 PINNED = Path(__file__).parent / "data" / "pinned_results.safetensors"
 REPIN = os.environ.get("LLM_SURGEON_REPIN") == "1"
+WEIGHT_TOLERANCE = 2e-2
+"""Largest relative Frobenius distance of a layer's weights from the pinned ones (see the module's docstring)."""
 
 CASES = [
     (family, method, granularity)
@@ -85,4 +95,5 @@ def test_masks_and_weights_match_the_pinned_reference(case, pinned):
             assert torch.equal(value, expected[key]), key
         else:
             assert torch.equal(value == 0, expected[key] == 0), key
-            torch.testing.assert_close(value, expected[key], rtol=1e-5, atol=1e-6, msg=key)
+            distance = ((value - expected[key]).norm() / expected[key].norm().clamp_min(1e-12)).item()
+            assert distance <= WEIGHT_TOLERANCE, f"{key}: {distance:.2e} of the pinned weights' norm"
