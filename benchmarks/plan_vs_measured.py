@@ -60,16 +60,21 @@ def measure(model: str, args: argparse.Namespace, max_memory: str, work: Path) -
     code, wall, peak_mb = run_child([*CLI, "prune", model, "--out", str(out), "--overwrite", "--no-progress",
                                      "--data-dir", args.data_dir, *flags, *evaluation], work / "log.txt")
     report = json.loads((out / "report.json").read_text()) if code == 0 else {}
+    fit_lines = [line for line in (work / "log.txt").read_text().splitlines() if "does not fit" in line]
     estimate = report.get("memory_estimate") or {}
     shutil.rmtree(out, ignore_errors=True)
     return {"model": args.config or model, "dtype": args.dtype, "max_memory": max_memory, "exit": code,
             "windows": f"{args.samples} x {args.seqlen}", "batch_size": args.batch_size,
             "plan_peak_mb": round(plan["peak_bytes"] / 2**20), "plan_block_groups": plan["block_groups"],
+            "plan_batch_size": plan["batch_size"], "plan_fits": plan["fits"],
+            "plan_margin_mb": round(plan.get("margin_bytes", 0) / 2**20),
+            "prune_batch_size": estimate.get("batch_size"), "prune_margin_mb": estimate.get("margin_mb"),
             "plan_seconds": round(plan["seconds_per_shot"]),
             "prune_predicted_peak_mb": round(estimate["predicted_peak_mb"]) if estimate else None,
             "prune_block_groups": estimate.get("block_groups"), "measured_peak_mb": round(peak_mb),
             "ppl": (report.get("ppl") or {}).get("wikitext2"), "update_iterations": args.update_iterations,
             "seconds": {k: round(v, 1) for k, v in report.get("seconds", {}).items()}, "wall_s": round(wall, 1),
+            "fit_line": fit_lines[0] if fit_lines else None,
             "log_tail": [] if code == 0 else (work / "log.txt").read_text().splitlines()[-3:]}
 
 
