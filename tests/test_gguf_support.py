@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,16 @@ def smollm2_gguf() -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     return path if path.is_file() else None
+
+
+def wikitext_test_text() -> str | None:
+    """WikiText-2's raw test split from $LLM_SURGEON_DATA or ../shared/data, when present."""
+    repo = Path(__file__).resolve().parents[1]
+    for folder in (os.environ.get("LLM_SURGEON_DATA"), repo.parent / "shared" / "data"):
+        path = Path(folder or "") / "wikitext-2-raw" / "wiki.test.raw"
+        if folder and path.is_file():
+            return path.read_text(encoding="utf-8")
+    return None
 
 
 def tiny_bpe_tokenizer(vocab_size: int = 400):
