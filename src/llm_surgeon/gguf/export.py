@@ -9,6 +9,7 @@ converted and written one at a time, so the export needs little memory beyond th
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,7 +71,8 @@ def _plan_tensors(writer: GGUFWriter, model: nn.Module, layout: ModelLayout, per
     return fallbacks
 
 
-def _all_tensors(model: nn.Module, layout: ModelLayout, permute: bool, rope: RopeSettings):
+def _all_tensors(model: nn.Module, layout: ModelLayout, permute: bool,
+                 rope: RopeSettings) -> Iterator[tuple[str, np.ndarray]]:
     """The model's tensors, then Llama 3's RoPE frequency divisors when the model has them."""
     yield from gguf_tensors(model, layout, permute)
     if rope.freq_factors is not None:
@@ -121,7 +123,7 @@ def export_gguf(model: nn.Module, tokenizer_source, path: str | Path, out_type: 
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     name = name or Path(str(getattr(model.config, "_name_or_path", "") or "model")).name
     try:
-        arch, fallbacks = _write(temporary, model.eval(), layout, tokenizer, out_type, name)
+        arch, fallbacks = _write(temporary, model, layout, tokenizer, out_type, name)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -65,7 +65,7 @@ def _transformers_run(spec: dict) -> tuple[float, float]:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    model = torch.load(spec["path"], weights_only=False).eval()
+    model = torch.load(spec["path"], weights_only=False, map_location="cpu").eval()
     ids = torch.tensor([spec["prompt"]])
     with torch.inference_mode():
         model(ids[:, :WARMUP_TOKENS], use_cache=True, logits_to_keep=1)
