@@ -1,0 +1,83 @@
+"""Thin access to llama.cpp through the ``llama_cpp`` binding: load a GGUF, get logits, decode greedily.
+
+The binding is an optional dependency (it compiles llama.cpp when installed), so it is imported only
+here and only when used; its absence is a one-line user error, not an ImportError traceback. Logits
+are read straight from llama.cpp's context, never through a sampler, so evaluation sees exactly what
+the engine computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llm_surgeon.gguf.errors import LlamaCppUnavailableError
+
+KV_TYPES = {"f16": 1, "f32": 0}
+"""KV-cache storage types (GGML type ids): llama.cpp's default f16, or f32 for exact comparisons."""
+
+
+def import_llama_cpp() -> Any:
+    """The ``llama_cpp`` module, or a one-line error telling how to install it."""
+    try:
+        import llama_cpp
+    except ImportError as err:
+        raise LlamaCppUnavailableError(
+            "the llama.cpp engine needs the llama_cpp binding: pip install 'llm-surgeon[llamacpp]' "
+            "(it compiles llama.cpp, a few minutes)") from err
+    return llama_cpp
+
+
+def llama_cpp_available() -> bool:
+    """True when the binding can be imported (tests and the CLI use this to skip or refuse early)."""
+    try:
+        import_llama_cpp()
+    except LlamaCppUnavailableError:
+        return False
+    return True
+
+
+def open_gguf(path: str | Path, n_ctx: int, n_threads: int, logits_all: bool = False, kv_type: str = "f16",
+              n_batch: int | None = None) -> Any:
+    """A ``llama_cpp.Llama`` on the CPU for ``path``.
+
+    ``logits_all`` keeps every position's logits (perplexity, comparisons) at the cost of the output
+    projection for every token; speed runs leave it off, as llama.cpp's own tools do.
+    """
+    llama_cpp = import_llama_cpp()
+    n_batch = n_batch or n_ctx
+    return llama_cpp.Llama(
+        model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(n_batch, 512),
+        n_threads=n_threads, n_threads_batch=n_threads, n_gpu_layers=0, logits_all=logits_all,
+        type_k=KV_TYPES[kv_type], type_v=KV_TYPES[kv_type], verbose=False)
+
+
+def sequence_logits(llm: Any, tokens: Sequence[int]) -> np.ndarray:
+    """Logits [len(tokens), vocab] (float32) for one sequence, from an empty cache.
+
+    Needs a model opened with ``logits_all=True`` and ``n_ctx >= len(tokens)``.
+    """
+    llm.reset()
+    llm.eval(list(tokens))
+    return np.array(llm.scores[: len(tokens)], dtype=np.float32, copy=True)
+
+
+def last_logits(llm: Any) -> np.ndarray:
+    """The logits of the last evaluated token (works with or without ``logits_all``)."""
+    llama_cpp = import_llama_cpp()
+    pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),)).copy()
+
+
+def greedy_tokens(llm: Any, prompt: Sequence[int], new_tokens: int) -> list[int]:
+    """``new_tokens`` tokens chosen by argmax after ``prompt`` (no sampler, no stop token)."""
+    llm.reset()
+    llm.eval(list(prompt))
+    out = [int(np.argmax(last_logits(llm)))]
+    while len(out) < new_tokens:
+        llm.eval([out[-1]])
+        out.append(int(np.argmax(last_logits(llm))))
+    return out[:new_tokens]
