@@ -17,8 +17,10 @@ import pytest
 from llm_surgeon.cli import build_parser
 
 SNAPSHOT = Path(__file__).parent / "data" / "cli_options.json"
-ADDED_SINCE = {"prune": {"--reconstruct-damp"}, "plan": {"--reconstruct-damp"}}
-"""Flags added on purpose since the snapshot: the reconstruction's damping had no flag (issue 34)."""
+ADDED_SINCE = {"prune": {"--reconstruct-damp"}, "plan": {"--reconstruct-damp"},
+               "eval": {"--engine", "--tokenizer", "--threads"}}
+"""Flags added on purpose since the snapshot: the reconstruction's damping had no flag (issue 34); eval scores
+GGUF files in llama.cpp (issue 35)."""
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

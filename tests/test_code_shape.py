@@ -74,10 +74,10 @@ LAYERS = [
     {"methods"},
     {"config"},
     {"engine"},
-    {"evaluation"},
+    {"evaluation", "gguf"},
     {"planning"},
     {"artifacts"},
-    {"api", "bench", "gguf"},
+    {"api", "bench", "deploy"},
     {"cli"},
     {"__main__"},
 ]

@@ -22,6 +22,7 @@ from llm_surgeon._version import __version__
 from llm_surgeon.artifacts.formats import save_format_names
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
+from llm_surgeon.gguf.encode import OUT_TYPES as GGUF_TYPES
 from llm_surgeon.methods import method_names, methods_help
 from llm_surgeon.methods.options import GROUPS, flag_name, flag_spec, flagged_fields, nearest
 from llm_surgeon.models.adapters import supported_model_types
@@ -253,8 +254,51 @@ def _eval_parser(sub) -> None:
                             help="field of JSON-lines/Parquet records that holds the text")
     _add_task_flags(groups, "--tasks")
     _add_eval_flags(groups, "")
+    evaluation.add_argument("--engine", default="transformers", choices=["transformers", "llama.cpp"],
+                            help="what computes the logits: transformers, or llama.cpp for a .gguf file (pip install "
+                                 "'llm-surgeon[gguf]')")
+    evaluation.add_argument("--tokenizer", default=None, metavar="MODEL",
+                            help="with --engine llama.cpp: the model whose tokenizer makes the windows (None: the "
+                                 "model the file was exported from, else the file's own)")
+    groups["memory"].add_argument("--threads", type=int, default=None,
+                                  help="with --engine llama.cpp: CPU threads (None: every core)")
     groups["output"].add_argument("--json", action="store_true", help="print one JSON object")
     _add_common_flags(groups)
+
+
+def _export_parser(sub) -> None:
+    export, groups = _subcommand(sub, "export", "write a model or pruned folder as a GGUF file for llama.cpp",
+                                 "MODEL_OR_DIR --out FILE.gguf [--type f16] [options]")
+    export.add_argument("model", help=_model_help() + "; or a folder written by prune")
+    basics = groups["basics"]
+    basics.add_argument("--out", required=True, help="the .gguf file to write (atomically)")
+    basics.add_argument("--format", default="gguf", choices=["gguf"], help="the file format")
+    basics.add_argument("--type", default="f16", choices=list(GGUF_TYPES),
+                        help="storage type of the weight matrices (norms and biases stay f32; rows that fill no "
+                             "whole quantization block fall back to f16)")
+    groups["output"].add_argument("--json", action="store_true", help="print one JSON object")
+    groups["output"].add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _speed_parser(sub) -> None:
+    speed, groups = _subcommand(sub, "speed", "prompt and decode speed of a model against another, alternated",
+                                "MODEL_OR_FILE --against DENSE [--engine llama.cpp] [--prompt 512] [--generate 128] "
+                                "[options]")
+    speed.add_argument("model", help=_model_help() + "; a folder written by prune or a .gguf file")
+    basics = groups["basics"]
+    basics.add_argument("--against", required=True, metavar="DENSE",
+                        help="the model to compare with (ratios are model / against)")
+    basics.add_argument("--engine", default="llama.cpp", choices=["transformers", "llama.cpp"],
+                        help="where both run: llama.cpp (models that are no .gguf are exported first, at --type) "
+                             "or transformers (PyTorch)")
+    basics.add_argument("--type", default="f16", choices=list(GGUF_TYPES), help="GGUF type of an export")
+    basics.add_argument("--prompt", type=int, default=512, help="prompt tokens processed at once")
+    basics.add_argument("--generate", type=int, default=128, help="tokens generated greedily after the prompt")
+    basics.add_argument("--rounds", type=int, default=3, help="rounds, each running model and against once")
+    groups["memory"].add_argument("--threads", type=int, default=None, help="CPU threads (None: every core)")
+    groups["output"].add_argument("--json", action="store_true",
+                                  help="print one JSON object (decode_ratio, prompt_ratio, medians, every round)")
+    groups["output"].add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     _plan_parser(sub)
     _bench_parser(sub)
     _eval_parser(sub)
+    _export_parser(sub)
+    _speed_parser(sub)
     return parser
 
 
@@ -302,10 +348,66 @@ def _run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_llama_eval(args: argparse.Namespace) -> int:
+    from llm_surgeon.deploy import run_llama_eval
+
+    if args.tasks:
+        raise ConfigError("--tasks runs in transformers; drop it with --engine llama.cpp")
+    results = run_llama_eval(args.model, args.data_dir, args.seqlen, args.max_windows, args.dataset.split(","),
+                             args.text_field, args.threads, args.tokenizer)
+    if args.json:
+        print(json.dumps({**next(iter(results.values())), "datasets": results}))
+        return 0
+    for name, result in results.items():
+        print(f"{name} perplexity {result['ppl']:.4f} in llama.cpp ({result['windows']} windows of "
+              f"{result['seqlen']}, {result['tokens']:,} tokens scored, {result['threads']} threads)")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from llm_surgeon.deploy import run_export
+
+    report = run_export(args.model, args.out, args.type)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"wrote {report['path']}: llama.cpp architecture {report['architecture']}, {report['out_type']}, "
+          f"{report['file_bytes'] / 2**20:.1f} MiB")
+    for note in report["padded_layers"]:
+        print(f"  note: {note}")
+    if report["f16_fallback_tensors"]:
+        print(f"  note: {len(report['f16_fallback_tensors'])} matrices whose rows fill no whole {args.type} block "
+              "are stored as f16")
+    return 0
+
+
+def _run_speed(args: argparse.Namespace) -> int:
+    from llm_surgeon.deploy import run_speed
+
+    result = run_speed(args.model, args.against, args.engine, args.prompt, args.generate, args.threads,
+                       args.rounds, args.type)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    a, b = result["a"], result["b"]
+    print(f"{result['engine']} on {result['machine']}, {result['threads']} threads, {result['rounds']} rounds "
+          f"alternated, medians; prompt {result['prompt_tokens']} tokens, {result['new_tokens']} generated")
+    for label, row in (("model", a), ("against", b)):
+        print(f"  {label:8s} prompt {row['prompt_tokens_per_s']:8.1f} tok/s  decode {row['decode_tokens_per_s']:7.1f} "
+              f"tok/s  peak +{row['peak_rss_delta_bytes'] / 2**20:.0f} MiB  size {row['size_bytes'] / 2**20:.1f} MiB")
+    print(f"  ratio    prompt {result['prompt_ratio']:.2f}x  decode {result['decode_ratio']:.2f}x  "
+          f"size {result['ratios']['size_bytes']:.2f}x")
+    return 0
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     from llm_surgeon import api
     from llm_surgeon.evaluation.zeroshot import headline
 
+    if args.engine == "llama.cpp":
+        return _run_llama_eval(args)
+    if args.tokenizer or args.threads:
+        raise ConfigError("--tokenizer and --threads go with --engine llama.cpp")
     results = api.run_eval(args.model, args.data_dir, args.seqlen, args.max_windows, args.device, args.dtype,
                            progress=not args.no_progress, datasets=args.dataset.split(","),
                            text_field=args.text_field, tasks=args.tasks.split(","), tasks_dir=args.tasks_dir,
@@ -419,7 +521,8 @@ def _quiet_libraries(progress: bool) -> None:
     disable_progress_bars()
 
 
-COMMANDS = {"prune": _run_prune, "plan": _run_plan, "eval": _run_eval, "bench": _run_bench}
+COMMANDS = {"prune": _run_prune, "plan": _run_plan, "eval": _run_eval, "bench": _run_bench, "export": _run_export,
+            "speed": _run_speed}
 
 
 def main(argv: list[str] | None = None) -> int:

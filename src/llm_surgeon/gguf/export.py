@@ -80,7 +80,7 @@ def _all_tensors(model: nn.Module, layout: ModelLayout, permute: bool,
 
 
 def _write(path: Path, model: nn.Module, layout: ModelLayout, tokenizer: TokenizerMetadata, out_type: str,
-           name: str) -> tuple[str, list[str]]:
+           name: str, extra: dict[str, str]) -> tuple[str, list[str]]:
     """Write the whole file at ``path``; return its architecture and the tensors that fell back to f16."""
     rope = rope_settings(model.config, layout.head_dim)
     widths = file_widths(layout)
@@ -94,6 +94,8 @@ def _write(path: Path, model: nn.Module, layout: ModelLayout, tokenizer: Tokeniz
     add_model_metadata(writer, model.config, layout, widths, rope)
     for key, entry in tokenizer.items():
         writer.add_key_value(key, entry.value, entry.vtype, sub_type=entry.sub_type)
+    for key, value in extra.items():
+        writer.add_string(key, value)
     fallbacks = _plan_tensors(writer, model, layout, permute, out_type, rope)
     try:
         writer.write_header_to_file(path)
@@ -107,13 +109,14 @@ def _write(path: Path, model: nn.Module, layout: ModelLayout, tokenizer: Tokeniz
 
 
 def export_gguf(model: nn.Module, tokenizer_source, path: str | Path, out_type: str = "f16",
-                name: str | None = None) -> ExportReport:
+                name: str | None = None, extra: dict[str, str] | None = None) -> ExportReport:
     """Write ``model`` to ``path`` as a GGUF file llama.cpp runs like transformers does.
 
     ``tokenizer_source`` is a ``.gguf`` file whose tokenizer is copied (the model came from it), a
     transformers tokenizer, or a folder/hub name to load one from. ``out_type`` is one of
     :data:`llm_surgeon.gguf.encode.OUT_TYPES` (vectors stay f32; rows that do not fill whole quantisation
-    blocks fall back to f16). Per-layer widths go out as llama.cpp's ``deci`` architecture.
+    blocks fall back to f16). Per-layer widths go out as llama.cpp's ``deci`` architecture. ``extra`` adds
+    string keys of the caller's (llm-surgeon records the source model, whose tokenizer evaluation reads).
     """
     check_out_type(out_type)
     layout = check_exportable(model)
@@ -123,7 +126,7 @@ def export_gguf(model: nn.Module, tokenizer_source, path: str | Path, out_type: 
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     name = name or Path(str(getattr(model.config, "_name_or_path", "") or "model")).name
     try:
-        arch, fallbacks = _write(temporary, model, layout, tokenizer, out_type, name)
+        arch, fallbacks = _write(temporary, model, layout, tokenizer, out_type, name, extra or {})
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
