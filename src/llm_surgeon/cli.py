@@ -511,7 +511,14 @@ def _quiet_libraries(progress: bool) -> None:
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     if progress:
         return
+    from functools import partialmethod
+
+    import tqdm
     from transformers.utils import logging as transformers_logging
+
+    if not getattr(tqdm.std.tqdm, "_llm_surgeon_quiet", False):  # transformers' GGUF bar is a plain tqdm
+        tqdm.std.tqdm.__init__ = partialmethod(tqdm.std.tqdm.__init__, disable=True)
+        tqdm.std.tqdm._llm_surgeon_quiet = True
 
     transformers_logging.disable_progress_bar()
     try:
