@@ -1,7 +1,7 @@
 """GGUF export checked in the real llama.cpp: per-layer pruned models (``deci``), uniform models (their own
 architecture), exact zero padding, storage types, tokenizers, and refusals before any file is written.
 
-The llama.cpp comparisons need the ``llama_cpp`` binding (CI installs it: ``pip install -e .[llamacpp]``)
+The llama.cpp comparisons need the ``llama_cpp`` binding (CI installs it: ``pip install -e .[gguf]``)
 and are skipped, saying so, only where it cannot be imported.
 """
 

@@ -25,7 +25,7 @@ CORPUS = (
 ) * 8
 
 llama_cpp_missing = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                                       reason="needs the llama.cpp binding: pip install 'llm-surgeon[llamacpp]'")
+                                       reason="needs the llama.cpp binding: pip install 'llm-surgeon[gguf]'")
 
 
 def smollm2_gguf() -> Path | None:

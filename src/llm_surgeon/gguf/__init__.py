@@ -3,7 +3,7 @@
 Public entry points: :func:`export_gguf` writes a dense or structurally pruned transformers model as a
 GGUF file (per-layer widths as llama.cpp's ``deci`` architecture); :func:`llama_cpp_perplexity` and
 :func:`compare_speed` run such files in llama.cpp through the ``llama_cpp`` binding (an optional
-dependency: ``pip install llm-surgeon[llamacpp]``).
+dependency: ``pip install llm-surgeon[gguf]``).
 """
 
 from llm_surgeon.gguf.errors import GGUFExportError, LlamaCppUnavailableError

@@ -26,7 +26,7 @@ def import_llama_cpp() -> Any:
         import llama_cpp
     except ImportError as err:
         raise LlamaCppUnavailableError(
-            "the llama.cpp engine needs the llama_cpp binding: pip install 'llm-surgeon[llamacpp]' "
+            "the llama.cpp engine needs the llama_cpp binding: pip install 'llm-surgeon[gguf]' "
             "(it compiles llama.cpp, a few minutes)") from err
     return llama_cpp
 
