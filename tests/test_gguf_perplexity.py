@@ -36,6 +36,16 @@ def test_window_nll_is_the_cross_entropy_of_the_next_tokens():
     assert math.isclose(window_nll(logits, tokens), expected, rel_tol=1e-9)
 
 
+def test_a_missing_binding_is_a_one_line_user_error(monkeypatch, tmp_path):
+    import sys
+
+    from llm_surgeon.errors import LLMSurgeonError
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # what an environment without the binding sees
+    with pytest.raises(LLMSurgeonError, match="llamacpp"):
+        llama_cpp_perplexity(tmp_path / "m.gguf", [[1, 2, 3]], n_threads=1)
+
+
 @llama_cpp_missing
 def test_llama_cpp_perplexity_equals_transformers_on_a_pruned_f32_export(tmp_path):
     model = pruned_tiny_model(initializer_range=0.02)
