@@ -42,7 +42,7 @@ def fields(path) -> dict:
 def llama_cpp_logits(path, tokens: list[int]) -> np.ndarray:
     from llm_surgeon.gguf.llama_engine import open_gguf, sequence_logits
 
-    llm = open_gguf(path, n_ctx=64, n_threads=2, logits_all=True, kv_type="f32")
+    llm = open_gguf(path, n_ctx=64, n_threads=1, logits_all=True, kv_type="f32")
     try:
         return sequence_logits(llm, tokens)
     finally:
@@ -52,7 +52,7 @@ def llama_cpp_logits(path, tokens: list[int]) -> np.ndarray:
 def llama_cpp_greedy(path, prompt: list[int], new_tokens: int) -> list[int]:
     from llm_surgeon.gguf.llama_engine import greedy_tokens, open_gguf
 
-    llm = open_gguf(path, n_ctx=64, n_threads=2, kv_type="f32")
+    llm = open_gguf(path, n_ctx=64, n_threads=1, kv_type="f32")
     try:
         return greedy_tokens(llm, prompt, new_tokens)
     finally:
@@ -72,7 +72,7 @@ def assert_same_model(model, path) -> None:
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_per_layer_pruned_model_runs_in_llama_cpp_like_transformers(tmp_path, tokenizer, family):
     model = pruned_tiny_model(family)
-    report = export_gguf(model, tokenizer, tmp_path / "pruned.gguf", out_type="f32")
+    report = export_gguf(model, tokenizer, tmp_path / "pruned.gguf", out_type="f32", ffn_multiple=1)
     assert report.architecture == "deci"
     assert [(w["heads"], w["kv_heads"], w["ffn"]) for w in report.layers] == [(2, 1, 40), (4, 2, 17), (2, 1, 96)]
     meta = fields(tmp_path / "pruned.gguf")
@@ -115,10 +115,23 @@ def test_empty_ffn_and_removed_attention_are_exported_exactly(tmp_path, tokenize
     prune_layer(model, 2, kv_groups=[])
     with torch.no_grad():
         reference.model.layers[0].mlp.down_proj.weight[:, 30:] = 0
-    report = export_gguf(model, tokenizer, tmp_path / "gaps.gguf", out_type="f32")
+    report = export_gguf(model, tokenizer, tmp_path / "gaps.gguf", out_type="f32", ffn_multiple=1)
     assert [(w["heads"], w["kv_heads"], w["ffn"]) for w in report.layers] == [(1, 1, 30), (4, 2, 1), (0, 0, 96)]
     assert len(report.padded_layers) == 2
     assert_same_model(reference, tmp_path / "gaps.gguf")
+
+
+@llama_cpp_missing
+def test_ffn_widths_are_padded_to_a_multiple_with_zero_neurons(tmp_path, tokenizer):
+    """The default rounds FFN widths up to 32 (llama.cpp's fast kernels, whole quantisation blocks) and
+    computes the same; without it, q8_0 rows of 40 and 17 neurons fall back to f16."""
+    model = pruned_tiny_model()
+    report = export_gguf(model, tokenizer, tmp_path / "padded.gguf", out_type="f32")
+    assert [w["ffn"] for w in report.layers] == [64, 32, 96] and report.ffn_multiple == 32
+    assert_same_model(model, tmp_path / "padded.gguf")
+    narrow = export_gguf(model, tokenizer, tmp_path / "narrow.gguf", out_type="q8_0", ffn_multiple=1)
+    assert narrow.f16_fallback_tensors == ["blk.0.ffn_down.weight", "blk.1.ffn_down.weight"]
+    assert export_gguf(model, tokenizer, tmp_path / "q8.gguf", out_type="q8_0").f16_fallback_tensors == []
 
 
 @llama_cpp_missing
@@ -139,8 +152,7 @@ def test_storage_types_load_and_stay_close(tmp_path, tokenizer, out_type, tolera
     """Rounding errors only: on this narrow model (logits within +-1.3) another seed differs by 1.1."""
     model = pruned_tiny_model(initializer_range=0.02)
     report = export_gguf(model, tokenizer, tmp_path / f"{out_type}.gguf", out_type=out_type)
-    expected_fallbacks = [] if out_type in ("f16", "bf16") else ["blk.0.ffn_down.weight", "blk.1.ffn_down.weight"]
-    assert report.f16_fallback_tensors == expected_fallbacks  # 40 and 17 neurons: rows of no whole 32-blocks
+    assert report.f16_fallback_tensors == []  # widths padded to multiples of 32: whole blocks
     diff = np.abs(llama_cpp_logits(tmp_path / f"{out_type}.gguf", PROMPT) - hf_logits(model, PROMPT)).max()
     assert diff <= tolerance
 

@@ -36,16 +36,26 @@ def test_window_nll_is_the_cross_entropy_of_the_next_tokens():
     assert math.isclose(window_nll(logits, tokens), expected, rel_tol=1e-9)
 
 
+def test_a_missing_binding_is_a_one_line_user_error(monkeypatch, tmp_path):
+    import sys
+
+    from llm_surgeon.errors import LLMSurgeonError
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # what an environment without the binding sees
+    with pytest.raises(LLMSurgeonError, match=r"llm-surgeon\[gguf\]"):
+        llama_cpp_perplexity(tmp_path / "m.gguf", [[1, 2, 3]], n_threads=1)
+
+
 @llama_cpp_missing
 def test_llama_cpp_perplexity_equals_transformers_on_a_pruned_f32_export(tmp_path):
     model = pruned_tiny_model(initializer_range=0.02)
     export_gguf(model, tiny_bpe_tokenizer(), tmp_path / "m.gguf", out_type="f32")
     windows = split_windows(random_tokens(4 * 64 + 5, 400, seed=7), 64)
     expected = hf_perplexity(model, windows)
-    exact = llama_cpp_perplexity(tmp_path / "m.gguf", windows, n_threads=2, kv_type="f32")
+    exact = llama_cpp_perplexity(tmp_path / "m.gguf", windows, n_threads=1, kv_type="f32")
     assert exact.windows == 4 and exact.tokens == 4 * 63
     assert abs(exact.perplexity / expected - 1) < 1e-4
-    default = llama_cpp_perplexity(tmp_path / "m.gguf", windows, n_threads=2)  # llama.cpp's f16 KV cache
+    default = llama_cpp_perplexity(tmp_path / "m.gguf", windows, n_threads=1)  # llama.cpp's f16 KV cache
     assert abs(default.perplexity / expected - 1) < 1e-3
 
 
@@ -58,14 +68,15 @@ def test_smollm2_f16_export_has_the_transformers_perplexity(tmp_path):
     text = wikitext_test_text()
     if text is None:
         pytest.skip("WikiText-2 files not found (set LLM_SURGEON_DATA)")
+    import llama_cpp
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     source = smollm2_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    vocab = llama_cpp.Llama(str(source), vocab_only=True, verbose=False)  # tokenises like the model's tokenizer
+    windows = split_windows(vocab.tokenize(text[:100_000].encode(), add_bos=False), 256, max_windows=3)
     model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32).eval()
-    windows = split_windows(tokenizer(text[:200_000])["input_ids"], 256, max_windows=3)
     export_gguf(model, source, tmp_path / "smollm2.gguf", out_type="f16")
     expected = hf_perplexity(model, windows)
-    measured = llama_cpp_perplexity(tmp_path / "smollm2.gguf", windows, n_threads=2).perplexity
+    measured = llama_cpp_perplexity(tmp_path / "smollm2.gguf", windows, n_threads=1).perplexity
     assert abs(measured / expected - 1) < 0.01, (measured, expected)

@@ -45,7 +45,10 @@ def open_gguf(path: str | Path, n_ctx: int, n_threads: int, logits_all: bool = F
     """A ``llama_cpp.Llama`` on the CPU for ``path``.
 
     ``logits_all`` keeps every position's logits (perplexity, comparisons) at the cost of the output
-    projection for every token; speed runs leave it off, as llama.cpp's own tools do.
+    projection for every token; speed runs leave it off, as llama.cpp's own tools do. ``n_threads``
+    should not exceed the idle cores: llama.cpp's threads meet at a barrier after every operation, so
+    one descheduled thread stalls all (on 2 busy cores, 16 greedy steps of a tiny model took 6.5 s
+    with 2 threads and 0.003 s with 1).
     """
     llama_cpp = import_llama_cpp()
     n_batch = n_batch or n_ctx
