@@ -18,7 +18,7 @@ from llm_surgeon.models.adapters import get_adapter
 from llm_surgeon.planning.fit import SAFETY_MARGIN
 from llm_surgeon.planning.memory import parse_bytes, shot_memory
 from tests.conftest import tiny_llama, tiny_opt
-from tests.test_pinned import CASES, _key, _run_case, pinned  # noqa: F401  (pinned is a fixture)
+from tests.test_pinned import CASES, _key, _run_case, assert_matches_pinned, pinned  # noqa: F401  (a fixture)
 
 
 def test_block_ranges_cover_every_block_once_in_order():
@@ -71,13 +71,7 @@ def test_a_later_group_keeps_no_activations_of_earlier_blocks(calibration):
 def test_block_groups_and_host_factors_give_the_pinned_results(case, pinned, tmp_path):  # noqa: F811
     """Every method x granularity: two block groups on disk and sums in host memory change nothing."""
     got = _run_case(*case, layout=MemoryLayout(factor_device="cpu", block_groups=2, scratch_dir=str(tmp_path)))
-    prefix = _key(case) + "/"
-    for key, value in got.items():
-        expected = pinned[prefix + key]
-        if key.startswith("mask:"):
-            assert torch.equal(value, expected), key
-        else:
-            torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6, msg=key)
+    assert_matches_pinned(case, got, pinned)
     assert list(tmp_path.iterdir()) == []  # each shot's scratch folder is gone
 
 

@@ -45,7 +45,7 @@ def test_chunked_loss_and_gradients_equal_the_whole_batch(tiny_model, calibratio
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     assert set(got) == set(ref) and len(got) > 0
     for name in ref:
-        assert torch.allclose(got[name], ref[name], rtol=1e-4, atol=1e-7), name
+        assert torch.allclose(got[name], ref[name], rtol=1e-4, atol=1e-6), name  # float32 sums of ~1 (CPU-dependent)
 
 
 def test_sampled_labels_are_seeded(calibration):

@@ -84,9 +84,9 @@ def pinned() -> dict[str, torch.Tensor]:
     return load_file(str(PINNED))
 
 
-@pytest.mark.parametrize("case", CASES, ids=_key)
-def test_masks_and_weights_match_the_pinned_reference(case, pinned):
-    got = _run_case(*case)
+def assert_matches_pinned(case: tuple[str, str, str], got: dict[str, torch.Tensor],
+                          pinned: dict[str, torch.Tensor]) -> None:
+    """Masks exactly as pinned; each layer's weights within :data:`WEIGHT_TOLERANCE` of the pinned ones."""
     prefix = _key(case) + "/"
     expected = {k[len(prefix):]: v for k, v in pinned.items() if k.startswith(prefix)}
     assert expected.keys() == got.keys()
@@ -97,3 +97,8 @@ def test_masks_and_weights_match_the_pinned_reference(case, pinned):
             assert torch.equal(value == 0, expected[key] == 0), key
             distance = ((value - expected[key]).norm() / expected[key].norm().clamp_min(1e-12)).item()
             assert distance <= WEIGHT_TOLERANCE, f"{key}: {distance:.2e} of the pinned weights' norm"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_key)
+def test_masks_and_weights_match_the_pinned_reference(case, pinned):
+    assert_matches_pinned(case, _run_case(*case), pinned)

@@ -72,7 +72,7 @@ class EngineSettings:
                                        "of its weights (1.0: no cap, the paper's allocation)", group="research",
                                        metavar="FRACTION")
     prune_unrouted: bool = option(False, "mixture of experts: prune experts that received no calibration token by "
-                                  "magnitude (default: leave them dense; N:M then refuses)")
+                                  "magnitude (without it they stay dense; N:M then refuses)")
 
 
 @dataclass

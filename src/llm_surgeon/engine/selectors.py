@@ -126,7 +126,7 @@ class UnitSelector(ABC):
             return {name: select_cheapest([units_of(name)], round(fraction * size))[0]
                     for name, size in zip(tqdm(names, desc=f"{label}: costs", disable=not progress), sizes,
                                           strict=True)}
-        bar = tqdm(desc=f"{label}: global threshold (3 reads of each layer's costs)", total=3 * len(names),
+        bar = tqdm(desc=f"{label}: costs, one global threshold (each layer read 3 times)", total=3 * len(names),
                    disable=not progress)
 
         def source(i: int) -> torch.Tensor:
