@@ -148,9 +148,8 @@ def evaluate(model, tokenizer, data_dir: str | Path | None = None, seqlen: int =
     check_positive("max_windows", max_windows)
     text_set = dataset if isinstance(dataset, TextSet) else parse_text_set(dataset, text_field)
     tokens = evaluation_tokens(tokenizer, resolve_data_dir(data_dir), text_set)
-    cap = text_set.window_cap
-    windows = cap if max_windows is None else min(max_windows, cap or max_windows)
-    return perplexity(model, tokens, seqlen, windows, dataset=text_set.name, progress=progress)
+    return perplexity(model, tokens, seqlen, text_set.window_limit(max_windows), dataset=text_set.name,
+                      progress=progress)
 
 
 def load_calibration(tokenizer, samples: int = 128, seqlen: int = 2048, seed: int = 0,

@@ -84,14 +84,13 @@ def _model_help() -> str:
             + ", ".join(supported_model_types()))
 
 
-def _add_common_flags(groups: FlagGroups, dtype: bool = True) -> None:
+def _add_common_flags(groups: FlagGroups) -> None:
     memory = groups["memory"]
     memory.add_argument("--data-dir", default=None,
                         help="folder holding the named text sets: wikitext-2-raw/, ptb/, c4/ "
                              "(None: $LLM_SURGEON_DATA, else WikiText-2 from the Hugging Face hub)")
     memory.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
-    if dtype:
-        memory.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="weights' dtype while pruning")
+    memory.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="weights' dtype while pruning")
     groups["output"].add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

@@ -20,6 +20,7 @@ from llm_surgeon.artifacts.loading import load_model_and_tokenizer
 from llm_surgeon.data.calibration import evaluation_tokens, resolve_data_dir
 from llm_surgeon.data.textsets import check_evaluation_files, parse_text_sets
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
+from llm_surgeon.evaluation.perplexity import short_text_error
 from llm_surgeon.gguf import export_gguf
 from llm_surgeon.gguf.encode import OUT_TYPES
 from llm_surgeon.gguf.llama_engine import import_llama_cpp
@@ -112,11 +113,9 @@ def run_llama_eval(gguf: str, data_dir: str | None, seqlen: int, max_windows: in
     results = {}
     for text_set in text_sets:
         tokens = evaluation_tokens(tokenizer, resolved, text_set).tolist()
-        cap = text_set.window_cap
-        windows = split_windows(tokens, seqlen, cap if max_windows is None else min(max_windows, cap or max_windows))
+        windows = split_windows(tokens, seqlen, text_set.window_limit(max_windows))
         if not windows:
-            raise ConfigError(f"{text_set.name} has {len(tokens)} tokens, fewer than one window of {seqlen}; use a "
-                              f"--seqlen of at most {len(tokens)}")
+            raise short_text_error(len(tokens), seqlen)
         result = llama_cpp_perplexity(path, windows, threads)
         results[text_set.name] = {"ppl": result.perplexity, "windows": result.windows, "seqlen": seqlen,
                                   "tokens": result.tokens, "engine": "llama.cpp", "threads": threads}

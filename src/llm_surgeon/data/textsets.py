@@ -58,6 +58,11 @@ class TextSet:
         """Windows the protocol scores at most (C4: 256, as SparseGPT); None: every window."""
         return C4_EVAL_WINDOWS if self.name == "c4" and self.path is None else None
 
+    def window_limit(self, max_windows: int | None) -> int | None:
+        """The windows an evaluation scores at most: ``--max-windows``, within the set's own cap."""
+        cap = self.window_cap
+        return cap if max_windows is None else min(max_windows, cap or max_windows)
+
 
 WIKITEXT2 = TextSet("wikitext2")
 LABELS = {"wikitext2": "WikiText-2", "ptb": "PTB", "c4": "C4"}

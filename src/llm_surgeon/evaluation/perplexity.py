@@ -38,6 +38,12 @@ class PerplexityResult:
 
 
 @torch.inference_mode()
+def short_text_error(tokens: int, seqlen: int) -> DataError:
+    """The one-line error for a text shorter than one window, naming the flags that set the window."""
+    return DataError(f"evaluation text has {tokens} tokens, fewer than one window of {seqlen}; use a window "
+                     f"(--seqlen, --eval-seqlen) of at most {tokens}")
+
+
 def perplexity(
     model: torch.nn.Module,
     tokens: torch.Tensor,
@@ -55,8 +61,7 @@ def perplexity(
     if max_windows is not None:
         windows = min(windows, max_windows)
     if windows < 1:
-        raise DataError(f"evaluation text has {tokens.numel()} tokens, fewer than one window of {seqlen}; use a "
-                        f"window (--seqlen, --eval-seqlen) of at most {tokens.numel()}")
+        raise short_text_error(tokens.numel(), seqlen)
     device = model.get_input_embeddings().weight.device  # blocks may be spread over devices after it
     window_nll = _window_nll(model)
     total_nll = 0.0

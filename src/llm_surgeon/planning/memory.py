@@ -224,18 +224,22 @@ def fewest_block_groups(needs: Callable[[int], ShotMemory], room: int | None, ma
     return None
 
 
+def _meminfo_bytes(field: str) -> int | None:
+    """One field of the OS's /proc/meminfo (Linux), in bytes; None elsewhere."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
 def available_bytes(device: str | torch.device) -> int | None:
     """Free memory on ``device``: CUDA's free memory, else the OS's MemAvailable (Linux)."""
     device = torch.device(device)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    meminfo = Path("/proc/meminfo")
-    if meminfo.is_file():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return None
+        return int(torch.cuda.mem_get_info(device)[0])
+    return _meminfo_bytes("MemAvailable")
 
 
 def total_bytes(device: str | torch.device) -> int | None:
@@ -243,14 +247,8 @@ def total_bytes(device: str | torch.device) -> int | None:
     of when no ``--max-memory`` is given."""
     device = torch.device(device)
     if device.type == "cuda":
-        _, total = torch.cuda.mem_get_info(device)
-        return int(total)
-    meminfo = Path("/proc/meminfo")
-    if meminfo.is_file():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    return None
+        return int(torch.cuda.mem_get_info(device)[1])
+    return _meminfo_bytes("MemTotal")
 
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 10**3, "KIB": 2**10, "M": 2**20, "MB": 10**6, "MIB": 2**20,
