@@ -16,6 +16,10 @@ error and the next one runs):
    seconds, peak GPU memory beside the prediction the memory check made, and the curvature pass's
    achieved TFLOP/s (the plan's FLOP count of the pass and the statistics over the measured seconds)
    against the matmul throughput.
+4. the structured model's speed in transformers: the same 8B-shaped model (bf16, random weights) dense, then
+   pruned by structured magnitude to 80% and 70% of its prunable parameters kept and compacted (speed needs no
+   real weights); prompt and greedy decode tokens/s with the KV cache, medians of 3 rounds, and the ratios
+   to dense.
 
 On a CPU with a small config it is a smoke test (the test suite runs it so):
 
@@ -142,7 +146,7 @@ def replay_collector(inner):
 
 def one_shot(model, adapter, linears, windows, granularity: str, args, collector, scratch: str) -> dict:
     from llm_surgeon import PruneConfig
-    from llm_surgeon.api import check_memory
+    from llm_surgeon.api import memory_fit
     from llm_surgeon.artifacts.report import peak_memory_mb
     from llm_surgeon.curvature.layout import MemoryLayout
     from llm_surgeon.engine.pruner import prune_model, setup
@@ -153,8 +157,9 @@ def one_shot(model, adapter, linears, windows, granularity: str, args, collector
                          update_iterations=args.update_iterations)
     parts = setup(model, config, adapter)
     weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    estimate, layout = check_memory(model, adapter, parts, config, args.device)
-    layout = MemoryLayout(layout.factor_device, layout.block_groups, scratch_dir=scratch)
+    fit = memory_fit(model, adapter, parts, config, args.device)
+    collector.inner.batch_size = fit.batch_size  # lowered by the fit when the requested batch does not fit
+    layout = MemoryLayout(None, fit.block_groups, scratch_dir=scratch)
     if torch.device(args.device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(args.device)
     result = prune_model(model, windows, config, progress=False, adapter=adapter, layout=layout,
@@ -165,12 +170,12 @@ def one_shot(model, adapter, linears, windows, granularity: str, args, collector
     replayed = collector.replayed
     return {"granularity": granularity, "achieved_sparsity": round(record.achieved_sparsity, 6),
             "nm_valid": (result.nm_validation or {}).get("valid"), "block_groups": layout.block_groups,
-            "batch_size": args.batch_size, "curvature_replayed": replayed,
+            "batch_size": fit.batch_size, "batch_lowered": fit.batch_lowered, "curvature_replayed": replayed,
             "seconds": {"curvature": round(record.seconds_curvature, 2), "costs": round(record.seconds_costs, 2),
                         "update": round(record.seconds_update, 2)},
             "update_iterations_mean": record.update_iterations_mean,
             "peak_mb": round(peak_memory_mb(args.device)),
-            "predicted_peak_mb": round(weights_mb + estimate.total / 2**20),
+            "predicted_peak_mb": round(weights_mb + fit.memory.total / 2**20),
             "curvature_flops": pass_flops,
             "curvature_tflops": None if replayed else float(f"{pass_flops / record.seconds_curvature / 1e12:.4g}")}
 
@@ -209,6 +214,61 @@ def surgeon_shots(args, rec: Recorder) -> dict:
     return built
 
 
+def decode_speed(model, prompt_tokens: int, new_tokens: int, device: str, rounds: int = 3) -> dict:
+    """Prompt and greedy decode tokens/s in transformers (KV cache, last-position logits), medians of rounds."""
+    import statistics
+
+    ids = torch.randint(0, model.config.vocab_size, (1, prompt_tokens), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(device)
+    prompt_speeds, decode_speeds = [], []
+    with torch.inference_mode():
+        model(ids[:, :16], use_cache=True, logits_to_keep=1)  # warm-up
+        for _ in range(rounds):
+            _synchronize(device)
+            start = time.perf_counter()
+            out = model(ids, use_cache=True, logits_to_keep=1)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            _synchronize(device)
+            prompt_done = time.perf_counter()
+            for _ in range(new_tokens):
+                out = model(token, past_key_values=out.past_key_values, use_cache=True)
+                token = out.logits[:, -1].argmax(-1, keepdim=True)
+            _synchronize(device)
+            prompt_speeds.append(prompt_tokens / (prompt_done - start))
+            decode_speeds.append(new_tokens / (time.perf_counter() - prompt_done))
+    return {"prompt_tokens_per_s": round(statistics.median(prompt_speeds), 1),
+            "decode_tokens_per_s": round(statistics.median(decode_speeds), 1)}
+
+
+def structured_speed(args, rec: Recorder) -> dict:
+    """The model dense and structurally pruned (magnitude, compacted) to 80% and 70% kept: speed and ratios."""
+    from llm_surgeon import PruneConfig, prune
+    from llm_surgeon.artifacts.compaction import compact
+    from llm_surgeon.models.adapters import get_adapter
+
+    found: dict[str, dict] = {}
+    for kept in (1.0, 0.8, 0.7):
+        model = build_model(args.config, args.device, torch.bfloat16)
+        if kept < 1.0:
+            adapter = get_adapter(model)
+            config = PruneConfig(method="magnitude", granularity="structured", sparsity=round(1 - kept, 2), shots=1)
+            compact(model, prune(model, None, config, progress=False, adapter=adapter).masks, adapter)
+        row = {"parameters": sum(p.numel() for p in model.parameters()),
+               **decode_speed(model, args.speed_prompt, args.speed_generate, args.device)}
+        dense = found.get("100%")
+        if dense is not None:
+            row.update({f"{key}_ratio": round(row[key] / dense[key], 3)
+                        for key in ("prompt_tokens_per_s", "decode_tokens_per_s")})
+        found[f"{kept:.0%}"] = row
+        summary = {"prompt_tokens": args.speed_prompt, "new_tokens": args.speed_generate, "dtype": "bfloat16",
+                   "pruned_by": "structured magnitude, compacted", "kept": found}
+        rec.put("structured_speed", summary)  # what is measured so far, should a later size fail
+        del model
+        if torch.device(args.device).type == "cuda":
+            torch.cuda.empty_cache()
+    return summary
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -222,6 +282,8 @@ def main() -> int:
                         help="the 2:4 shot is skipped when less time is left than the first shot's 1.5x")
     parser.add_argument("--tests-timeout-s", type=int, default=120)
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--speed-prompt", type=int, default=512, help="prompt tokens of the structured speed step")
+    parser.add_argument("--speed-generate", type=int, default=128, help="tokens generated in that step")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))
     rec = Recorder(args.out)
@@ -231,6 +293,7 @@ def main() -> int:
     size = 8192 if torch.device(args.device).type == "cuda" else 512
     rec.step("matmul_bf16_tflops", lambda: float(f"{matmul_tflops(args.device, torch.bfloat16, size):.4g}"))
     rec.step("surgeon", surgeon_shots, args, rec)
+    rec.step("structured_speed", structured_speed, args, rec)
     print(json.dumps(rec.data, indent=1))
     return 0
 

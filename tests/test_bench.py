@@ -44,17 +44,24 @@ def test_bench_grid_writes_results_tables_plot_and_resumes(tmp_path):
     assert again.stderr.count("[skip]") == len(runs) and "[run]" not in again.stderr
 
     # A later call into the same folder adds the structured runs and reuses the dense reference.
+    # It times the structured model against dense afterwards (--speed), each in its own process.
     structured = cmd[:cmd.index("--methods")] + ["--methods", "surgeon", "--granularities", "structured",
-                                                 "--sparsities", "0.3"] + cmd[cmd.index("--shots"):]
+                                                 "--sparsities", "0.3", "--speed", "transformers", "--speed-prompt",
+                                                 "16", "--speed-generate", "4"] + cmd[cmd.index("--shots"):]
     third = subprocess.run(structured, capture_output=True, text=True)
     assert third.returncode == 0, third.stderr
     assert "[skip] dense" in third.stderr and third.stderr.count("[run]") == 1
+    assert third.stderr.count("[speed]") == 1  # only the structured run is timed
     record = json.loads((out / "results.json").read_text())["runs"]["surgeon|structured|0.3"]
     footprint = record["footprint"]
     assert footprint["pruned"]["parameters"] < footprint["dense"]["parameters"]
     table = (out / "results.md").read_text()
     assert "### Structured: size and speed of the compact model" in table
     assert f"| surgeon | 70% | {record['ppl']:.2f} | {footprint['pruned']['parameters']:,} |" in table
+    speed = record["speed"]
+    assert speed["engine"] == "transformers" and speed["prompt_tokens"] == 16 and speed["new_tokens"] == 4
+    assert speed["decode_ratio"] > 0 and speed["prompt_ratio"] > 0
+    assert f"**{speed['decode_ratio']:.2f}x** |" in table and "Speed: `llm-surgeon speed` in transformers" in table
 
     from llm_surgeon.bench import reproduce_commands
 

@@ -43,18 +43,19 @@ def _save_format_action() -> argparse.Action:
 
 
 def test_the_cli_offers_the_registered_formats_and_their_help():
-    assert format_names() == ["dense", "compressed", "structured"]
-    assert save_format_names() == ["dense", "compressed"]  # structured comes with the granularity
+    assert format_names() == ["dense", "compressed", "structured", "gguf"]
+    assert save_format_names() == ["dense", "compressed", "gguf"]  # structured comes with the granularity
     assert _save_format_action().choices == save_format_names()
     assert save_formats_help() == _save_format_action().help  # the same words as the CLI's own help
-    with pytest.raises(ConfigError, match="--save-format 'gguf': choose one of dense, compressed"):
-        get_format("gguf")
+    with pytest.raises(ConfigError, match="--save-format 'ggml': choose one of dense, compressed, gguf"):
+        get_format("ggml")
 
 
 def test_a_structured_run_gets_the_structured_format_and_compressed_is_refused_before_pruning():
     assert format_for_run("dense", "structured").name == "structured"
     assert format_for_run("dense", "2:4").name == "dense"
     assert format_for_run("compressed", "unstructured").name == "compressed"
+    assert format_for_run("gguf", "structured").name == "gguf"  # per-layer widths: its folder is structured
     assert refusal("dense", "structured") is None and refusal("compressed", "2:4") is None
     assert "already physically smaller" in refusal("compressed", "structured")
     moe = get_adapter(tiny_mixtral())

@@ -82,3 +82,34 @@ def test_export_and_eval_refuse_bad_flags_in_one_line(tmp_path, capsys):
     assert "ends in .gguf" in capsys.readouterr().err
     assert cli.main(["eval", str(tmp_path / "missing.gguf"), "--engine", "llama.cpp"]) == 2
     assert "is not one" in capsys.readouterr().err
+
+
+@llama_cpp_missing
+def test_prune_save_format_gguf_writes_the_folder_and_a_gguf_that_scores_the_same(folders, tmp_path, capsys):
+    root, dense, _, text = folders
+    out = tmp_path / "pruned-gguf"
+    assert cli.main(["prune", str(dense), "--out", str(out), "--method", "magnitude", "--granularity", "structured",
+                     "--sparsity", "0.3", "--save-format", "gguf", "--no-progress", "--json"]) == 0
+    capsys.readouterr()
+    gguf = out / "model-f16.gguf"
+    assert gguf.is_file() and (out / "config.json").is_file()  # the structured folder beside the file
+    assert json.loads((out / "report.json").read_text())["files"]["save_format"] == "gguf"
+    flags = ["--dataset", str(text), "--seqlen", "48", "--json", "--no-progress"]
+    assert cli.main(["eval", str(out), *flags]) == 0
+    reference = _json_of(capsys)
+    assert cli.main(["eval", str(gguf), "--engine", "llama.cpp", "--threads", "1", *flags]) == 0
+    scored = _json_of(capsys)
+    assert scored["windows"] == reference["windows"]
+    assert math.isclose(scored["ppl"], reference["ppl"], rel_tol=1e-2)  # f16 weights
+
+
+def test_prune_save_format_gguf_refuses_a_model_llama_cpp_cannot_run_before_pruning(tmp_path, capsys):
+    folder = tmp_path / "qwen3"
+    tiny_model("qwen3", seed=0).save_pretrained(folder)
+    tiny_bpe_tokenizer().save_pretrained(folder)
+    out = tmp_path / "out"
+    assert cli.main(["prune", str(folder), "--out", str(out), "--method", "magnitude", "--sparsity", "0.3",
+                     "--save-format", "gguf", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--save-format gguf" in err[0] and "QK-norm" in err[0]
+    assert not out.exists()

@@ -17,6 +17,7 @@ def test_the_gpu_check_runs_on_a_cpu_and_writes_both_shots(tmp_path):
     out = tmp_path / "check.json"
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--config",
                           str(tmp_path / "tiny.json"), "--samples", "4", "--seqlen", "32", "--skip-tests",
+                          "--speed-prompt", "16", "--speed-generate", "4",
                           "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(out.read_text())
@@ -26,3 +27,7 @@ def test_the_gpu_check_runs_on_a_cpu_and_writes_both_shots(tmp_path):
     assert not first["curvature_replayed"] and first["curvature_tflops"] > 0 and first["peak_mb"] > 0
     assert second["granularity"] == "2:4" and second["nm_valid"] and second["curvature_replayed"]
     assert second["achieved_sparsity"] == 0.5
+    speed = result["structured_speed"]["kept"]
+    assert set(speed) == {"100%", "80%", "70%"}
+    assert speed["100%"]["parameters"] > speed["80%"]["parameters"] > speed["70%"]["parameters"]
+    assert speed["70%"]["decode_tokens_per_s"] > 0 and speed["80%"]["decode_tokens_per_s_ratio"] > 0

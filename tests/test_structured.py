@@ -124,9 +124,10 @@ def test_cli_structured_prune_writes_a_smaller_model_with_report(tmp_path):
     model_dir = write_tiny_checkpoint(tmp_path / "model", "opt")
     data = write_fake_wikitext(tmp_path / "data")
     out = tmp_path / "out"
-    run_cli("prune", str(model_dir), "--out", str(out), "--granularity", "structured", "--sparsity", "0.3",
-            "--shots", "2", "--calib-samples", "4", "--calib-seqlen", "32", "--data-dir", str(data), "--eval",
-            "--eval-seqlen", "32", "--eval-max-windows", "2", "--no-progress")
+    proc = run_cli("prune", str(model_dir), "--out", str(out), "--granularity", "structured", "--sparsity", "0.3",
+                   "--shots", "2", "--calib-samples", "4", "--calib-seqlen", "32", "--data-dir", str(data), "--eval",
+                   "--eval-seqlen", "32", "--eval-max-windows", "2", "--no-progress")
+    assert "USDT" not in proc.stderr and "profiler_start" not in proc.stderr  # the footprint's profiler is quiet
     report = json.loads((out / "report.json").read_text())
     fp = report["footprint"]
     assert fp["pruned"]["parameters"] < fp["dense"]["parameters"]

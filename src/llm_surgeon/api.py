@@ -345,7 +345,7 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
     model, tokenizer, _ = load_model_and_tokenizer(model_name, parse_dtype(options.dtype), options.device,
                                                    options.device_map)
     adapter = get_adapter(model)
-    if reason := refusal(options.save_format, config.granularity, adapter):
+    if reason := refusal(options.save_format, config.granularity, adapter, model):
         raise ConfigError(reason)
     parts = setup(model, config, adapter, options.progress and ranks.writes)
     method, linears = parts.method, parts.linears
@@ -446,7 +446,8 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
     if shapes is not None:
         footprint = {"dense": dense_footprint, "pruned": forward_footprint(run.model)}
     pattern = config.granularity if config.nm else "unstructured"
-    file_bytes = save_model_files(run.model, run.tokenizer, run.out, shapes, options.save_format, (achieved, pattern))
+    file_bytes = save_model_files(run.model, run.tokenizer, run.out, shapes, options.save_format, (achieved, pattern),
+                                  source=run.model_name)
     if footprint is not None:
         footprint["pruned"]["file_bytes"] = file_bytes
     seconds["wall"] = time.perf_counter() - run.started

@@ -206,6 +206,50 @@ def run_bench(protocol: Protocol, specs: list[RunSpec], out: Path, log=print) ->
     return results
 
 
+SPEED_ENGINES = ("none", "llama.cpp", "transformers")
+
+
+def speed_command(model: str, folder: Path, engine: str, prompt: int = 512, generate: int = 128) -> list[str]:
+    """``llm-surgeon speed`` of a structured run's folder against the dense model, in ``engine``."""
+    return [sys.executable, "-m", "llm_surgeon.cli", "speed", str(folder), "--against", model, "--engine", engine,
+            "--prompt", str(prompt), "--generate", str(generate), "--json", "--no-progress"]
+
+
+def measure_speeds(results: dict, out: Path, engine: str, log=print, prompt: int = 512,
+                   generate: int = 128) -> dict:
+    """Prompt and decode speed of every structured run against dense (``llm-surgeon speed``, each its own
+    process after the runs, so no pruning shares the machine); kept in ``results.json`` per run, so a
+    rerun measures only what is missing or was measured in another engine."""
+    if engine == "none":
+        return results
+    if engine not in SPEED_ENGINES:
+        raise ConfigError(f"--speed must be one of {', '.join(SPEED_ENGINES)}, got {engine!r}")
+    for key, record in results["runs"].items():
+        if record["granularity"] != STRUCTURED or (record.get("speed") or {}).get("engine") == engine:
+            continue
+        folder = out / "runs" / RunSpec(record["method"], STRUCTURED, record["target_sparsity"]).folder
+        cmd = speed_command(results["protocol"]["model"], folder, engine, prompt, generate)
+        log(f"[speed] {key}: {shlex.join(cmd)}")
+        log_path = folder.parent / f"{folder.name}.speed.log"
+        code, _, _ = run_child(cmd, log_path)
+        if code != 0:
+            log(f"[fail] speed of {key}: exit code {code}, see {log_path}")
+            continue
+        record["speed"] = _speed_record(json.loads(log_path.read_text().strip().splitlines()[-1]))
+        atomic_write_json(out / "results.json", results)
+    return results
+
+
+def _speed_record(measured: dict) -> dict:
+    a, b = measured["a"], measured["b"]
+    return {"engine": measured["engine"], "threads": measured["threads"], "machine": measured["machine"],
+            "prompt_tokens": measured["prompt_tokens"], "new_tokens": measured["new_tokens"],
+            "rounds": measured["rounds"], "prompt_ratio": measured["prompt_ratio"],
+            "decode_ratio": measured["decode_ratio"], "prompt_tokens_per_s": a["prompt_tokens_per_s"],
+            "decode_tokens_per_s": a["decode_tokens_per_s"], "dense_prompt_tokens_per_s": b["prompt_tokens_per_s"],
+            "dense_decode_tokens_per_s": b["decode_tokens_per_s"]}
+
+
 def _method_rank(method: str) -> int:
     """Rows of the tables in registry order: ours first, then the baselines from the paper's strongest to weakest."""
     order = method_names()
@@ -302,15 +346,34 @@ def _footprint_table(pruned: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|",
              f"| dense | 100% | – | {first['parameters']:,} | – | {first['latency_ms_median']:.0f} | "
              f"{first['forward_peak_mb']:.0f} |"]
+    timed = [r["speed"] for r in rows if r.get("speed")]
+    if timed:
+        lines[2] += " prompt tok/s (dense) | decode tok/s (dense) |"
+        lines[3] += "---|---|"
+        lines[4] += " – | – |"
     for r in sorted(rows, key=lambda r: (r["method"], r["target_sparsity"])):
         dense, pruned_fp = r["footprint"]["dense"], r["footprint"]["pruned"]
         lines.append(
             f"| {r['method']} | {1 - r['target_sparsity']:.0%} | {r['ppl']:.2f} | {pruned_fp['parameters']:,} | "
             f"{pruned_fp.get('file_bytes', 0) / 2**20:.0f} | {pruned_fp['latency_ms_median']:.0f} "
             f"({dense['latency_ms_median']:.0f}) | {pruned_fp['forward_peak_mb']:.0f} "
-            f"({dense['forward_peak_mb']:.0f}) |"
+            f"({dense['forward_peak_mb']:.0f}) |" + (_speed_cells(r.get("speed")) if timed else "")
         )
+    if timed:
+        first_speed = timed[0]
+        lines += ["", f"Speed: `llm-surgeon speed` in {first_speed['engine']}, {first_speed['threads']} threads on "
+                      f"{first_speed['machine']}, a {first_speed['prompt_tokens']}-token prompt then "
+                      f"{first_speed['new_tokens']} tokens generated, pruned and dense alternated over "
+                      f"{first_speed['rounds']} rounds (medians; the ratio is pruned over dense)."]
     return [*lines, ""]
+
+
+def _speed_cells(speed: dict | None) -> str:
+    if not speed:
+        return " – | – |"
+    return (f" {speed['prompt_tokens_per_s']:.1f} ({speed['dense_prompt_tokens_per_s']:.1f}) "
+            f"**{speed['prompt_ratio']:.2f}x** | {speed['decode_tokens_per_s']:.1f} "
+            f"({speed['dense_decode_tokens_per_s']:.1f}) **{speed['decode_ratio']:.2f}x** |")
 
 
 def render_plot(results: dict, path: Path) -> bool:

@@ -19,7 +19,8 @@ import warnings
 from dataclasses import Field
 
 from llm_surgeon._version import __version__
-from llm_surgeon.artifacts.formats import save_format_names
+from llm_surgeon.artifacts.formats import save_format_names, save_formats_help
+from llm_surgeon.bench import SPEED_ENGINES
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.gguf.encode import OUT_TYPES as GGUF_TYPES
@@ -181,9 +182,7 @@ def _add_output_flags(output: argparse._ArgumentGroup) -> None:
     output.add_argument("--semi-structured-export", action="store_true",
                         help="with 2:4 on a CUDA GPU and fp16/bf16: evaluate with torch semi-structured sparse "
                              "weights")
-    output.add_argument("--save-format", default="dense", choices=save_format_names(),
-                        help="dense: safetensors with the zeros; compressed: pruned matrices as bitmask + nonzero "
-                             "values (compressed-tensors' sparse-bitmask layout; loads with trust_remote_code=True)")
+    output.add_argument("--save-format", default="dense", choices=save_format_names(), help=save_formats_help())
     output.add_argument("--json", action="store_true", help="print one JSON summary instead of the human one")
 
 
@@ -213,6 +212,14 @@ def _bench_parser(sub) -> None:
     basics.add_argument("--granularities", default="unstructured",
                         help="comma-separated: unstructured, structured, N:M patterns")
     basics.add_argument("--sparsities", default="0.5", help="comma-separated (unstructured and structured runs)")
+    groups["evaluation"].add_argument(
+        "--speed", default="none", choices=SPEED_ENGINES,
+        help="after the runs, time each structured model against dense with llm-surgeon speed in this engine "
+             "(llama.cpp needs pip install 'llm-surgeon[gguf]')")
+    groups["evaluation"].add_argument("--speed-prompt", type=int, default=512, metavar="N",
+                                      help="with --speed: prompt tokens processed at once")
+    groups["evaluation"].add_argument("--speed-generate", type=int, default=128, metavar="N",
+                                      help="with --speed: tokens generated greedily after the prompt")
     _add_settings(groups, BENCH_SETTINGS)
     _add_eval_flags(groups, "eval-")
     _add_task_flags(groups, "--eval-tasks")
@@ -460,6 +467,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     specs = bench.grid(args.methods.split(","), args.granularities.split(","), sparsities, log=log)
     out = Path(args.out)
     results = bench.run_bench(protocol, specs, out, log=log)
+    results = bench.measure_speeds(results, out, args.speed, log=log, prompt=args.speed_prompt,
+                                   generate=args.speed_generate)
     bench.write_outputs(results, out, log=log)
     print(bench.render_markdown(results))
     failed = sum(key not in results["runs"] for key in [bench.DENSE, *(spec.key for spec in specs)])
@@ -507,7 +516,7 @@ def _notices_once() -> None:
 def _quiet_libraries(progress: bool) -> None:
     """With ``--no-progress`` the libraries' own bars go too (transformers' GGUF de-quantizing and shard
     writing, the hub's downloads), and torch's profiler keeps its kineto log lines to itself."""
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # kineto's levels end at USDT (5), its trace markers
     if progress:
         return
     from functools import partialmethod

@@ -8,7 +8,6 @@ decode throughput of a model against another, alternating them over rounds.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import asdict
@@ -25,34 +24,12 @@ from llm_surgeon.gguf import export_gguf
 from llm_surgeon.gguf.encode import OUT_TYPES
 from llm_surgeon.gguf.llama_engine import import_llama_cpp
 from llm_surgeon.gguf.perplexity import llama_cpp_perplexity, split_windows
+from llm_surgeon.gguf.sources import SOURCE_KEY, source_name, tokenizer_source
 from llm_surgeon.gguf.speed import compare_speed
 from llm_surgeon.models.loading import resolve_model_source
 from llm_surgeon.runtime.devices import check_positive
-from llm_surgeon.runtime.files import REPORT_NAME
 
-SOURCE_KEY = "llm_surgeon.source_model"
-"""The GGUF key naming the model an exported file came from, whose tokenizer ``eval`` reads."""
 ENGINES = ("transformers", "llama.cpp")
-
-
-def _tokenizer_source(model_name: str, tokenizer):
-    """What the GGUF's tokenizer is written from: the source GGUF file where the model came from one (the
-    tokenizer copied as llama.cpp knows it), else the Hugging Face tokenizer. A pruned folder names its
-    source model in its report."""
-    folder = Path(model_name)
-    report = folder / REPORT_NAME
-    if folder.is_dir() and report.is_file():
-        model_name = json.loads(report.read_text()).get("model", model_name)
-    try:
-        source = resolve_model_source(model_name)
-    except Exception:  # the source moved or is a hub id offline: its tokenizer came with the folder
-        return tokenizer
-    return Path(source.path_or_id) / source.gguf_file if source.gguf_file else tokenizer
-
-
-def _source_name(model_name: str) -> str:
-    path = Path(model_name)
-    return str(path.resolve()) if path.exists() else model_name
 
 
 def run_export(model_name: str, out: str, out_type: str = "f16", dtype: str = "float32") -> dict:
@@ -62,8 +39,8 @@ def run_export(model_name: str, out: str, out_type: str = "f16", dtype: str = "f
     if not out.endswith(".gguf"):
         raise ConfigError(f"--out names the GGUF file to write and ends in .gguf, got {out!r}")
     model, tokenizer, _ = load_model_and_tokenizer(model_name, getattr(torch, dtype))
-    report = export_gguf(model, _tokenizer_source(model_name, tokenizer), out, out_type,
-                         extra={SOURCE_KEY: _source_name(model_name)})
+    report = export_gguf(model, tokenizer_source(model_name, tokenizer), out, out_type,
+                         extra={SOURCE_KEY: source_name(model_name)})
     return asdict(report)
 
 

@@ -61,12 +61,13 @@ def inspect_output(out: Path, model_name: str, config: PruneConfig, overwrite: b
 
 
 def save_model_files(model, tokenizer, out: Path, layout: StructuredLayout | None = None, save_format: str = "dense",
-                     sparsity: tuple[float, str] = (0.0, "unstructured")) -> int:
+                     sparsity: tuple[float, str] = (0.0, "unstructured"), source: str | None = None) -> int:
     """Write the model in ``save_format`` so that the folder is never half-complete; return the weights' bytes.
 
     A compacted model (``layout``, its per-block widths) is written in the ``structured`` format unless the
     format asked holds such widths itself (:func:`~llm_surgeon.artifacts.formats.format_for_run`);
-    ``sparsity`` = (fraction, pattern) is for the formats that record it. Files are written to a hidden
+    ``sparsity`` = (fraction, pattern) is for the formats that record it, ``source`` (the model the run
+    loaded) for those that copy from it. Files are written to a hidden
     staging folder inside ``out`` and moved in one by one; ``report.json`` is removed first (the caller
     writes it last), so its presence means "complete".
     """
@@ -76,7 +77,7 @@ def save_model_files(model, tokenizer, out: Path, layout: StructuredLayout | Non
     (out / REPORT_NAME).unlink(missing_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
     try:
-        fmt.save(model, staging, SaveRequest(tokenizer, layout, *sparsity))
+        fmt.save(model, staging, SaveRequest(tokenizer, layout, *sparsity, source=source))
         fsync_tree(staging)
         apply_default_modes(staging)
         for item in staging.iterdir():

@@ -10,6 +10,7 @@ format above this layer such as the GGUF exporter, by a module of its own rank, 
 from llm_surgeon.artifacts.formats.base import MODELING_FILE, SaveFormat, SaveRequest
 from llm_surgeon.artifacts.formats.compressed import CompressedFormat
 from llm_surgeon.artifacts.formats.dense import DenseFormat
+from llm_surgeon.artifacts.formats.gguf_file import GGUFFormat
 from llm_surgeon.artifacts.formats.registry import (
     STRUCTURED_FORMAT,
     check_selectable,
@@ -24,9 +25,9 @@ from llm_surgeon.artifacts.formats.registry import (
 )
 from llm_surgeon.artifacts.formats.structured import StructuredFormat
 
-for _format in (DenseFormat(), CompressedFormat(), StructuredFormat()):
+for _format in (DenseFormat(), CompressedFormat(), StructuredFormat(), GGUFFormat()):
     register_format(_format)
 
-__all__ = ["MODELING_FILE", "STRUCTURED_FORMAT", "CompressedFormat", "DenseFormat", "SaveFormat", "SaveRequest",
-           "StructuredFormat", "check_selectable", "detect_format", "format_for_run", "format_names", "get_format",
-           "refusal", "register_format", "save_format_names", "save_formats_help"]
+__all__ = ["MODELING_FILE", "STRUCTURED_FORMAT", "CompressedFormat", "DenseFormat", "GGUFFormat", "SaveFormat",
+           "SaveRequest", "StructuredFormat", "check_selectable", "detect_format", "format_for_run", "format_names",
+           "get_format", "refusal", "register_format", "save_format_names", "save_formats_help"]

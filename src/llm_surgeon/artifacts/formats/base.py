@@ -34,6 +34,8 @@ class SaveRequest:
     """The fraction of pruned weights, recorded by formats that describe their sparsity."""
     pattern: str = "unstructured"
     """``unstructured`` or ``N:M``: how the zeros are arranged."""
+    source: str | None = None
+    """The model the run loaded (name, folder or GGUF file), for formats that copy from it (a tokenizer)."""
 
 
 class SaveFormat(ABC):
@@ -52,6 +54,11 @@ class SaveFormat(ABC):
         """Why a run of ``granularity`` (on a model of ``adapter``, once loaded) cannot be saved so, in one
         line, or None. Asked before the model is loaded (``adapter`` None) and again before pruning starts,
         so that no run prunes for hours to fail at the end."""
+        return None
+
+    def refuse_model(self, model: nn.Module) -> str | None:
+        """Why this loaded (not yet pruned) model cannot be saved so, in one line, or None; for formats whose
+        limits are features of the model (a GGUF file's architecture), asked before pruning starts."""
         return None
 
     @abstractmethod

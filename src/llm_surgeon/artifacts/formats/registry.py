@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch import nn
+
 from llm_surgeon.artifacts.formats.base import SaveFormat
 from llm_surgeon.errors import ConfigError
 from llm_surgeon.models.spec import ArchitectureAdapter
@@ -63,15 +65,18 @@ def format_for_run(name: str, granularity: str) -> SaveFormat:
     return asked
 
 
-def refusal(name: str, granularity: str, adapter: ArchitectureAdapter | None = None) -> str | None:
+def refusal(name: str, granularity: str, adapter: ArchitectureAdapter | None = None,
+            model: nn.Module | None = None) -> str | None:
     """Why a run of ``granularity`` asking for format ``name`` cannot be saved (one line), or None: the
-    format asked is asked first, then the one the run would get (:func:`format_for_run`)."""
+    format asked is asked first, then the one the run would get (:func:`format_for_run`); with the loaded
+    ``model``, each is also asked about the model itself."""
     asked = get_format(name)
-    reason = asked.refuse(granularity, adapter)
     chosen = format_for_run(name, granularity)
-    if reason is None and chosen is not asked:
-        reason = chosen.refuse(granularity, adapter)
-    return reason
+    for fmt in dict.fromkeys((asked, chosen)):
+        reason = fmt.refuse(granularity, adapter) or (fmt.refuse_model(model) if model is not None else None)
+        if reason:
+            return reason
+    return None
 
 
 def detect_format(folder: str | Path) -> SaveFormat | None:
