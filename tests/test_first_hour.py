@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import re
 import subprocess
@@ -98,6 +99,26 @@ def test_eval_counts_the_tokens_it_scored_and_is_remembered(tmp_path, monkeypatc
     assert result["tokens"] == 2 * 31 and result["text_tokens"] > result["tokens"]
     cached = json.loads((tmp_path / "cache" / "dense_ppl.json").read_text())
     assert [entry["ppl"] for entry in cached.values()] == [result["ppl"]]
+
+
+def test_the_dense_cache_answers_fewer_windows_from_a_longer_evaluation(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLM_SURGEON_CACHE", str(tmp_path / "cache"))
+    model, data = write_tiny_checkpoint(tmp_path / "model"), write_fake_wikitext(tmp_path / "data")
+    flags = ["--seqlen", "32", "--json", "--data-dir", str(data), "--no-progress"]
+    two = json.loads(run_cli("eval", str(model), "--max-windows", "2", *flags).stdout)
+    run_cli("eval", str(model), "--max-windows", "5", *flags)  # the longer one replaces the shorter entry
+    cached = json.loads((tmp_path / "cache" / "dense_ppl.json").read_text())
+    assert [entry["windows"] for entry in cached.values()] == [5]
+    # a prune scored on 2 windows finds the dense model's 2 windows inside the 5 (no --eval-dense)
+    report_out = _prune_cli(model, tmp_path / "p", data).stdout
+    del report_out
+    report = json.loads((tmp_path / "p" / "report.json").read_text())["ppl"]
+    dense = report["dense_wikitext2"]
+    assert dense["windows"] == 3 and dense["tokens"] == 3 * 31
+    assert math.isclose(report["wikitext2_detail"]["windows"], 3)
+    from llm_surgeon.evaluation.perplexity import first_windows
+
+    assert math.isclose(first_windows(dense, 2)["ppl"], two["ppl"], rel_tol=1e-12)
 
 
 def test_output_files_get_the_usual_permissions(tmp_path):

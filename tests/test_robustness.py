@@ -268,3 +268,30 @@ def test_failed_overwrite_leaves_the_previous_run_intact(tmp_path):
     failed = subprocess.run([*base, "--calib-samples", "5000", "--overwrite"], capture_output=True, text=True)
     assert failed.returncode == 2 and "requested" in failed.stderr
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("command", ["prune", "eval"])
+def test_no_data_folder_offline_is_said_before_the_model_loads_with_how_to_point_at_one(command, tmp_path,
+                                                                                          monkeypatch, capsys):
+    import types
+
+    from llm_surgeon import cli
+    from llm_surgeon.data import textsets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'wikitext' on the Hub (LocalEntryNotFoundError)")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.delenv("LLM_SURGEON_DATA", raising=False)
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
+    monkeypatch.setattr(textsets, "_HUB_ROWS", {})
+    monkeypatch.setattr(api, "load_model_and_tokenizer", no_loading)
+    model = write_tiny_checkpoint(tmp_path / "model")
+    capsys.readouterr()  # the checkpoint's own writing bars
+    args = ["prune", str(model), "--out", str(tmp_path / "out")] if command == "prune" else ["eval", str(model)]
+    assert cli.main([*args, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--data-dir" in err[0] and "LLM_SURGEON_DATA" in err[0] and "Couldn't reach" in err[0]
+    assert not (tmp_path / "out").exists()

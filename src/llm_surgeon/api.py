@@ -41,6 +41,8 @@ from llm_surgeon.methods import method_class
 from llm_surgeon.models.adapters import ArchitectureAdapter, check_family, get_adapter
 from llm_surgeon.models.experts import expert_summary
 from llm_surgeon.models.loading import DEVICE_MAPS, load_config
+from llm_surgeon.models.source_dtype import describe_source, source_dtype
+from llm_surgeon.planning.eta import RunClock
 from llm_surgeon.planning.fit import SAFETY_MARGIN, ShotFit, first_batch, fit_shot, margin_bytes, shot_needs
 from llm_surgeon.planning.memory import (
     ShotMemory,
@@ -50,6 +52,7 @@ from llm_surgeon.planning.memory import (
     reconstruction_bytes,
     total_bytes,
 )
+from llm_surgeon.planning.plan import plan_shot
 from llm_surgeon.runtime.devices import check_device, check_positive
 from llm_surgeon.runtime.files import REPORT_NAME, atomic_write_json
 
@@ -77,6 +80,9 @@ class RunOptions:
     """Score only the first documents of each task (quick checks)."""
     save_format: str = "dense"
     """``dense`` (safetensors with the zeros) or ``compressed`` (pruned matrices as bitmask + values)."""
+    save_dtype: str = "auto"
+    """The saved weights' dtype: ``auto`` is the source model's own (bf16/fp16 where it was; a quantised
+    GGUF's is float16), else ``float32``, ``bfloat16`` or ``float16``. Evaluation runs in ``dtype`` before."""
     device: str = "cpu"
     dtype: str = "float32"
     overwrite: bool = False
@@ -118,6 +124,8 @@ class RunOptions:
             check_evaluation_files(text_set, data_dir)
         check_positive("--tasks-limit", self.tasks_limit)
         check_selectable(self.save_format)
+        if self.save_dtype != "auto":
+            parse_dtype(self.save_dtype)
         check_tasks(parse_tasks(self.eval_tasks), self.tasks_dir)
         return self
 
@@ -133,6 +141,9 @@ class RunOptions:
             raise ConfigError(f"--max-memory: {exc}") from exc
 
 
+SAVE_DTYPES = ("auto", *DTYPES)
+
+
 def parse_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ConfigError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
@@ -141,7 +152,7 @@ def parse_dtype(name: str) -> torch.dtype:
 
 def evaluate(model, tokenizer, data_dir: str | Path | None = None, seqlen: int = 2048,
              max_windows: int | None = None, progress: bool = True, dataset: str | TextSet = "wikitext2",
-             text_field: str = "text") -> PerplexityResult:
+             text_field: str = "text", label: str = "") -> PerplexityResult:
     """Perplexity of a loaded model under the standard protocol on one text set (``wikitext2``, ``ptb``,
     ``c4`` in ``data_dir``, or a text/JSON-lines/Parquet file); ``data_dir`` as for the CLI."""
     check_positive("seqlen", seqlen, 2)
@@ -149,7 +160,7 @@ def evaluate(model, tokenizer, data_dir: str | Path | None = None, seqlen: int =
     text_set = dataset if isinstance(dataset, TextSet) else parse_text_set(dataset, text_field)
     tokens = evaluation_tokens(tokenizer, resolve_data_dir(data_dir), text_set)
     return perplexity(model, tokens, seqlen, text_set.window_limit(max_windows), dataset=text_set.name,
-                      progress=progress)
+                      progress=progress, label=label)
 
 
 def load_calibration(tokenizer, samples: int = 128, seqlen: int = 2048, seed: int = 0,
@@ -300,6 +311,10 @@ class PreparedRun:
     every_layer_on_every_rank: bool = False
     """The selection reads every layer's whole factors (structured): ranks replicate instead of owning layers."""
     rank_stats: list[dict] | None = None
+    earlier_seconds: float = 0.0
+    """Wall seconds the earlier runs of a resumed job spent (from its checkpoint)."""
+    clock: RunClock | None = None
+    """The run-level progress: shot k of T, elapsed, an estimate of what is left."""
     """Per rank after the shots: its peak memory and the seconds it spent in collectives."""
     dense: DenseWeights | None = None
     """The dense weights a reconstructing run fits to, copied before a checkpoint's were loaded."""
@@ -357,12 +372,13 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
             parse_text_set(config.calib_data, config.text_field),
         )
     torch.manual_seed(config.seed)
-    resumed, resumed_from_shot = None, None
+    resumed, resumed_from_shot, earlier_seconds = None, None, 0.0
     dense = snapshot_dense(linears) if config.needs_dense_weights else None  # before a checkpoint's weights
     if state == "resume":
         checkpoint = list_checkpoints(out)[-1]
         resumed = load_checkpoint(checkpoint, config, linears)
         resumed_from_shot = len(resumed.shots)
+        earlier_seconds = float(checkpoint.meta.get("wall_seconds") or 0.0)
         print(f"llm-surgeon: resuming from {checkpoint.path} (shot {checkpoint.shot} of {config.effective_shots})",
               file=sys.stderr)
     if state == "replace" and ranks.writes:
@@ -382,16 +398,28 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
                        every_layer_on_every_rank=parts.selector.needs_every_layer, dense=dense, parts=parts,
                        block_devices=block_devices(model, adapter),
                        pass_batch=fit.batch_size if fit is not None and fit.batch_lowered else None,
+                       earlier_seconds=earlier_seconds,
                        memory_estimate=_estimate_dict(fit, loaded_mb, layout, options.budget_bytes(),
                                                       getattr(model.config, "_attn_implementation", None), refit))
 
 
 def execute_run(run: PreparedRun) -> PruneResult:
     """The shots, with a checkpoint after each (written by rank 0; the others wait for it)."""
+    clock = run.clock or RunClock(run.config.effective_shots, earlier_seconds=run.earlier_seconds,
+                                  started=run.started)
+    run.clock = clock
+    talk = run.options.progress and run.ranks.writes
+
     def checkpoint(shot: int, result: PruneResult) -> None:
+        if talk:
+            print(clock.shot_line(len(result.shots), result.shots[-1].seconds_total), file=sys.stderr, flush=True)
         if run.ranks.writes:  # the user's config: the fitted batch is no part of the run's identity
-            save_checkpoint(run.out, run.model_name, replace(result, config=run.config), run.linears)
+            save_checkpoint(run.out, run.model_name, replace(result, config=run.config), run.linears,
+                            wall_seconds=clock.elapsed())
         run.ranks.barrier()
+
+    if talk:
+        print(clock.opening_line(run.resumed_from_shot or 0), file=sys.stderr, flush=True)
 
     collector = _collector(run)
     result = prune_model(
@@ -402,6 +430,14 @@ def execute_run(run: PreparedRun) -> PruneResult:
     run.rank_stats = run.ranks.gather({"rank": run.ranks.rank, "peak_mb": peak_memory_mb(run.options.device),
                                        "communication_s": collector.clock.seconds if collector else 0.0})
     return result
+
+
+def _predicted_shot_seconds(model_name: str, config: PruneConfig, dtype: str) -> float | None:
+    """``plan``'s seconds per shot on this machine, for the run's first estimate; None when it cannot say."""
+    try:
+        return plan_shot(model_name, config, dtype).seconds_per_shot
+    except Exception:  # an estimate is a courtesy: a model plan cannot read runs all the same
+        return None
 
 
 def _collector(run: PreparedRun) -> DataParallelCollector | None:
@@ -446,11 +482,13 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
     if shapes is not None:
         footprint = {"dense": dense_footprint, "pruned": forward_footprint(run.model)}
     pattern = config.granularity if config.nm else "unstructured"
+    saved_dtype = _cast_for_saving(run)
     file_bytes = save_model_files(run.model, run.tokenizer, run.out, shapes, options.save_format, (achieved, pattern),
                                   source=run.model_name)
     if footprint is not None:
         footprint["pruned"]["file_bytes"] = file_bytes
-    seconds["wall"] = time.perf_counter() - run.started
+    seconds["wall_this_run"] = time.perf_counter() - run.started
+    seconds["wall"] = run.earlier_seconds + seconds["wall_this_run"]
     report = build_report(
         config=config, model_name=run.model_name, result=result,
         calibration=run.calibration_spec.__dict__ if run.calibration_spec else None,
@@ -459,7 +497,9 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
         resumed_from_shot=run.resumed_from_shot, footprint=footprint, memory_estimate=run.memory_estimate,
         distributed=_distributed_dict(run), experts=_experts_dict(run, result),
     )
-    report["files"] = {"save_format": options.save_format, "weights_bytes": file_bytes}
+    report["files"] = {"save_format": options.save_format, "weights_bytes": file_bytes, "save_dtype": saved_dtype,
+                       "evaluated_in": options.dtype}
+    report["model_loaded_as"] = describe_source(run.model_name, parse_dtype(options.dtype))
     if accuracy is not None:
         report["zero_shot"] = {"tasks": accuracy, "limit": options.tasks_limit}
     drawn = render_sparsity_heatmap(report, run.out / SPARSITY_PLOT)
@@ -467,6 +507,17 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
     atomic_write_json(run.out / REPORT_NAME, report)
     remove_checkpoints(run.out)
     return report
+
+
+def _cast_for_saving(run: PreparedRun) -> str:
+    """Cast the pruned model to the dtype it is saved in (``--save-dtype``; ``auto``: the source's own, else the
+    run's), after it was evaluated; return that dtype's name."""
+    wanted = run.options.save_dtype
+    dtype = source_dtype(run.model_name) if wanted == "auto" else parse_dtype(wanted)
+    dtype = dtype or parse_dtype(run.options.dtype)
+    if dtype != next(run.model.parameters()).dtype:
+        run.model.to(dtype)
+    return str(dtype).removeprefix("torch.")
 
 
 def _evaluate_all(run: PreparedRun, seconds: dict[str, float]) -> tuple[dict | None, dict | None]:
@@ -487,31 +538,41 @@ def _evaluate_all(run: PreparedRun, seconds: dict[str, float]) -> tuple[dict | N
 
 def _dense_key(run: PreparedRun, text_set: TextSet) -> str:
     o = run.options
-    return dense_cache.cache_key(run.model_name, o.dtype, run.data_dir, o.eval_seqlen, o.eval_max_windows, text_set)
+    return dense_cache.cache_key(run.model_name, o.dtype, run.data_dir, o.eval_seqlen, text_set)
 
 
-def _evaluate_on(run: PreparedRun, text_set: TextSet) -> PerplexityResult:
+def _evaluate_on(run: PreparedRun, text_set: TextSet, label: str) -> PerplexityResult:
     o = run.options
-    return evaluate(run.model, run.tokenizer, run.data_dir, o.eval_seqlen, o.eval_max_windows, o.progress, text_set)
+    return evaluate(run.model, run.tokenizer, run.data_dir, o.eval_seqlen, o.eval_max_windows, o.progress, text_set,
+                    label=label)
 
 
 def _evaluate_pruned(run: PreparedRun) -> dict:
     """Per set: ``{name: ppl, name_detail: {...}, dense_name: the dense model's result or None}``."""
     ppl: dict = {}
     for text_set in run.options.eval_sets():
-        evaluated = _evaluate_on(run, text_set)
-        dense = (run.dense_ppl or {}).get(text_set.name) or dense_cache.lookup(_dense_key(run, text_set))
+        evaluated = _evaluate_on(run, text_set, "pruned model")
+        dense = (run.dense_ppl or {}).get(text_set.name) or dense_cache.lookup(_dense_key(run, text_set),
+                                                                                 evaluated.windows)
         ppl.update({text_set.name: evaluated.ppl, f"{text_set.name}_detail": evaluated.to_dict(),
                     f"dense_{text_set.name}": dense})
     return ppl
 
 
 def _evaluate_dense(run: PreparedRun) -> dict:
-    """Perplexity of the still-dense model on the windows the pruned one will be scored on, per set; remembered."""
+    """Perplexity of the still-dense model on the windows the pruned one will be scored on, per set: from the
+    dense cache when an earlier evaluation covered them, else measured now and remembered."""
     results = {}
-    for text_set in run.options.eval_sets():
-        results[text_set.name] = _evaluate_on(run, text_set).to_dict()
-        dense_cache.store(_dense_key(run, text_set), results[text_set.name])
+    o = run.options
+    for text_set in o.eval_sets():
+        tokens = evaluation_tokens(run.tokenizer, run.data_dir, text_set)
+        windows = min(tokens.numel() // o.eval_seqlen, text_set.window_limit(o.eval_max_windows) or tokens.numel())
+        cached = dense_cache.lookup(_dense_key(run, text_set), windows)
+        if cached is None:
+            cached = perplexity(run.model, tokens, o.eval_seqlen, text_set.window_limit(o.eval_max_windows),
+                                text_set.name, o.progress, label="dense model").to_dict()
+            dense_cache.store(_dense_key(run, text_set), cached)
+        results[text_set.name] = cached
     return results
 
 
@@ -541,6 +602,9 @@ def prune_job(model_name: str, config: PruneConfig, options: RunOptions) -> Prun
         raise ConfigError(f"nothing to resume in {out}: no complete checkpoint")
     with joined_ranks(options.device) as ranks:
         run = prepare_run(model_name, config, options, state, ranks)
+        if options.progress and ranks.writes and run.calibration is not None:
+            run.clock = RunClock(config.effective_shots, _predicted_shot_seconds(model_name, config, options.dtype),
+                                 run.earlier_seconds, run.started)
         if options.eval and options.eval_dense and run.resumed is None and ranks.writes:
             run.dense_ppl = _evaluate_dense(run)
         dense_footprint = forward_footprint(run.model) if config.granularity == "structured" else None
@@ -577,7 +641,7 @@ def run_eval(model_name: str, data_dir: str | None = None, seqlen: int = 2048, m
     results: dict[str, dict] = {}
     for text_set in text_sets:
         results[text_set.name] = evaluate(model, tokenizer, resolved, seqlen, max_windows, progress, text_set).to_dict()
-        dense_cache.store(dense_cache.cache_key(model_name, dtype, resolved, seqlen, max_windows, text_set),
+        dense_cache.store(dense_cache.cache_key(model_name, dtype, resolved, seqlen, text_set),
                           results[text_set.name])
     if task_names:
         results["zero_shot"] = {"tasks": zero_shot(model, tokenizer, task_names, tasks_dir, tasks_limit),

@@ -183,6 +183,9 @@ def _add_output_flags(output: argparse._ArgumentGroup) -> None:
                         help="with 2:4 on a CUDA GPU and fp16/bf16: evaluate with torch semi-structured sparse "
                              "weights")
     output.add_argument("--save-format", default="dense", choices=save_format_names(), help=save_formats_help())
+    output.add_argument("--save-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="dtype of the saved weights; auto: the source model's own (a quantised GGUF's: "
+                             "float16), whatever --dtype the pruning ran in")
     output.add_argument("--json", action="store_true", help="print one JSON summary instead of the human one")
 
 
@@ -332,7 +335,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         eval_max_windows=args.eval_max_windows, eval_datasets=tuple(args.eval_datasets.split(",")),
         text_field=args.text_field, eval_tasks=tuple(filter(None, args.eval_tasks.split(","))),
         tasks_dir=args.tasks_dir, tasks_limit=args.tasks_limit, save_format=args.save_format,
-        device=args.device, dtype=args.dtype,
+        save_dtype=args.save_dtype, device=args.device, dtype=args.dtype,
         overwrite=args.overwrite, progress=not args.no_progress, eval_dense=args.eval_dense,
         semi_structured_export=args.semi_structured_export, resume=args.resume,
         max_memory=args.max_memory, factor_device=args.factor_device, device_map=args.device_map,

@@ -56,8 +56,9 @@ def config_differences(a: dict, b: dict) -> list[str]:
 
 
 def save_checkpoint(out: Path, model_name: str, result: PruneResult, linears: dict[str, nn.Linear],
-                    keep: int = 2) -> Path:
-    """Write the state after the last recorded shot; keep only the newest ``keep`` checkpoints."""
+                    keep: int = 2, wall_seconds: float | None = None) -> Path:
+    """Write the state after the last recorded shot; keep only the newest ``keep`` checkpoints. ``wall_seconds``
+    (the job's time so far) lets a resumed run count the time spent before it."""
     shot = len(result.shots)
     root = out / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -75,6 +76,7 @@ def save_checkpoint(out: Path, model_name: str, result: PruneResult, linears: di
         "shot_records": [asdict(s) for s in result.shots],
         "state_sha256": sha256_of(staging / STATE_FILE),
         "state_bytes": (staging / STATE_FILE).stat().st_size,
+        "wall_seconds": wall_seconds,
     }
     atomic_write_json(staging / META_FILE, meta)
     fsync_tree(staging)

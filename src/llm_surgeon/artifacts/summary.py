@@ -44,6 +44,7 @@ def human_summary(report: dict, out: str) -> str:
     lines = [
         f"llm-surgeon: pruned {report['model']} with {report['method']} ({report['granularity']}, "
         f"target {report['target_sparsity']:.1%}, {report['shots']} shot(s))",
+        *([f"  model        {report['model_loaded_as']}"] if report.get("model_loaded_as") else []),
         f"  sparsity     {report['achieved_sparsity']:.2%} of the prunable weights are exact zeros",
     ]
     if report.get("ppl"):
@@ -54,13 +55,41 @@ def human_summary(report: dict, out: str) -> str:
             lines.append(f"  zero-shot    {task} {shown[0]} {shown[1]:.4f} ({metrics.get('samples', '?')} documents)")
     parts = ", ".join(f"{k} {s[k]:.1f}" for k in ("curvature", "costs", "update", "reconstruction", "correction")
                       if s.get(k))
+    resumed = report.get("resumed_from_shot")
+    this_run = (f" ({s['wall_this_run']:.1f} s in this run, resumed after shot {resumed})"
+                if resumed and "wall_this_run" in s else "")
     lines.append(f"  time         {s['total']:.1f} s pruning ({parts or 'no curvature'}); "
-                 f"{s.get('wall', s['total']):.1f} s in all")
+                 f"{s.get('wall', s['total']):.1f} s in all{this_run}")
     lines.append(_memory_line(report))
     structure = report.get("structure")
     if structure:
         lines.append(f"  parameters   {structure['prunable_params_after']:,} of {structure['prunable_params_before']:,}"
                      " prunable parameters kept (physically smaller model)")
-    plot = f", {report['sparsity_plot']}" if report.get("sparsity_plot") else ""
-    lines.append(f"  saved to     {out} (model + report.json{plot})")
+        lines += _footprint_lines(report.get("footprint") or {})
+    lines.append(_saved_line(report, out))
     return "\n".join(lines)
+
+
+def _footprint_lines(footprint: dict) -> list[str]:
+    """The compact model's forward cost beside the dense model's, measured in the same process."""
+    dense, pruned = footprint.get("dense"), footprint.get("pruned")
+    if not dense or not pruned:
+        return []
+    return [f"  compact      forward of {pruned.get('tokens', dense.get('tokens', '?'))} tokens: "
+            f"{pruned['latency_ms_median']:.0f} ms (dense {dense['latency_ms_median']:.0f} ms), peak "
+            f"{pruned['forward_peak_mb']:.0f} MB (dense {dense['forward_peak_mb']:.0f} MB); "
+            f"{pruned['parameters']:,} parameters (dense {dense['parameters']:,})"]
+
+
+def _saved_line(report: dict, out: str) -> str:
+    """Where, how large and in which dtype the model was saved (and that it was evaluated before casting)."""
+    files = report.get("files") or {}
+    plot = f", {report['sparsity_plot']}" if report.get("sparsity_plot") else ""
+    if "weights_bytes" not in files:
+        return f"  saved to     {out} (model + report.json{plot})"
+    dtype = files.get("save_dtype")
+    evaluated = files.get("evaluated_in")
+    note = f"; evaluated in {evaluated} before saving" if dtype and evaluated and dtype != evaluated else ""
+    in_dtype = f" in {dtype}" if dtype else ""
+    return (f"  saved to     {out} ({files['weights_bytes'] / 2**20:,.0f} MB{in_dtype}, "
+            f"{files.get('save_format', 'dense')} format{note}; report.json{plot})")

@@ -120,9 +120,12 @@ def evaluation_files(text_set: TextSet, data_dir: Path | None) -> list[Path]:
 
 
 def check_evaluation_files(text_set: TextSet, data_dir: Path | None) -> None:
-    """Refuse, before any model is loaded, a named set whose evaluation file is not in the data folder."""
-    if text_set.path is None and not (data_dir is None and text_set.name == "wikitext2") \
-            and not evaluation_files(text_set, data_dir):
+    """Refuse, before any model is loaded, a named set whose evaluation file is not in the data folder (with
+    no folder, WikiText-2 is fetched from the hub now, so that an offline machine hears so before loading)."""
+    if text_set.path is None and data_dir is None and text_set.name == "wikitext2":
+        _rows_from_hub(EVALUATION_SPLIT["wikitext2"])
+        return
+    if text_set.path is None and not evaluation_files(text_set, data_dir):
         wanted = " or ".join(_split_files(text_set.name, EVALUATION_SPLIT[text_set.name]))
         raise DataError(f"{text_set.name} evaluation text not found: expected {wanted} in {_where(data_dir)}")
 
@@ -132,7 +135,9 @@ def check_calibration_files(text_set: TextSet, data_dir: Path | None) -> None:
     if text_set.path is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the fallback is announced when the text is read
-            _calibration_split(text_set.name, data_dir)
+            split = _calibration_split(text_set.name, data_dir)
+        if data_dir is None and text_set.name == "wikitext2":
+            _rows_from_hub(split)  # fetched now: an offline machine hears so before the model loads
 
 
 def _calibration_split(name: str, data_dir: Path | None) -> str:
@@ -205,17 +210,30 @@ def wikitext2_rows(split: str, data_dir: Path | None) -> list[str]:
         return ["" if line.strip() == "" else line for line in handle]
 
 
+POINT_AT_DATA = ("give a folder holding wikitext-2-raw/ with --data-dir DIR or LLM_SURGEON_DATA=DIR "
+                 "(see the README's data section)")
+
+
 def _rows_from_hub(split: str) -> list[str]:
-    try:
-        from datasets import load_dataset
-    except ImportError as exc:
-        raise DataError("no data folder given (--data-dir or $LLM_SURGEON_DATA) and the `datasets` package "
-                        "is not installed") from exc
-    try:
-        return list(load_dataset("wikitext", "wikitext-2-raw-v1", split={"valid": "validation"}.get(split, split))
-                    ["text"])
-    except Exception as exc:  # network, hub or cache failures all mean "no data"
-        raise DataError(f"cannot fetch WikiText-2 {split} from the hub: {exc}") from exc
+    """The split from the Hugging Face hub (kept for the process, so checking it before the model loads costs
+    no second download)."""
+    if split not in _HUB_ROWS:
+        try:
+            from datasets import load_dataset
+        except ImportError as exc:
+            raise DataError(f"no data folder given and the `datasets` package that fetches WikiText-2 from the "
+                            f"hub is not installed: {POINT_AT_DATA}") from exc
+        try:
+            rows = load_dataset("wikitext", "wikitext-2-raw-v1", split={"valid": "validation"}.get(split, split))
+        except Exception as exc:  # network, hub or cache failures all mean "no data"
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            raise DataError(f"no data folder given and WikiText-2 {split} could not be fetched from the Hugging "
+                            f"Face hub ({first}): {POINT_AT_DATA}") from exc
+        _HUB_ROWS[split] = list(rows["text"])
+    return _HUB_ROWS[split]
+
+
+_HUB_ROWS: dict[str, list[str]] = {}
 
 
 def _ptb_sentences(path: Path) -> list[str]:

@@ -57,6 +57,12 @@ class ShotRecord:
     reconstruction_error_after: float = 0.0
     reconstruction_iterations_mean: float = 0.0
 
+    @property
+    def seconds_total(self) -> float:
+        """The shot's pruning seconds, every stage."""
+        return (self.seconds_curvature + self.seconds_costs + self.seconds_update + self.seconds_correction
+                + self.seconds_reconstruction)
+
 
 @dataclass
 class PruneResult:

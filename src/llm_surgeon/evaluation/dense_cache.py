@@ -2,18 +2,22 @@
 
 ``llm-surgeon eval`` and ``prune --eval-dense`` store what they measure under a key that names
 the model (with the size and time of its local files, so a rewritten folder is a new key), the
-dtype, the data file's SHA-256 and the windows; ``prune --eval`` looks the dense model up there.
-The cache is a JSON file in ``$LLM_SURGEON_CACHE`` (default ``~/.cache/llm-surgeon``).
+dtype, the data file's SHA-256 and the window length; ``prune --eval`` looks the dense model up there.
+Each entry keeps its windows' NLLs, so an evaluation of the first K windows is answered by any stored
+one that covered at least K (the entry with the most windows is kept). The cache is a JSON file in
+``$LLM_SURGEON_CACHE`` (default ``~/.cache/llm-surgeon``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
 
 from llm_surgeon.data.textsets import WIKITEXT2, TextSet, evaluation_files
+from llm_surgeon.evaluation.perplexity import first_windows
 from llm_surgeon.runtime.files import atomic_write_json
 
 CACHE_ENV = "LLM_SURGEON_CACHE"
@@ -43,25 +47,32 @@ def _text_digest(data_dir: Path | None, text_set: TextSet) -> str:
     return digest.hexdigest() if any(f.is_file() for f in files) else "missing"
 
 
-def cache_key(model: str, dtype: str, data_dir: Path | None, seqlen: int, max_windows: int | None,
-              text_set: TextSet = WIKITEXT2) -> str:
+def cache_key(model: str, dtype: str, data_dir: Path | None, seqlen: int, text_set: TextSet = WIKITEXT2) -> str:
+    """The key of a model's evaluations on one set at one window length (any number of windows)."""
     return json.dumps([model, _files_stamp(model), dtype, text_set.name, _text_digest(data_dir, text_set), seqlen,
-                       max_windows])
+                       "per-window"])
 
 
-def lookup(key: str) -> dict | None:
+def _entries() -> dict:
     try:
-        return json.loads(cache_path().read_text()).get(key)
+        return json.loads(cache_path().read_text())
     except (OSError, json.JSONDecodeError):
-        return None
+        return {}
+
+
+def lookup(key: str, windows: int) -> dict | None:
+    """The stored result over the first ``windows`` windows, or None when no stored one covers them."""
+    entry = _entries().get(key)
+    return None if entry is None else first_windows(entry, windows)
 
 
 def store(key: str, result: dict) -> None:
-    """Remember ``result`` (a PerplexityResult dict); a cache that cannot be written is skipped, never fatal."""
-    path = cache_path()
-    try:
-        entries = json.loads(path.read_text()) if path.is_file() else {}
-        entries[key] = result
-        atomic_write_json(path, entries)
-    except (OSError, json.JSONDecodeError):
-        pass
+    """Remember ``result`` (a PerplexityResult dict) unless one with more windows is stored; a cache that cannot
+    be written is skipped, never fatal."""
+    entries = _entries()
+    held = entries.get(key)
+    if held is not None and len(held.get("window_nll") or []) >= len(result.get("window_nll") or []):
+        return
+    entries[key] = result
+    with contextlib.suppress(OSError):
+        atomic_write_json(cache_path(), entries)

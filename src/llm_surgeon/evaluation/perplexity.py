@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -32,18 +32,32 @@ class PerplexityResult:
     text_tokens: int = 0
     """Tokens in the whole evaluation text (windows beyond ``max_windows`` and the remainder unscored)."""
     dataset: str = "wikitext2"
+    window_nll: list[float] = field(default_factory=list)
+    """Each window's summed next-token NLL, in order: a result over fewer windows is derived from them."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-@torch.inference_mode()
+def first_windows(result: dict, windows: int) -> dict | None:
+    """The result (a :class:`PerplexityResult` dict) over its first ``windows`` windows, from its per-window
+    NLLs; None when it holds fewer windows or no per-window NLLs."""
+    sums = result.get("window_nll") or []
+    if windows < 1 or len(sums) < windows:
+        return None
+    tokens = windows * (result["seqlen"] - 1)
+    mean_nll = math.fsum(sums[:windows]) / tokens
+    return {**result, "ppl": math.exp(mean_nll), "nll": mean_nll, "windows": windows, "tokens": tokens,
+            "window_nll": sums[:windows]}
+
+
 def short_text_error(tokens: int, seqlen: int) -> DataError:
     """The one-line error for a text shorter than one window, naming the flags that set the window."""
     return DataError(f"evaluation text has {tokens} tokens, fewer than one window of {seqlen}; use a window "
                      f"(--seqlen, --eval-seqlen) of at most {tokens}")
 
 
+@torch.inference_mode()
 def perplexity(
     model: torch.nn.Module,
     tokens: torch.Tensor,
@@ -64,17 +78,16 @@ def perplexity(
         raise short_text_error(tokens.numel(), seqlen)
     device = model.get_input_embeddings().weight.device  # blocks may be spread over devices after it
     window_nll = _window_nll(model)
-    total_nll = 0.0
-    predicted = 0
+    sums = []
     desc = f"{label + ': ' if label else ''}{dataset} perplexity (seqlen {seqlen})"
     for w in tqdm(range(windows), desc=desc, disable=not progress):
         ids = tokens[w * seqlen : (w + 1) * seqlen].unsqueeze(0).to(device)
-        total_nll += window_nll(ids)
-        predicted += seqlen - 1
-    mean_nll = total_nll / predicted
+        sums.append(window_nll(ids))
+    predicted = windows * (seqlen - 1)
+    mean_nll = math.fsum(sums) / predicted
     return PerplexityResult(
         ppl=math.exp(mean_nll), nll=mean_nll, windows=windows, seqlen=seqlen,
-        tokens=predicted, text_tokens=int(tokens.numel()), dataset=dataset,
+        tokens=predicted, text_tokens=int(tokens.numel()), dataset=dataset, window_nll=sums,
     )
 
 
