@@ -295,3 +295,21 @@ def test_no_data_folder_offline_is_said_before_the_model_loads_with_how_to_point
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--data-dir" in err[0] and "LLM_SURGEON_DATA" in err[0] and "Couldn't reach" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_run_stopped_before_writing_leaves_no_empty_folder_it_created(existed, tmp_path, monkeypatch):
+    def interrupted(run):
+        assert run.out.is_dir()  # claimed by the run, nothing in it yet
+        raise KeyboardInterrupt
+
+    model, data = write_tiny_checkpoint(tmp_path / "model"), write_fake_wikitext(tmp_path / "data")
+    out = tmp_path / "out"
+    if existed:
+        out.mkdir()
+    monkeypatch.setattr(api, "execute_run", interrupted)
+    options = api.RunOptions(out=str(out), data_dir=str(data), progress=False)
+    config = PruneConfig(method="magnitude", sparsity=0.3, shots=1)
+    with pytest.raises(KeyboardInterrupt):
+        api.prune_job(str(model), config, options)
+    assert out.is_dir() == existed  # the user's own folder stays

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -600,7 +603,7 @@ def prune_job(model_name: str, config: PruneConfig, options: RunOptions) -> Prun
         return PruneOutcome(load_report(out), already_finished=True)
     if options.resume and state != "resume":
         raise ConfigError(f"nothing to resume in {out}: no complete checkpoint")
-    with joined_ranks(options.device) as ranks:
+    with joined_ranks(options.device) as ranks, _removed_if_left_empty(out, ranks.writes and not out.exists()):
         run = prepare_run(model_name, config, options, state, ranks)
         if options.progress and ranks.writes and run.calibration is not None:
             run.clock = RunClock(config.effective_shots, _predicted_shot_seconds(model_name, config, options.dtype),
@@ -612,6 +615,18 @@ def prune_job(model_name: str, config: PruneConfig, options: RunOptions) -> Prun
         if not ranks.writes:
             return PruneOutcome({})
         return PruneOutcome(finish_run(run, result, dense_footprint))
+
+
+@contextlib.contextmanager
+def _removed_if_left_empty(out: Path, created_here: bool) -> Iterator[None]:
+    """A run stopped before it wrote anything (Ctrl-C while loading, an error before the first checkpoint)
+    leaves no empty ``out`` folder behind, when this run created it; anything written there stays."""
+    try:
+        yield
+    except BaseException:
+        if created_here and out.is_dir() and not any(p.is_file() for p in out.rglob("*")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def run_prune(model_name: str, config: PruneConfig, options: RunOptions) -> dict:
