@@ -66,13 +66,14 @@ class OneLineErrorParser(argparse.ArgumentParser):
 class FlagGroups:
     """The argument groups of one subcommand, made in :data:`GROUPS` order the first time each is asked for."""
 
-    def __init__(self, parser: argparse.ArgumentParser):
+    def __init__(self, parser: argparse.ArgumentParser, basics: str | None = None):
         self.parser = parser
+        self.titles = {**GROUPS, **({"basics": basics} if basics else {})}
         self._groups: dict[str, argparse._ArgumentGroup] = {}
 
     def __getitem__(self, name: str) -> argparse._ArgumentGroup:
         if name not in self._groups:
-            self._groups[name] = self.parser.add_argument_group(GROUPS[name])
+            self._groups[name] = self.parser.add_argument_group(self.titles[name])
         return self._groups[name]
 
     def open_all(self) -> None:
@@ -148,10 +149,13 @@ def _config_from_args(args: argparse.Namespace) -> PruneConfig:
     return PruneConfig(**{f.name: getattr(args, f.name) for f in flagged_fields(PruneConfig)})
 
 
-def _subcommand(sub, name: str, help: str, usage: str) -> tuple[argparse.ArgumentParser, FlagGroups]:  # noqa: A002
+def _subcommand(sub, name: str, help: str, usage: str,  # noqa: A002
+                basics: str | None = None) -> tuple[argparse.ArgumentParser, FlagGroups]:
+    """A subcommand's parser and its flag groups (``basics``: the first group's title, when it is not about
+    what to prune)."""
     parser = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
                             usage=f"llm-surgeon {name} {usage}")
-    groups = FlagGroups(parser)
+    groups = FlagGroups(parser, basics)
     groups.open_all()
     return parser, groups
 
@@ -277,7 +281,7 @@ def _eval_parser(sub) -> None:
 
 def _export_parser(sub) -> None:
     export, groups = _subcommand(sub, "export", "write a model or pruned folder as a GGUF file for llama.cpp",
-                                 "MODEL_OR_DIR --out FILE.gguf [--type f16] [options]")
+                                 "MODEL_OR_DIR --out FILE.gguf [--type f16] [options]", basics="what to write")
     export.add_argument("model", help=_model_help() + "; or a folder written by prune")
     basics = groups["basics"]
     basics.add_argument("--out", required=True, help="the .gguf file to write (atomically)")
@@ -292,7 +296,7 @@ def _export_parser(sub) -> None:
 def _speed_parser(sub) -> None:
     speed, groups = _subcommand(sub, "speed", "prompt and decode speed of a model against another, alternated",
                                 "MODEL_OR_FILE --against DENSE [--engine llama.cpp] [--prompt 512] [--generate 128] "
-                                "[options]")
+                                "[options]", basics="what to measure")
     speed.add_argument("model", help=_model_help() + "; a folder written by prune or a .gguf file")
     basics = groups["basics"]
     basics.add_argument("--against", required=True, metavar="DENSE",
