@@ -20,15 +20,32 @@ KV_TYPES = {"f16": 1, "f32": 0}
 """KV-cache storage types (GGML type ids): llama.cpp's default f16, or f32 for exact comparisons."""
 
 
+GGML_LOG_ERROR = 4
+"""ggml's log level for errors (debug 1, info 2, warn 3, error 4, continuation 5)."""
+_quiet_log: Any = None
+
+
 def import_llama_cpp() -> Any:
-    """The ``llama_cpp`` module, or a one-line error telling how to install it."""
+    """The ``llama_cpp`` module, or a one-line error telling how to install it. llama.cpp's own log keeps
+    its errors only: its notes (``padding V cache``, load statistics) are not the user's business."""
+    global _quiet_log
     try:
         import llama_cpp
     except ImportError as err:
         raise LlamaCppUnavailableError(
             "the llama.cpp engine needs the llama_cpp binding: pip install 'llm-surgeon[gguf]' "
             "(it compiles llama.cpp, a few minutes)") from err
+    if _quiet_log is None:
+        _quiet_log = llama_cpp.llama_log_callback(_errors_only)  # kept alive: llama.cpp holds the pointer
+        llama_cpp.llama_log_set(_quiet_log, None)
     return llama_cpp
+
+
+def _errors_only(level: int, text: bytes, user_data: Any) -> None:
+    if level == GGML_LOG_ERROR:
+        import sys
+
+        sys.stderr.write(text.decode("utf-8", "replace"))
 
 
 def llama_cpp_available() -> bool:
