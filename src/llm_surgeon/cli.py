@@ -82,7 +82,7 @@ class FlagGroups:
 
 
 def _model_help() -> str:
-    return ("hub id, local folder, .gguf file, or the alias smollm2-135m; families: "
+    return ("hub id, local folder, .gguf file, or an alias (smollm2-135m, gemma3-270m); families: "
             + ", ".join(supported_model_types()))
 
 

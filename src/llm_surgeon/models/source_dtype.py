@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from llm_surgeon.models.loading import SMOLLM2_ALIAS, ModelSource, resolve_model_source
+from llm_surgeon.models.aliases import ALIAS_MODELS
+from llm_surgeon.models.loading import ModelSource, resolve_model_source
 
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _GGUF_FILE_TYPES = {0: torch.float32, 1: torch.float16, 32: torch.bfloat16}
@@ -74,5 +75,5 @@ def describe_source(model_name: str, dtype: torch.dtype) -> str:
         return f"{model_name} in {running}"
     found = _gguf_file_type(Path(source.path_or_id) / source.gguf_file)
     stored = found[1].removeprefix("MOSTLY_").removeprefix("ALL_") if found else "GGUF"
-    what = Path(source.gguf_file).stem.split(".")[0] if model_name == SMOLLM2_ALIAS else Path(source.gguf_file).name
+    what = ALIAS_MODELS.get(model_name, Path(source.gguf_file).name)
     return f"{what} from a {stored} GGUF, de-quantised to {running}"
