@@ -36,6 +36,7 @@ def test_smollm2_gguf_prune_save_reload_eval(tmp_path):
     assert 5 < report["ppl"]["wikitext2"] < 200
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config and config["model_type"] == "llama"
+    assert report["files"]["save_dtype"] == "float16"  # a quantised GGUF's own: not a float32 folder 2x its size
     evaluated = subprocess.run([sys.executable, "-m", "llm_surgeon.cli", "eval", str(out), "--seqlen", "256",
                                 "--max-windows", "2", "--json", "--data-dir", str(DATA), "--no-progress"],
                                capture_output=True, text=True, check=True)
