@@ -108,8 +108,8 @@ def test_a_run_stopped_part_way_continues_from_its_checkpoint(tmp_path, monkeypa
 
     save = api.save_checkpoint
 
-    def save_then_stop(out_dir, name, result, linears):
-        save(out_dir, name, result, linears)
+    def save_then_stop(out_dir, name, result, linears, **kwargs):
+        save(out_dir, name, result, linears, **kwargs)
         raise KeyboardInterrupt  # the machine went away after the first shot
 
     monkeypatch.setattr(api, "save_checkpoint", save_then_stop)

@@ -192,7 +192,7 @@ def test_prune_lowers_the_batch_instead_of_refusing_and_records_it(tmp_path, mon
     budget = int(need[1] / (1 - SAFETY_MARGIN)) + 100  # batch 1 fits in the most groups, batch 8 does not
     assert need[8] > budget
     saved = []
-    monkeypatch.setattr(api, "save_checkpoint", lambda out, name, result, linears: saved.append(result.config))
+    monkeypatch.setattr(api, "save_checkpoint", lambda out, name, result, linears, **kw: saved.append(result.config))
     reports = {}
     for label, max_memory in (("roomy", None), ("tight", f"{budget}B")):
         options = api.RunOptions(out=str(tmp_path / label), data_dir=data, progress=False, max_memory=max_memory)
