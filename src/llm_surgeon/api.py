@@ -38,7 +38,7 @@ from llm_surgeon.engine.reconstruction import DenseWeights, snapshot_dense
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.evaluation import dense_cache
 from llm_surgeon.evaluation.footprint import forward_footprint
-from llm_surgeon.evaluation.perplexity import PerplexityResult, perplexity
+from llm_surgeon.evaluation.perplexity import PerplexityResult, perplexity, window_count
 from llm_surgeon.evaluation.zeroshot import check_tasks, parse_tasks, zero_shot
 from llm_surgeon.methods import method_class
 from llm_surgeon.models.adapters import ArchitectureAdapter, check_family, get_adapter
@@ -142,9 +142,6 @@ class RunOptions:
             return parse_bytes(self.max_memory)
         except ValueError as exc:
             raise ConfigError(f"--max-memory: {exc}") from exc
-
-
-SAVE_DTYPES = ("auto", *DTYPES)
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -314,11 +311,11 @@ class PreparedRun:
     every_layer_on_every_rank: bool = False
     """The selection reads every layer's whole factors (structured): ranks replicate instead of owning layers."""
     rank_stats: list[dict] | None = None
+    """Per rank after the shots: its peak memory and the seconds it spent in collectives."""
     earlier_seconds: float = 0.0
     """Wall seconds the earlier runs of a resumed job spent (from its checkpoint)."""
     clock: RunClock | None = None
     """The run-level progress: shot k of T, elapsed, an estimate of what is left."""
-    """Per rank after the shots: its peak memory and the seconds it spent in collectives."""
     dense: DenseWeights | None = None
     """The dense weights a reconstructing run fits to, copied before a checkpoint's were loaded."""
     parts: RunParts | None = None
@@ -569,11 +566,11 @@ def _evaluate_dense(run: PreparedRun) -> dict:
     o = run.options
     for text_set in o.eval_sets():
         tokens = evaluation_tokens(run.tokenizer, run.data_dir, text_set)
-        windows = min(tokens.numel() // o.eval_seqlen, text_set.window_limit(o.eval_max_windows) or tokens.numel())
-        cached = dense_cache.lookup(_dense_key(run, text_set), windows)
+        limit = text_set.window_limit(o.eval_max_windows)
+        cached = dense_cache.lookup(_dense_key(run, text_set), window_count(tokens.numel(), o.eval_seqlen, limit))
         if cached is None:
-            cached = perplexity(run.model, tokens, o.eval_seqlen, text_set.window_limit(o.eval_max_windows),
-                                text_set.name, o.progress, label="dense model").to_dict()
+            cached = perplexity(run.model, tokens, o.eval_seqlen, limit, text_set.name, o.progress,
+                                label="dense model").to_dict()
             dense_cache.store(_dense_key(run, text_set), cached)
         results[text_set.name] = cached
     return results

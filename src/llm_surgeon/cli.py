@@ -187,7 +187,7 @@ def _add_output_flags(output: argparse._ArgumentGroup) -> None:
                         help="with 2:4 on a CUDA GPU and fp16/bf16: evaluate with torch semi-structured sparse "
                              "weights")
     output.add_argument("--save-format", default="dense", choices=save_format_names(), help=save_formats_help())
-    output.add_argument("--save-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    output.add_argument("--save-dtype", default="auto", choices=["auto", *DTYPE_CHOICES],
                         help="dtype of the saved weights; auto: the source model's own (a quantised GGUF's: "
                              "float16), whatever --dtype the pruning ran in")
     output.add_argument("--json", action="store_true", help="print one JSON summary instead of the human one")

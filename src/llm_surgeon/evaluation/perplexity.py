@@ -51,6 +51,12 @@ def first_windows(result: dict, windows: int) -> dict | None:
             "window_nll": sums[:windows]}
 
 
+def window_count(tokens: int, seqlen: int, max_windows: int | None) -> int:
+    """The non-overlapping windows of ``seqlen`` an evaluation of ``tokens`` scores (at most ``max_windows``)."""
+    windows = tokens // seqlen
+    return windows if max_windows is None else min(windows, max_windows)
+
+
 def short_text_error(tokens: int, seqlen: int) -> DataError:
     """The one-line error for a text shorter than one window, naming the flags that set the window."""
     return DataError(f"evaluation text has {tokens} tokens, fewer than one window of {seqlen}; use a window "
@@ -71,9 +77,7 @@ def perplexity(
     progress bar (``"dense model"`` before pruning)."""
     if seqlen < 2:
         raise DataError(f"evaluation windows need at least 2 tokens, got seqlen {seqlen}")
-    windows = tokens.numel() // seqlen
-    if max_windows is not None:
-        windows = min(windows, max_windows)
+    windows = window_count(tokens.numel(), seqlen, max_windows)
     if windows < 1:
         raise short_text_error(tokens.numel(), seqlen)
     device = model.get_input_embeddings().weight.device  # blocks may be spread over devices after it
