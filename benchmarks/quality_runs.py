@@ -63,6 +63,19 @@ RUNS: dict[str, list[str]] = {
                                   "--shots", "5", "--structure-costs", "outputs"],
     "surgeon-struct-80-rec": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2", "--shots",
                               "5", "--reconstruct"],
+    # healing (--heal: distillation from the dense model after the last shot), the dense model healed the same way
+    # (the comparator: does healing repair, or fit the text?), and the same tokens spent on the low-rank
+    # correction instead (131,072 tokens = 4 epochs of the 64 x 512 calibration windows)
+    **{f"surgeon-struct-{kept}-1shot-heal": ["--method", "surgeon", "--granularity", "structured", "--sparsity",
+                                              f"0.{10 - kept // 10}", "--shots", "1", "--heal", "--batch-size", "4"]
+       for kept in (80, 70)},
+    "surgeon-50-1shot-heal": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "1", "--heal", "--batch-size",
+                              "4"],
+    "dense-heal": ["--method", "magnitude", "--sparsity", "0.0", "--shots", "1", "--heal", "--batch-size", "4",
+                   "--eval-dense"],
+    "surgeon-struct-80-1shot-lora16x4": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2",
+                                         "--shots", "1", "--lora-rank", "16", "--lora-epochs", "4", "--batch-size",
+                                         "4"],
 }
 
 
@@ -76,7 +89,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--calib-seqlen", type=int, default=512)
     parser.add_argument("--eval-max-windows", type=int, default=None)
-    parser.add_argument("--columns", choices=("reconstruction", "phases"), default="reconstruction",
+    parser.add_argument("--columns", choices=("reconstruction", "phases", "heal"), default="reconstruction",
                         help="the table's columns: the re-fit's time and block error, or each phase's time, the "
                              "peak beside its prediction and the share of the loss each shot's update removed")
     return parser.parse_args()
@@ -114,11 +127,29 @@ def phases_row(name: str, report: dict) -> str:
             f"{seconds.get('update', 0):.0f} | {peak} | {removed} |")
 
 
+def heal_row(name: str, report: dict) -> str:
+    """Perplexity before and after healing (or the correction), the KL to the dense model on held-out text, and
+    each phase's seconds and the peak beside the prediction."""
+    seconds, heal = report["seconds"], report.get("heal") or {}
+    before = (heal.get("ppl_before") or {}).get("wikitext2")
+    kl = f"{heal['kl_before']:.4f} -> {heal['kl_after']:.4f}" if heal else ""
+    predicted = (report.get("memory_estimate") or {}).get("predicted_peak_mb")
+    peak = f"{report['peak_memory_mb']:,.0f}" + (f" ({predicted:,.0f})" if predicted else "")
+    healing = (f"{heal['seconds_teacher']:.0f} + {heal['seconds']:.0f}" if heal
+               else f"{seconds.get('correction', 0):.0f}")
+    return (f"| {name} | {'' if before is None else f'{before:.2f}'} | {report['ppl']['wikitext2']:.2f} | {kl} | "
+            f"{report['achieved_sparsity']:.4f} | {seconds['total'] - seconds.get('correction', 0):,.0f} | "
+            f"{healing} | {peak} |")
+
+
 TABLES = {
     "reconstruction": ("| run | wikitext2 ppl | pruning s | of which reconstruction s | peak MB | block error "
                        "before -> after (last shot) |\n|---|---|---|---|---|---|", row),
     "phases": ("| run | wikitext2 ppl | sparsity | pruning s | curvature / costs / update s | peak MB (prediction) | "
                "share of the zeroed loss each shot's update removed |\n|---|---|---|---|---|---|---|", phases_row),
+    "heal": ("| run | ppl before healing | ppl | KL to dense, held out, before -> after | sparsity | pruning s | "
+             "healing s (dense predictions + training; or the correction) | peak MB (prediction) |\n"
+             "|---|---|---|---|---|---|---|---|", heal_row),
 }
 
 

@@ -17,12 +17,14 @@ import pytest
 from llm_surgeon.cli import build_parser
 
 SNAPSHOT = Path(__file__).parent / "data" / "cli_options.json"
-ADDED_SINCE = {"prune": {"--reconstruct-damp", "--save-dtype"}, "plan": {"--reconstruct-damp"},
+HEAL_FLAGS = {"--heal", "--heal-data", "--heal-tokens", "--heal-lr", "--heal-rank", "--heal-topk"}
+ADDED_SINCE = {"prune": {"--reconstruct-damp", "--save-dtype", *HEAL_FLAGS},
+               "plan": {"--reconstruct-damp", *HEAL_FLAGS},
                "eval": {"--engine", "--tokenizer", "--threads"},
                "bench": {"--speed", "--speed-prompt", "--speed-generate"}}
 """Flags added on purpose since the snapshot: the reconstruction's damping had no flag (issue 34); eval scores
 GGUF files in llama.cpp and bench times structured models with speed (issue 35); prune saves in the source's
-dtype unless told (issue 36)."""
+dtype unless told (issue 36); healing after pruning, and plan pricing it (issue 37)."""
 CHOICES_ADDED = {"prune": {"--save-format": ["gguf"]}}
 """Choices added on purpose since the snapshot, at the end of the list: a pruned model saved with its GGUF
 file (issue 35)."""

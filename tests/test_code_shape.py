@@ -73,7 +73,7 @@ LAYERS = [
     {"curvature"},
     {"methods"},
     {"config"},
-    {"engine"},
+    {"engine", "healing"},
     {"evaluation", "gguf"},
     {"planning"},
     {"artifacts"},

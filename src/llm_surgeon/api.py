@@ -14,7 +14,13 @@ from pathlib import Path
 
 import torch
 
-from llm_surgeon.artifacts.checkpoints import list_checkpoints, load_checkpoint, remove_checkpoints, save_checkpoint
+from llm_surgeon.artifacts.checkpoints import (
+    CHECKPOINT_DIR,
+    list_checkpoints,
+    load_checkpoint,
+    remove_checkpoints,
+    save_checkpoint,
+)
 from llm_surgeon.artifacts.compaction import compact
 from llm_surgeon.artifacts.formats import check_selectable, refusal
 from llm_surgeon.artifacts.heatmap import SPARSITY_PLOT, render_sparsity_heatmap
@@ -40,6 +46,8 @@ from llm_surgeon.evaluation import dense_cache
 from llm_surgeon.evaluation.footprint import forward_footprint
 from llm_surgeon.evaluation.perplexity import PerplexityResult, perplexity, window_count
 from llm_surgeon.evaluation.zeroshot import check_tasks, parse_tasks, zero_shot
+from llm_surgeon.healing.targets import TARGETS_FILE, HealInputs, prepare_heal_inputs
+from llm_surgeon.healing.train import HealSettings, heal_model
 from llm_surgeon.methods import method_class
 from llm_surgeon.models.adapters import ArchitectureAdapter, check_family, get_adapter
 from llm_surgeon.models.experts import expert_summary
@@ -322,6 +330,8 @@ class PreparedRun:
     """The method, layers and selector :func:`~llm_surgeon.engine.pruner.setup` built while preparing."""
     pass_batch: int | None = None
     """The micro-batch the passes run with when the memory fit lowered it (None: the config's)."""
+    heal: HealInputs | None = None
+    """Healing's windows and the dense model's predictions on them (``--heal``), made before the first shot."""
 
     def pass_config(self) -> PruneConfig:
         """The config the shots run with: the user's, with the fitted batch (which changes memory and time, not
@@ -340,6 +350,7 @@ def _estimate_dict(fit: ShotFit | None, loaded_mb: float, layout: MemoryLayout, 
     refit_mb = sum(v for k, v in (refit or {}).items() if k != "dense_copy") / mb
     return {"loaded_mb": loaded_mb, "factors_mb": estimate.factors / mb, "activations_mb": estimate.activations / mb,
             "logits_mb": estimate.logits / mb, "correction_mb": estimate.correction / mb,
+            "heal_mb": estimate.heal / mb, "heal_targets_mb": estimate.heal_targets / mb,
             "reconstruction_mb": refit_mb,
             "predicted_peak_mb": loaded_mb + max(estimate.total / mb, refit_mb),
             "max_memory_mb": None if max_memory is None else max_memory / mb, "attention": attention,
@@ -372,20 +383,18 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
             parse_text_set(config.calib_data, config.text_field),
         )
     torch.manual_seed(config.seed)
-    resumed, resumed_from_shot, earlier_seconds = None, None, 0.0
     dense = snapshot_dense(linears) if config.needs_dense_weights else None  # before a checkpoint's weights
-    if state == "resume":
-        checkpoint = list_checkpoints(out)[-1]
-        resumed = load_checkpoint(checkpoint, config, linears)
-        resumed_from_shot = len(resumed.shots)
-        earlier_seconds = float(checkpoint.meta.get("wall_seconds") or 0.0)
-        print(f"llm-surgeon: resuming from {checkpoint.path} (shot {checkpoint.shot} of {config.effective_shots})",
-              file=sys.stderr)
     if state == "replace" and ranks.writes:
         (out / REPORT_NAME).unlink(missing_ok=True)
         remove_checkpoints(out)
     if ranks.writes:
         out.mkdir(parents=True, exist_ok=True)
+    heal = None
+    if config.heal:  # the dense model's predictions: before a checkpoint's weights, too
+        heal = prepare_heal_inputs(model, adapter, tokenizer, config, data_dir, model_name,
+                                   out / CHECKPOINT_DIR / TARGETS_FILE, options.progress)
+    resumed, resumed_from_shot, earlier_seconds = _resume(out, config, linears) if state == "resume" else (None,
+                                                                                                        None, 0.0)
     ranks.barrier()
     loaded_mb = peak_memory_mb(options.device)
     refit = None
@@ -398,9 +407,18 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
                        every_layer_on_every_rank=parts.selector.needs_every_layer, dense=dense, parts=parts,
                        block_devices=block_devices(model, adapter),
                        pass_batch=fit.batch_size if fit is not None and fit.batch_lowered else None,
-                       earlier_seconds=earlier_seconds,
+                       earlier_seconds=earlier_seconds, heal=heal,
                        memory_estimate=_estimate_dict(fit, loaded_mb, layout, options.budget_bytes(),
                                                       getattr(model.config, "_attn_implementation", None), refit))
+
+
+def _resume(out: Path, config: PruneConfig, linears: dict) -> tuple[PruneResult, int, float]:
+    """The newest checkpoint's weights loaded into ``linears``: its result, its shot, the time already spent."""
+    checkpoint = list_checkpoints(out)[-1]
+    resumed = load_checkpoint(checkpoint, config, linears)
+    stage = "healed" if resumed.heal is not None else f"shot {checkpoint.shot} of {config.effective_shots}"
+    print(f"llm-surgeon: resuming from {checkpoint.path} ({stage})", file=sys.stderr)
+    return resumed, len(resumed.shots), float(checkpoint.meta.get("wall_seconds") or 0.0)
 
 
 def execute_run(run: PreparedRun) -> PruneResult:
@@ -430,6 +448,33 @@ def execute_run(run: PreparedRun) -> PruneResult:
     run.rank_stats = run.ranks.gather({"rank": run.ranks.rank, "peak_mb": peak_memory_mb(run.options.device),
                                        "communication_s": collector.clock.seconds if collector else 0.0})
     return result
+
+
+def heal_pruned(run: PreparedRun, result: PruneResult) -> None:
+    """Healing after the last shot (``--heal``) into ``result.heal``: the pruned model scored first when the run
+    evaluates (the report then shows before and after), trained on the dense model's predictions, and a
+    ``healed`` checkpoint written so that a run stopped after it does not heal again."""
+    config, options, inputs = run.config, run.options, run.heal
+    before = None
+    if options.eval:
+        scored = _evaluate_pruned(run)
+        before = {t.name: scored[t.name] for t in options.eval_sets()}
+    peak_before = peak_memory_mb(options.device)
+    settings = HealSettings(config.heal_rank, config.heal_learning_rate, run.pass_config().batch_size, config.seed,
+                            options.progress)
+    record = heal_model(run.model, run.adapter, run.linears, result.masks, inputs.windows.train, inputs.train,
+                        inputs.windows.held_out, inputs.held_out, settings)
+    record.seconds_teacher = inputs.seconds_teacher
+    record.data = {"text": inputs.windows.source, "split": inputs.windows.split,
+                   "windows": len(inputs.windows.train), "held_out_windows": len(inputs.windows.held_out),
+                   "seqlen": config.calib_seqlen}
+    result.heal = {**record.to_dict(), "ppl_before": before, "peak_mb_before": peak_before,
+                   "peak_mb_after": peak_memory_mb(options.device)}
+    if options.progress:
+        print(f"llm-surgeon: healed in {record.seconds:.0f} s: KL to the dense model on held-out text "
+              f"{record.kl_before:.4f} -> {record.kl_after:.4f}", file=sys.stderr, flush=True)
+    save_checkpoint(run.out, run.model_name, replace(result, config=run.config), run.linears,
+                    wall_seconds=run.clock.elapsed() if run.clock else None)
 
 
 def _predicted_shot_seconds(model_name: str, config: PruneConfig, dtype: str) -> float | None:
@@ -487,6 +532,8 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
                                   source=run.model_name)
     if footprint is not None:
         footprint["pruned"]["file_bytes"] = file_bytes
+    if result.heal is not None:
+        seconds["heal"] = result.heal["seconds"] + result.heal["seconds_teacher"]
     seconds["wall_this_run"] = time.perf_counter() - run.started
     seconds["wall"] = run.earlier_seconds + seconds["wall_this_run"]
     report = build_report(
@@ -500,6 +547,8 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
     report["files"] = {"save_format": options.save_format, "weights_bytes": file_bytes, "save_dtype": saved_dtype,
                        "evaluated_in": options.dtype}
     report["model_loaded_as"] = describe_source(run.model_name, parse_dtype(options.dtype))
+    if result.heal is not None:
+        report["heal"] = result.heal
     if accuracy is not None:
         report["zero_shot"] = {"tasks": accuracy, "limit": options.tasks_limit}
     drawn = render_sparsity_heatmap(report, run.out / SPARSITY_PLOT)
@@ -592,6 +641,7 @@ def prune_job(model_name: str, config: PruneConfig, options: RunOptions) -> Prun
     return an empty report."""
     config.validate()
     options.validate()
+    _check_heal(config, options)
     if reason := refusal(options.save_format, config.granularity):
         raise ConfigError(reason)  # before the model is loaded
     out = Path(options.out)
@@ -609,9 +659,23 @@ def prune_job(model_name: str, config: PruneConfig, options: RunOptions) -> Prun
             run.dense_ppl = _evaluate_dense(run)
         dense_footprint = forward_footprint(run.model) if config.granularity == "structured" else None
         result = execute_run(run)
+        if config.heal and result.heal is None:
+            heal_pruned(run, result)
         if not ranks.writes:
             return PruneOutcome({})
         return PruneOutcome(finish_run(run, result, dense_footprint))
+
+
+def _check_heal(config: PruneConfig, options: RunOptions) -> None:
+    """Refuse healing where it cannot do what it says: over several ranks, or every weight trained in a 16-bit
+    dtype (Adam's steps, ~1e-5 of a weight, vanish below bfloat16's precision; low-rank factors are float32)."""
+    if not config.heal:
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--heal trains in one process; run it without torchrun (or prune without --heal)")
+    if config.heal_rank == 0 and options.dtype != "float32":
+        raise ConfigError(f"--heal trains every kept weight in --dtype {options.dtype}, which loses Adam's small "
+                          "steps; add --heal-rank R (a float32 low-rank correction, merged) or use --dtype float32")
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from llm_surgeon.methods import (
     method_class,
     method_names,
 )
-from llm_surgeon.methods.options import nearest, option
+from llm_surgeon.methods.options import nearest, option, refuse_changed
 
 _NM = re.compile(r"^(\d+):(\d+)$")
 
@@ -75,8 +75,54 @@ class EngineSettings:
                                   "magnitude (without it they stay dense; N:M then refuses)")
 
 
+FULL_PARAMETER_LR = 5e-5
+"""Healing's Adam rate when every kept weight trains: small, because each step moves all of them."""
+LOW_RANK_LR = 1e-3
+"""Healing's Adam rate for low-rank factors, as the low-rank correction uses (they start at zero)."""
+
+
 @dataclass
-class PruneConfig(SurgeonOptions, MagnitudeOptions, InputHessianOptions, CurvatureOptions, EngineSettings):
+class HealOptions(MethodOptions):
+    """Distillation from the dense model after the last shot (:mod:`llm_surgeon.healing.train`)."""
+
+    heal: bool = option(False, "after the last shot, distil the dense model's next-token distributions into the "
+                        "pruned one (KL on the logits); masks, N:M groups and structured shapes are kept",
+                        group="healing")
+    heal_data: str = option("", "healing text: anything --calib-data accepts (empty: the calibration text)",
+                            group="healing", metavar="SET_OR_FILE")
+    heal_tokens: int = option(131072, "tokens healing trains on, in one pass of --calib-seqlen windows (an eighth "
+                              "more are held out to measure the KL before and after)", group="healing")
+    heal_lr: float = option(0.0, f"Adam learning rate, warmed up then cosine-decayed (0: {FULL_PARAMETER_LR:g} "
+                            f"full-parameter, {LOW_RANK_LR:g} low-rank)", group="healing")
+    heal_rank: int = option(0, "0: train every kept weight of the pruned layers; r > 0: a rank-r correction of each, "
+                            "merged back", group="healing")
+    heal_topk: int = option(64, "the dense model's most likely tokens kept per position (the rest of the "
+                            "vocabulary as one category)", group="healing")
+
+    @property
+    def heal_learning_rate(self) -> float:
+        """The rate healing runs with: ``--heal-lr``, or its default for the kind of training."""
+        if self.heal_lr > 0:
+            return self.heal_lr
+        return LOW_RANK_LR if self.heal_rank > 0 else FULL_PARAMETER_LR
+
+    @classmethod
+    def check(cls, config) -> None:
+        if not config.heal:
+            refuse_changed(config, cls, ("heal_data", "heal_tokens", "heal_lr", "heal_rank", "heal_topk"),
+                           "sets up healing; add --heal or drop it")
+            return
+        if config.heal_tokens < config.calib_seqlen:
+            raise ConfigError(f"--heal-tokens {config.heal_tokens} is less than one window of --calib-seqlen "
+                              f"{config.calib_seqlen}")
+        if config.heal_lr < 0 or config.heal_rank < 0 or config.heal_topk < 1:
+            raise ConfigError("healing needs --heal-lr >= 0 (0: the default), --heal-rank >= 0 and --heal-topk >= 1")
+        if config.heal_data:
+            parse_text_set(config.heal_data, config.text_field)  # a missing file or unknown name, before loading
+
+
+@dataclass
+class PruneConfig(HealOptions, SurgeonOptions, MagnitudeOptions, InputHessianOptions, CurvatureOptions, EngineSettings):
     """Everything that decides the outcome of a prune, so that a report reproduces it: the engine's settings
     and every method's own (a method reads only its own; the others keep their defaults)."""
 

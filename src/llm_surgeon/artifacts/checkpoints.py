@@ -1,6 +1,7 @@
 """Per-shot checkpoints of a prune, written atomically and verified on resume.
 
-Layout: ``OUT/checkpoints/shot-<k>/{state.safetensors, meta.json}``. A checkpoint is
+Layout: ``OUT/checkpoints/shot-<k>/{state.safetensors, meta.json}``, and ``OUT/checkpoints/healed/`` once
+healing after the last shot is done (its meta carries the ``heal`` record). A checkpoint is
 written under a temporary name, fsynced and renamed, so a folder named ``shot-<k>`` is
 always complete; ``meta.json`` carries the SHA-256 of the state file so that a truncated
 or corrupted file is detected instead of resumed from.
@@ -25,6 +26,7 @@ from llm_surgeon.errors import LLMSurgeonError
 from llm_surgeon.runtime.files import atomic_write_json, fsync_tree
 
 CHECKPOINT_DIR = "checkpoints"
+HEALED = "healed"
 STATE_FILE = "state.safetensors"
 META_FILE = "meta.json"
 
@@ -58,11 +60,13 @@ def config_differences(a: dict, b: dict) -> list[str]:
 def save_checkpoint(out: Path, model_name: str, result: PruneResult, linears: dict[str, nn.Linear],
                     keep: int = 2, wall_seconds: float | None = None) -> Path:
     """Write the state after the last recorded shot; keep only the newest ``keep`` checkpoints. ``wall_seconds``
-    (the job's time so far) lets a resumed run count the time spent before it."""
+    (the job's time so far) lets a resumed run count the time spent before it. A result that carries its
+    ``heal`` record is written as the ``healed`` checkpoint, which sorts after every shot."""
     shot = len(result.shots)
+    name = HEALED if result.heal is not None else f"shot-{shot}"
     root = out / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".tmp-shot-{shot}-{os.getpid()}"
+    staging = root / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     tensors = {f"weight:{name}": lin.weight.detach().contiguous() for name, lin in linears.items()}
@@ -77,10 +81,11 @@ def save_checkpoint(out: Path, model_name: str, result: PruneResult, linears: di
         "state_sha256": sha256_of(staging / STATE_FILE),
         "state_bytes": (staging / STATE_FILE).stat().st_size,
         "wall_seconds": wall_seconds,
+        "heal": result.heal,
     }
     atomic_write_json(staging / META_FILE, meta)
     fsync_tree(staging)
-    final = root / f"shot-{shot}"
+    final = root / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
     for old in list_checkpoints(out)[:-keep]:
@@ -93,7 +98,7 @@ def list_checkpoints(out: Path) -> list[CheckpointInfo]:
     root = out / CHECKPOINT_DIR
     found = []
     if root.is_dir():
-        for path in root.glob("shot-*"):
+        for path in [*root.glob("shot-*"), root / HEALED]:
             meta_path = path / META_FILE
             if not meta_path.is_file():
                 continue
@@ -102,7 +107,7 @@ def list_checkpoints(out: Path) -> list[CheckpointInfo]:
             except json.JSONDecodeError as exc:
                 raise CheckpointError(f"checkpoint {path} is corrupted: unreadable {META_FILE}") from exc
             found.append(CheckpointInfo(int(meta["shot"]), path, meta))
-    return sorted(found, key=lambda c: c.shot)
+    return sorted(found, key=lambda c: (c.shot, c.meta.get("heal") is not None))
 
 
 def load_checkpoint(info: CheckpointInfo, config: PruneConfig, linears: dict[str, nn.Linear]) -> PruneResult:
@@ -130,7 +135,7 @@ def load_checkpoint(info: CheckpointInfo, config: PruneConfig, linears: dict[str
             masks[name] = tensors[f"mask:{name}"].to(lin.weight.device)
     torch.set_rng_state(tensors["rng:torch"])
     shots = [ShotRecord(**record) for record in info.meta["shot_records"]]
-    return PruneResult(config=config, masks=masks, shots=shots)
+    return PruneResult(config=config, masks=masks, shots=shots, heal=info.meta.get("heal"))
 
 
 def remove_checkpoints(out: Path) -> None:

@@ -53,6 +53,7 @@ def human_summary(report: dict, out: str) -> str:
         shown = headline(metrics)
         if shown:
             lines.append(f"  zero-shot    {task} {shown[0]} {shown[1]:.4f} ({metrics.get('samples', '?')} documents)")
+    lines += _heal_lines(report.get("heal"))
     parts = ", ".join(f"{k} {s[k]:.1f}" for k in ("curvature", "costs", "update", "reconstruction", "correction")
                       if s.get(k))
     resumed = report.get("resumed_from_shot")
@@ -68,6 +69,19 @@ def human_summary(report: dict, out: str) -> str:
         lines += _footprint_lines(report.get("footprint") or {})
     lines.append(_saved_line(report, out))
     return "\n".join(lines)
+
+
+def _heal_lines(heal: dict | None) -> list[str]:
+    """What healing did: its KL to the dense model on held-out text, and the perplexity it started from."""
+    if not heal:
+        return []
+    kind = f"a rank-{heal['rank']} correction" if heal["rank"] else "every kept weight"
+    line = (f"  healed       {heal['tokens']:,} tokens, {heal['steps']} steps ({kind}, lr {heal['lr']:g}) in "
+            f"{heal['seconds'] + heal['seconds_teacher']:.0f} s: KL to the dense model {heal['kl_before']:.4f} -> "
+            f"{heal['kl_after']:.4f} on {heal['held_out_tokens']:,} held-out tokens")
+    before = heal.get("ppl_before") or {}
+    shown = ", ".join(f"{'WikiText-2' if k == 'wikitext2' else label(k)} {v:.2f}" for k, v in before.items())
+    return [line] + ([f"  before heal  perplexity {shown}"] if shown else [])
 
 
 def _footprint_lines(footprint: dict) -> list[str]:

@@ -6,6 +6,7 @@ Hugging Face hub through ``datasets`` when it is installed and online.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from llm_surgeon.data.textsets import WIKITEXT2, TextSet, calibration_text, eval
 from llm_surgeon.errors import DataError
 
 DATA_ENV = "LLM_SURGEON_DATA"
+HELD_OUT_SHARE = 8
+"""Training text drawn as windows keeps one window in this many more, held out, to measure on."""
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
@@ -72,3 +75,10 @@ def sample_windows(tokens: torch.Tensor, samples: int, seqlen: int, seed: int,
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, tokens.numel() - seqlen, (samples,), generator=generator)
     return torch.stack([tokens[s : s + seqlen] for s in starts.tolist()])
+
+
+def training_window_counts(tokens: int, seqlen: int) -> tuple[int, int]:
+    """Windows of ``seqlen`` to train on for a budget of ``tokens`` (rounded up to whole windows), and how
+    many more are held out (:data:`HELD_OUT_SHARE`, at least one)."""
+    train = math.ceil(tokens / seqlen)
+    return train, max(1, math.ceil(train / HELD_OUT_SHARE))

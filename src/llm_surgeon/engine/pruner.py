@@ -74,6 +74,8 @@ class PruneResult:
     """Per-block heads and FFN widths kept, for structured pruning."""
     routed_rows: dict[str, int] = field(default_factory=dict)
     """Per layer, the calibration token rows it saw in the last shot (an expert: those routed to it)."""
+    heal: dict | None = None
+    """What healing after the last shot did (``--heal``), once it has run; None before (or without it)."""
 
     @property
     def seconds(self) -> dict[str, float]:

@@ -26,6 +26,7 @@ GROUPS = {
     "evaluation": "evaluation",
     "memory": "memory and devices",
     "output": "output",
+    "healing": "healing after pruning (distillation from the dense model)",
     "research": "research settings (alternatives to the defaults measured in BENCHMARKS.md)",
 }
 """The command line's argument groups that settings fall in, in the order ``--help`` shows them."""

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from torch import nn
 
 from llm_surgeon.config import PruneConfig
+from llm_surgeon.data.calibration import training_window_counts
 from llm_surgeon.engine.pruner import RunParts
 from llm_surgeon.methods import MethodBase
 from llm_surgeon.models.adapters import ArchitectureAdapter
-from llm_surgeon.planning.memory import ShotMemory, fewest_block_groups, shot_memory
+from llm_surgeon.planning.memory import HealNeeds, ShotMemory, fewest_block_groups, shot_memory
 
 SAFETY_MARGIN = 0.05
 """Share of the device's memory (of ``--max-memory`` when given) that a fitting shot leaves free: allocator
@@ -54,6 +55,8 @@ def batch_fixed_by(config: PruneConfig, method: MethodBase) -> str | None:
     a true-Fisher pass is kept too."""
     if config.corrects:
         return "--lora-rank: the correction takes one Adam step per batch, so the batch changes its result"
+    if config.heal:
+        return "--heal: healing takes one Adam step per batch, so the batch changes its result"
     if config.fisher == "true" and collects_gradients(method):
         return "--fisher true: the sampled labels are drawn batch by batch"
     return None
@@ -95,7 +98,15 @@ def shot_needs(model: nn.Module, adapter: ArchitectureAdapter, parts: RunParts, 
                        full_factors=method.holds_full_factors(), backward=collects_gradients(method),
                        input_widths=adapter.distinct_input_widths(model), dtype_bytes=dtype_bytes,
                        block_groups=groups, devices=devices, curvature=parts.selector.curvature_layers(method),
-                       correction_rank=config.lora_rank)
+                       correction_rank=config.lora_rank, heal=heal_needs(config))
+
+
+def heal_needs(config: PruneConfig) -> HealNeeds | None:
+    """What sizes healing's memory in ``config`` (None without ``--heal``)."""
+    if not config.heal:
+        return None
+    train, held = training_window_counts(config.heal_tokens, config.calib_seqlen)
+    return HealNeeds(config.heal_rank, (train + held) * config.calib_seqlen, config.heal_topk)
 
 
 def first_batch(config: PruneConfig) -> int:

@@ -38,16 +38,31 @@ class ShotMemory:
     correction: int = 0
     """The low-rank correction after the shot (``--lora-rank``; :func:`correction_bytes`). It trains once the
     shot's factors are freed, so the shot's peak is the larger of the two phases, not their sum."""
+    heal: int = 0
+    """Healing after the last shot (``--heal``; :func:`heal_bytes`), its own phase like the correction."""
+    heal_targets: int = 0
+    """The dense model's stored predictions healing learns from, held from before the first shot to the end."""
 
     @property
     def total(self) -> int:
-        return max(self.factors + self.activations + self.logits, self.correction)
+        return self.heal_targets + max(self.factors + self.activations + self.logits, self.correction, self.heal)
 
     def describe(self) -> str:
         gib = 2**30
         text = (f"factors {self.factors / gib:.1f} GiB, activations of one batch {self.activations / gib:.1f} GiB, "
                 f"logits {self.logits / gib:.1f} GiB")
-        return text + (f"; the correction after it {self.correction / gib:.1f} GiB" if self.correction else "")
+        text += f"; the correction after it {self.correction / gib:.1f} GiB" if self.correction else ""
+        return text + (f"; healing {(self.heal + self.heal_targets) / gib:.1f} GiB" if self.heal else "")
+
+
+@dataclass(frozen=True)
+class HealNeeds:
+    """What sizes healing's memory: its kind (``rank`` 0: every weight trains) and the predictions it stores."""
+
+    rank: int
+    positions: int
+    """Token positions whose top-k predictions are stored (training and held-out windows)."""
+    topk: int
 
 
 def raw_factor_bytes(linears: dict[str, nn.Linear], input_widths: list[int] | None = None) -> int:
@@ -141,11 +156,30 @@ def correction_bytes(linears: dict[str, nn.Linear], blocks: int, tokens: int, dt
 
 
 
+def heal_bytes(linears: dict[str, nn.Linear], blocks: int, tokens: int, dtype_bytes: int, needs: HealNeeds,
+               input_widths: list[int] | None = None, eager_attention: tuple[int, int] | None = None
+               ) -> dict[str, int]:
+    """What healing (:mod:`llm_surgeon.healing.train`) holds at its peak for one batch of ``tokens``, by part
+    (the logits' chunk comes on top, as in a pass): the backward and every layer's input, as for the low-rank
+    correction; with every weight training, a gradient and Adam's two moments per weight in the weights'
+    dtype and a boolean keep mask; with ``rank`` > 0, the correction's own parts (:func:`correction_bytes`).
+    ``targets``: the stored predictions, ``k`` int32 indices and float32 log-probabilities per position."""
+    weights = sum(lin.weight.numel() for lin in linears.values())
+    parts = {"targets": 8 * needs.topk * needs.positions}
+    if needs.rank > 0:
+        return {**parts, **correction_bytes(linears, blocks, tokens, dtype_bytes, needs.rank, input_widths,
+                                            eager_attention)}
+    _, widths = held_curvature(linears, input_widths)
+    return {**parts, "backward": activation_bytes(linears, blocks, tokens, dtype_bytes, eager_attention),
+            "layer_inputs": sum(widths) * tokens * dtype_bytes, "gradients": weights * dtype_bytes,
+            "adam": 2 * weights * dtype_bytes, "keep_masks": weights}
+
+
 def shot_memory(model: nn.Module, linears: dict[str, nn.Linear], blocks: int, batch_windows: int, seqlen: int,
                 full_factors: bool, backward: bool, chunk_tokens: int = LOGIT_CHUNK_TOKENS,
                 input_widths: list[int] | None = None, dtype_bytes: int | None = None,
                 block_groups: int = 1, devices: int = 1, curvature: dict[str, nn.Linear] | None = None,
-                correction_rank: int = 0) -> ShotMemory:
+                correction_rank: int = 0, heal: HealNeeds | None = None) -> ShotMemory:
     """The estimate for one shot of ``model`` with micro-batches of ``batch_windows`` x ``seqlen`` tokens.
 
     With ``block_groups`` the factor sums of the largest group are held at once; the activations are
@@ -154,7 +188,7 @@ def shot_memory(model: nn.Module, linears: dict[str, nn.Linear], blocks: int, ba
     its blocks' sums, masks and activations, and the logits. ``curvature`` are the layers whose factors the
     shot collects when not all of them (structured costs priced by output columns; see
     :func:`held_curvature`). ``correction_rank`` > 0 adds the low-rank correction after the shot, on batches of
-    the same size (:func:`correction_bytes`)."""
+    the same size (:func:`correction_bytes`); ``heal`` adds healing after the last shot (:func:`heal_bytes`)."""
     config = model.config
     dtype_bytes = dtype_bytes or next(model.parameters()).element_size()
     eager = None
@@ -175,7 +209,11 @@ def shot_memory(model: nn.Module, linears: dict[str, nn.Linear], blocks: int, ba
     if correction_rank > 0:
         parts = correction_bytes(linears, blocks, tokens, dtype_bytes, correction_rank, input_widths, eager)
         correction = int(sum(parts.values()) * on_device) + chunk_logits
-    return ShotMemory(factors=factors, activations=activations, logits=logits, correction=correction)
+    heal_parts = {} if heal is None else heal_bytes(linears, blocks, tokens, dtype_bytes, heal, input_widths, eager)
+    heal_targets = heal_parts.pop("targets", 0)
+    healing = int(sum(heal_parts.values()) * on_device) + chunk_logits if heal is not None else 0
+    return ShotMemory(factors=factors, activations=activations, logits=logits, correction=correction, heal=healing,
+                      heal_targets=heal_targets)
 
 
 def reconstruction_bytes(model: nn.Module, adapter, linears: dict[str, nn.Linear], windows: int, seqlen: int,

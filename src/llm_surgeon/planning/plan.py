@@ -18,6 +18,7 @@ from torch import nn
 
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.curvature.block_groups import block_ranges
+from llm_surgeon.data.calibration import training_window_counts
 from llm_surgeon.engine.pruner import RunParts, setup
 from llm_surgeon.errors import ConfigError, ModelLoadError
 from llm_surgeon.models.adapters import ArchitectureAdapter, checked_meta_model, get_adapter
@@ -69,7 +70,7 @@ class ShotPlan:
     shots: int = 1
     """The shots of the run (``effective_shots``: one for a one-shot method)."""
     seconds_total: float = 0.0
-    """The whole run's time: every shot's (each shot does the same work)."""
+    """The whole run's time: every shot's (each shot does the same work), and healing's."""
     margin_bytes: int = 0
     """What a fitting plan leaves free on each device (:data:`~llm_surgeon.planning.fit.SAFETY_MARGIN`)."""
     throughput_source: str = ""
@@ -81,6 +82,11 @@ class ShotPlan:
     (:func:`~llm_surgeon.planning.fit.collects_gradients`)."""
     batch_fixed: str | None = None
     """Why the batch may not be lowered to fit (a correction trains on it), else None."""
+    heal_bytes: int = 0
+    """``--heal``: healing after the last shot, and the dense model's predictions it keeps all run
+    (:func:`~llm_surgeon.planning.memory.heal_bytes`)."""
+    heal_seconds: float = 0.0
+    """``--heal``: the dense model's predictions, the training pass and the held-out KL before and after."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,6 +184,25 @@ def _throughputs(tflops: float | None, dtype: str) -> tuple[Throughput, Throughp
     return rate, rate if dtype == "float32" else machine_tflops(getattr(torch, dtype))
 
 
+def heal_flops(model: nn.Module, adapter: ArchitectureAdapter, config: PruneConfig) -> dict[str, float]:
+    """Floating-point work of healing, by part: the dense model's predictions on every window (a forward),
+    the training pass (a forward and a backward with weight gradients, three forwards' worth) and the held-out
+    KL before and after (two forwards). The output head counts in full (tied or not): with a large
+    vocabulary it is much of a small model's work."""
+    if not config.heal:
+        return {}
+    train, held = training_window_counts(config.heal_tokens, config.calib_seqlen)
+    c = model.config
+    head = model.get_output_embeddings().weight.numel()
+    body = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
+        body -= head  # counted below, once
+    per_token = 2 * (body + head) + 4 * len(adapter.blocks(model)) * config.calib_seqlen * c.hidden_size
+    tokens = config.calib_seqlen
+    return {"teacher": float((train + held) * tokens * per_token), "training": float(3 * train * tokens * per_token),
+            "held_out_kl": float(2 * held * tokens * per_token)}
+
+
 def _shot_seconds(flops: dict[str, float], rate: Throughput, pass_rate: Throughput) -> float:
     """Passes (and the correction's epochs) at the dtype's rate, the float32 work at the float32 rate; blocks
     split over devices run one after another, so more devices do not speed it up."""
@@ -213,15 +238,18 @@ def plan_shot(model_or_config: str, config: PruneConfig, dtype: str = "float32",
     refit = reconstruction_bytes(model, adapter, linears, config.calib_samples, config.calib_seqlen,
                                  DTYPE_BYTES[dtype]) if config.reconstruct else None
     source = rate.source if pass_rate == rate else f"{rate.source}; passes: {pass_rate.source}"
+    heal_seconds = sum(heal_flops(model, adapter, config).values()) / (pass_rate.tflops * 1e12)
     return ShotPlan(model_config.model_type, parameters, devices, weights, fit.memory.factors,
                     fit.memory.activations, fit.memory.logits, weights + fit.memory.total, flops, rate.tflops,
                     pass_rate.tflops, seconds, device_bytes, fit.fits, fit.block_groups, fit.batch_size, ranks,
-                    communication, fit.memory.correction, refit, **_run_fields(fit, config, seconds, source))
+                    communication, fit.memory.correction, refit,
+                    **_run_fields(fit, config, seconds, source, heal_seconds),
+                    heal_bytes=fit.memory.heal + fit.memory.heal_targets, heal_seconds=heal_seconds)
 
 
-def _run_fields(fit: ShotFit, config: PruneConfig, seconds: float, source: str) -> dict:
+def _run_fields(fit: ShotFit, config: PruneConfig, seconds: float, source: str, heal_seconds: float = 0.0) -> dict:
     """The plan's fields beyond one shot: the whole run's time, the margin, the batch asked for and why it stays."""
-    return {"shots": config.effective_shots, "seconds_total": seconds * config.effective_shots,
+    return {"shots": config.effective_shots, "seconds_total": seconds * config.effective_shots + heal_seconds,
             "margin_bytes": fit.margin, "throughput_source": source, "requested_batch_size": fit.requested_batch,
             "backward": fit.backward, "batch_fixed": fit.batch_fixed}
 
@@ -239,11 +267,14 @@ def describe(plan: ShotPlan) -> str:
         f"{plan.activations_bytes / gib:.1f}, logits {plan.logits_bytes / gib:.1f}"
         + (f"; the correction after the shot {plan.correction_bytes / gib:.1f}" if plan.correction_bytes else ""),
         f"  settings      {_describe_settings(plan)}",
-        f"  time per shot {plan.seconds_per_shot:.0f} s; whole run ({plan.shots} shot{'s' if plan.shots > 1 else ''})"
+        f"  time per shot {plan.seconds_per_shot:.0f} s; whole run ({plan.shots} shot{'s' if plan.shots > 1 else ''}"
+        f"{' and healing' if plan.heal_seconds else ''})"
         f" {plan.seconds_total:.0f} s at {plan.tflops:.2f} TFLOP/s (passes at {plan.pass_tflops:.2f}; {parts} TFLOP)",
         f"  throughput    {plan.throughput_source}",
         *([f"  moved / rank  {moved} GiB per shot"] if moved else []),
         *([_describe_reconstruction(plan.reconstruction_bytes)] if plan.reconstruction_bytes else []),
+        *([f"  heal          {plan.heal_bytes / gib:.1f} GiB after the last shot (the dense model's predictions "
+           f"held all run included); about {plan.heal_seconds:.0f} s more"] if plan.heal_bytes else []),
     ])
 
 

@@ -1,0 +1,151 @@
+"""What healing learns from: windows of healing text and the dense model's top-k predictions on them.
+
+The teacher is the dense model itself, before the first shot; its predictions are computed once, ahead of
+time, and kept as ``k`` token indices and log-probabilities per position (:mod:`llm_surgeon.math.distill`),
+so healing never holds a second model and its memory does not grow with the vocabulary. They are written
+beside the checkpoints, so a resumed run reads them instead of running the dense model again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from llm_surgeon.data.calibration import sample_windows, tokenize_text, training_window_counts
+from llm_surgeon.data.textsets import calibration_text, parse_text_set
+from llm_surgeon.errors import DataError
+from llm_surgeon.math.distill import top_k_log_probs
+from llm_surgeon.models.adapters import ArchitectureAdapter
+from llm_surgeon.models.nll import LOGIT_CHUNK_TOKENS
+
+TARGETS_FILE = "heal-teacher.safetensors"
+
+
+@dataclass
+class HealWindows:
+    """Token windows to train on, and held-out ones (the text's end, never trained on) to measure the KL."""
+
+    train: torch.Tensor
+    held_out: torch.Tensor
+    source: str
+    split: str
+
+
+@dataclass
+class TeacherTargets:
+    """Per window and position, the teacher's ``k`` likeliest tokens (int32) and their log-probabilities."""
+
+    indices: torch.Tensor
+    log_probs: torch.Tensor
+
+    def rows(self, windows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """The targets of a batch of windows, flattened to one row per position."""
+        k = self.indices.shape[-1]
+        return self.indices[windows].reshape(-1, k), self.log_probs[windows].reshape(-1, k)
+
+
+def heal_windows(tokenizer, config, data_dir: Path | None) -> HealWindows:
+    """``ceil(heal_tokens / calib_seqlen)`` training windows at seeded offsets of the healing text, and an
+    eighth more, contiguous, from the text's end, held out; one line when the text is too short."""
+    text_set = parse_text_set(config.heal_data or config.calib_data, config.text_field)
+    seqlen = config.calib_seqlen
+    train_count, held_count = training_window_counts(config.heal_tokens, seqlen)
+    text, split = calibration_text(text_set, data_dir, (train_count + held_count) * seqlen, config.seed)
+    tokens = tokenize_text(tokenizer, text)
+    held = held_count * seqlen
+    if tokens.numel() - held < train_count * seqlen:
+        raise DataError(f"the healing text ({text_set.name}, {split}) has {tokens.numel()} tokens, fewer than "
+                        f"--heal-tokens {config.heal_tokens} and {held} held out; lower --heal-tokens or give "
+                        "more text with --heal-data")
+    train = sample_windows(tokens[:-held], train_count, seqlen, config.seed, text_set.name)
+    return HealWindows(train, tokens[-held:].reshape(held_count, seqlen), text_set.name, split)
+
+
+@torch.no_grad()
+def teacher_targets(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor, k: int, batch: int,
+                    progress: bool = True, chunk_tokens: int = LOGIT_CHUNK_TOKENS) -> TeacherTargets:
+    """The model's top-``k`` next-token log-probabilities at every position of ``windows``; logits are made
+    ``chunk_tokens`` positions at a time, so at most that many rows of them exist."""
+    device = model.get_input_embeddings().weight.device
+    indices, log_probs = [], []
+    for ids in tqdm(windows.split(batch), desc="healing: the dense model's predictions", disable=not progress):
+        hidden = adapter.body(model)(input_ids=ids.to(device), use_cache=False).last_hidden_state
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        for start in range(0, hidden.shape[0], chunk_tokens):
+            top = top_k_log_probs(adapter.logits(model, hidden[start:start + chunk_tokens]), k)
+            indices.append(top[0].cpu())
+            log_probs.append(top[1].cpu())
+    shape = (*windows.shape, -1)
+    return TeacherTargets(torch.cat(indices).reshape(shape), torch.cat(log_probs).reshape(shape))
+
+
+def targets_key(model_name: str, windows: HealWindows, k: int) -> str:
+    """What the stored targets were computed from: the model, the exact windows and ``k``."""
+    digest = hashlib.sha256(model_name.encode())
+    for part in (windows.train, windows.held_out):
+        digest.update(part.to(torch.int64).numpy().tobytes())
+    digest.update(str(k).encode())
+    return digest.hexdigest()
+
+
+def save_targets(path: Path, key: str, train: TeacherTargets, held_out: TeacherTargets) -> None:
+    """Written under a temporary name and renamed: the file is whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    save_file({"train_indices": train.indices, "train_log_probs": train.log_probs,
+               "held_indices": held_out.indices, "held_log_probs": held_out.log_probs},
+              str(staging), metadata={"key": key})
+    os.replace(staging, path)
+
+
+def load_targets(path: Path, key: str) -> tuple[TeacherTargets, TeacherTargets] | None:
+    """The stored targets when ``path`` holds those of ``key``, else None (absent, other windows, unreadable)."""
+    if not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            if (handle.metadata() or {}).get("key") != key:
+                return None
+        tensors = load_file(str(path))
+    except Exception:  # a damaged file is recomputed, never trusted
+        return None
+    return (TeacherTargets(tensors["train_indices"], tensors["train_log_probs"]),
+            TeacherTargets(tensors["held_indices"], tensors["held_log_probs"]))
+
+
+@dataclass
+class HealInputs:
+    """Everything healing needs from before the first shot."""
+
+    windows: HealWindows
+    train: TeacherTargets
+    held_out: TeacherTargets
+    seconds_teacher: float
+    """Spent computing the dense model's predictions (0 when they were read back from a stopped run)."""
+
+
+def prepare_heal_inputs(model: nn.Module, adapter: ArchitectureAdapter, tokenizer, config, data_dir: Path | None,
+                        model_name: str, store: Path | None, progress: bool = True) -> HealInputs:
+    """The healing windows and the still-dense model's predictions on them: read from ``store`` when a
+    stopped run of the same windows left them there, else computed now and written there (atomically)."""
+    windows = heal_windows(tokenizer, config, data_dir)
+    key = targets_key(model_name, windows, config.heal_topk)
+    stored = load_targets(store, key) if store is not None else None
+    if stored is not None:
+        return HealInputs(windows, *stored, seconds_teacher=0.0)
+    t0 = time.perf_counter()
+    train = teacher_targets(model, adapter, windows.train, config.heal_topk, config.batch_size, progress)
+    held_out = teacher_targets(model, adapter, windows.held_out, config.heal_topk, config.batch_size, False)
+    if store is not None:
+        save_targets(store, key, train, held_out)
+    return HealInputs(windows, train, held_out, time.perf_counter() - t0)

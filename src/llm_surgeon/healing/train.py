@@ -1,0 +1,204 @@
+"""Healing: the pruned model trained to predict what the dense model predicts, its pattern kept exactly.
+
+Every kept weight of the pruned layers trains (``--heal-rank 0``), its gradient multiplied by the keep mask
+and the removed weights set back to zero after each Adam step, so unstructured masks, N:M groups and removed
+rows and columns stay exact zeros and a structured model compacts to the same shapes; or a rank-``r``
+correction per layer trains and is merged back with its mask (:mod:`llm_surgeon.engine.correction`). The
+loss is the coarse KL of :mod:`llm_surgeon.math.distill` against the dense model's stored top-k predictions,
+logits made a chunk of positions at a time as in a curvature pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from llm_surgeon.curvature.collectors import frozen_parameters, input_device
+from llm_surgeon.engine.correction import attach_deltas, detach_deltas
+from llm_surgeon.errors import LLMSurgeonError
+from llm_surgeon.healing.targets import TeacherTargets
+from llm_surgeon.math.distill import coarse_kl, learning_rate_factor
+from llm_surgeon.models.adapters import ArchitectureAdapter
+from llm_surgeon.models.nll import LOGIT_CHUNK_TOKENS
+
+WARMUP_SHARE = 0.05
+"""Steps of linear warm-up, as a share of all steps (at least one)."""
+LOSS_POINTS = 50
+"""At most this many points of the training loss curve go into the report."""
+
+
+@dataclass
+class HealSettings:
+    rank: int
+    lr: float
+    batch: int
+    seed: int
+    progress: bool = True
+
+
+@dataclass
+class HealRecord:
+    """What healing did, for ``report.json``'s ``heal`` section."""
+
+    tokens: int
+    steps: int
+    rank: int
+    lr: float
+    topk: int
+    kl_before: float
+    """Mean KL per token to the dense model on the held-out windows, before healing."""
+    kl_after: float
+    held_out_tokens: int
+    seconds: float
+    seconds_teacher: float = 0.0
+    """Computing the dense model's predictions (before the first shot)."""
+    losses: list[float] = field(default_factory=list)
+    """The training KL per token, averaged over equal spans of steps (at most :data:`LOSS_POINTS`)."""
+    data: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def distill_backward(model: nn.Module, adapter: ArchitectureAdapter, ids: torch.Tensor, targets: TeacherTargets,
+                     windows: slice, chunk_tokens: int = LOGIT_CHUNK_TOKENS) -> float:
+    """Back-propagate the mean KL per position of ``ids`` to the targets of ``windows``; return it. The body
+    runs once; the head and the loss run a chunk of positions at a time into a detached copy of the hidden
+    states, then one backward through the body (the logits' memory stays one chunk's)."""
+    indices, log_probs = targets.rows(windows)
+    hidden = adapter.body(model)(input_ids=ids, use_cache=False).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    leaf = hidden.detach().requires_grad_(True)
+    rows, total = hidden.shape[0], 0.0
+    for start in range(0, rows, chunk_tokens):
+        logits = adapter.logits(model, leaf[start:start + chunk_tokens])
+        part = slice(start, start + chunk_tokens)
+        loss = coarse_kl(logits, indices[part].to(logits.device), log_probs[part].to(logits.device)) / rows
+        loss.backward()
+        total += float(loss.detach())
+    hidden.backward(leaf.grad)
+    return total
+
+
+@torch.no_grad()
+def mean_kl(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor, targets: TeacherTargets,
+            batch: int, chunk_tokens: int = LOGIT_CHUNK_TOKENS) -> float:
+    """Mean KL per position of the model's predictions on ``windows`` to ``targets`` (no gradients)."""
+    device, total = input_device(model), 0.0
+    for first in range(0, len(windows), batch):
+        part = slice(first, first + batch)
+        indices, log_probs = targets.rows(part)
+        hidden = adapter.body(model)(input_ids=windows[part].to(device), use_cache=False).last_hidden_state
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        for start in range(0, hidden.shape[0], chunk_tokens):
+            logits = adapter.logits(model, hidden[start:start + chunk_tokens])
+            rows = slice(start, start + chunk_tokens)
+            total += float(coarse_kl(logits, indices[rows].to(logits.device), log_probs[rows].to(logits.device)))
+    return total / windows.numel()
+
+
+@contextlib.contextmanager
+def _masked_weights(linears: dict[str, nn.Linear], removed: dict[str, torch.Tensor]
+                    ) -> Iterator[tuple[list[nn.Parameter], tuple[Callable[[], None], Callable[[], None]]]]:
+    """Every pruned layer's weight trains; of the two callables returned, the first (after each backward)
+    zeroes the removed weights' gradients, the second (after each step) the removed weights themselves (only
+    the first is needed with Adam, whose update of a never-nonzero gradient is zero; the second makes it
+    exact whatever the optimizer)."""
+    keeps = {name: ~removed[name].to(lin.weight.device) for name, lin in linears.items() if name in removed}
+    for lin in linears.values():
+        lin.weight.requires_grad_(True)
+
+    def mask_gradients() -> None:
+        for name, keep in keeps.items():
+            if linears[name].weight.grad is not None:
+                linears[name].weight.grad.mul_(keep)
+
+    def mask_weights() -> None:
+        with torch.no_grad():
+            for name, keep in keeps.items():
+                linears[name].weight.mul_(keep)
+
+    try:
+        yield [lin.weight for lin in linears.values()], (mask_gradients, mask_weights)
+    finally:
+        for lin in linears.values():
+            lin.weight.grad = None  # a weight-sized buffer per layer, not needed after training
+
+
+@contextlib.contextmanager
+def _low_rank(linears: dict[str, nn.Linear], removed: dict[str, torch.Tensor], rank: int, seed: int
+              ) -> Iterator[tuple[list[nn.Parameter], tuple[Callable[[], None], Callable[[], None]]]]:
+    """A masked rank-``rank`` correction of every pruned layer, merged into the weights when the block ends
+    normally (left out when it fails)."""
+    deltas = attach_deltas(linears, removed, rank, seed)
+    merged = False
+    try:
+        yield [p for d in deltas.values() for p in d.parameters()], (lambda: None, lambda: None)
+        merged = True
+    finally:
+        detach_deltas(linears, absorb=merged)
+
+
+def heal_model(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str, nn.Linear],
+         removed: dict[str, torch.Tensor], train: torch.Tensor, train_targets: TeacherTargets,
+         held_out: torch.Tensor, held_targets: TeacherTargets, settings: HealSettings) -> HealRecord:
+    """One pass of Adam over ``train`` in batches of ``settings.batch`` windows on the KL to the targets; the
+    KL on the held-out windows before and after. The model's other parameters do not change."""
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()  # no dropout: the student is trained as it will be used
+    kl_before = mean_kl(model, adapter, held_out, held_targets, settings.batch)
+    with frozen_parameters(model):
+        trainable = _low_rank(linears, removed, settings.rank, settings.seed) if settings.rank > 0 \
+            else _masked_weights(linears, removed)
+        with trainable as (params, (after_backward, after_step)):
+            losses = _train(model, adapter, train, train_targets, params, after_backward, after_step, settings)
+    kl_after = mean_kl(model, adapter, held_out, held_targets, settings.batch)
+    model.train(was_training)
+    return HealRecord(tokens=train.numel(), steps=len(losses), rank=settings.rank, lr=settings.lr,
+                      topk=train_targets.indices.shape[-1], kl_before=kl_before, kl_after=kl_after,
+                      held_out_tokens=held_out.numel(), seconds=time.perf_counter() - t0,
+                      losses=_binned(losses, LOSS_POINTS))
+
+
+def _train(model: nn.Module, adapter: ArchitectureAdapter, train: torch.Tensor, targets: TeacherTargets,
+           params: list[nn.Parameter], after_backward: Callable[[], None], after_step: Callable[[], None],
+           settings: HealSettings) -> list[float]:
+    """The optimizer loop: windows in a seeded order, one Adam step per batch, warm-up then cosine decay."""
+    device = input_device(model)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed))
+    batches = order.split(settings.batch)
+    optimizer = torch.optim.Adam(params, lr=settings.lr)
+    warmup = max(1, int(WARMUP_SHARE * len(batches)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, len(batches), warmup))
+    losses = []
+    for picked in tqdm(batches, desc="healing", disable=not settings.progress):
+        optimizer.zero_grad(set_to_none=True)
+        loss = distill_backward(model, adapter, train[picked].to(device), _gathered(targets, picked), slice(None))
+        if not math.isfinite(loss):
+            raise LLMSurgeonError("healing diverged (non-finite KL); lower --heal-lr")
+        after_backward()
+        optimizer.step()
+        after_step()
+        schedule.step()
+        losses.append(loss)
+    return losses
+
+
+def _gathered(targets: TeacherTargets, picked: torch.Tensor) -> TeacherTargets:
+    return TeacherTargets(targets.indices[picked], targets.log_probs[picked])
+
+
+def _binned(values: list[float], points: int) -> list[float]:
+    """``values`` averaged over ``points`` equal spans (all of them when there are fewer)."""
+    if len(values) <= points:
+        return values
+    edges = [round(i * len(values) / points) for i in range(points + 1)]
+    return [sum(values[a:b]) / (b - a) for a, b in zip(edges, edges[1:], strict=False)]

@@ -1,0 +1,272 @@
+"""Healing after pruning: the coarse KL against explicit references, and that training keeps every pattern."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llm_surgeon import PruneConfig, prune
+from llm_surgeon.data.calibration import tokenize_text
+from llm_surgeon.data.textsets import WIKITEXT2, calibration_text
+from llm_surgeon.errors import ConfigError, DataError
+from llm_surgeon.healing.targets import (
+    HealWindows,
+    heal_windows,
+    load_targets,
+    save_targets,
+    targets_key,
+    teacher_targets,
+)
+from llm_surgeon.healing.train import HealSettings, heal_model, mean_kl
+from llm_surgeon.math.distill import coarse_kl, learning_rate_factor, top_k_log_probs
+from llm_surgeon.models.adapters import get_adapter
+from tests.conftest import run_cli, tiny_llama, tiny_tokenizer, write_fake_wikitext, write_tiny_checkpoint
+
+
+def _explicit_coarse_kl(student: torch.Tensor, teacher: torch.Tensor, k: int) -> float:
+    """KL between the two distributions with everything outside the teacher's top k merged, in float64."""
+    total = 0.0
+    for s_row, t_row in zip(student.double().softmax(-1), teacher.double().softmax(-1), strict=True):
+        top = torch.topk(t_row, k).indices
+        rest = torch.ones_like(t_row, dtype=torch.bool)
+        rest[top] = False
+        p = torch.cat([t_row[top], t_row[rest].sum()[None]])
+        q = torch.cat([s_row[top], s_row[rest].sum()[None]])
+        total += float(sum(pi * (pi / qi).log() for pi, qi in zip(p, q, strict=True) if pi > 0))
+    return total
+
+
+def test_coarse_kl_is_the_kl_of_the_merged_distributions():
+    generator = torch.Generator().manual_seed(0)
+    teacher = torch.randn(5, 40, generator=generator) * 3
+    student = teacher + torch.randn(5, 40, generator=generator)
+    for k in (1, 3, 10, 39):
+        indices, log_probs = top_k_log_probs(teacher, k)
+        assert float(coarse_kl(student, indices, log_probs)) == pytest.approx(
+            _explicit_coarse_kl(student, teacher, k), rel=1e-4)
+
+
+def test_coarse_kl_with_the_whole_vocabulary_is_the_full_kl_and_never_exceeds_it():
+    generator = torch.Generator().manual_seed(1)
+    teacher = torch.randn(6, 30, generator=generator) * 2
+    student = torch.randn(6, 30, generator=generator) * 2
+    full = F.kl_div(student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="sum")
+    indices, log_probs = top_k_log_probs(teacher, 30)
+    assert float(coarse_kl(student, indices, log_probs)) == pytest.approx(float(full), rel=1e-4)
+    for k in (1, 5, 15):
+        assert float(coarse_kl(student, *top_k_log_probs(teacher, k))) <= float(full) + 1e-5
+
+
+def test_coarse_kl_is_zero_with_a_zero_gradient_at_the_teacher_and_finite_when_the_tail_is_empty():
+    logits = torch.randn(4, 12, generator=torch.Generator().manual_seed(2))
+    student = logits.clone().requires_grad_(True)
+    loss = coarse_kl(student, *top_k_log_probs(logits, 5))
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(0.0, abs=1e-6)
+    assert student.grad.abs().max() < 1e-6
+    peaked = torch.full((2, 12), -80.0)
+    peaked[:, 0] = 80.0  # the top-1 holds all the mass: an empty tail
+    student = torch.randn(2, 12).requires_grad_(True)
+    loss = coarse_kl(student, *top_k_log_probs(peaked, 1))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(student.grad).all()
+    assert float(loss.detach()) == pytest.approx(float(-student.detach().log_softmax(-1)[:, 0].sum()), rel=1e-5)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    factors = [learning_rate_factor(s, 20, 4) for s in range(20)]
+    assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:], strict=False))
+    assert learning_rate_factor(20, 20, 4) == pytest.approx(0.0)
+
+
+def _windows(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 128, (64, 32), generator=generator), torch.randint(0, 128, (8, 32), generator=generator)
+
+
+@pytest.mark.parametrize(("granularity", "rank"), [("unstructured", 0), ("2:4", 0), ("structured", 0),
+                                                   ("unstructured", 4), ("structured", 4)])
+def test_healing_lowers_the_held_out_kl_and_keeps_every_removed_weight_zero(granularity, rank):
+    train, held = _windows()
+    model = tiny_llama()
+    adapter = get_adapter(model)
+    train_targets = teacher_targets(model, adapter, train, 16, 8, progress=False)
+    held_targets = teacher_targets(model, adapter, held, 16, 8, progress=False)
+    result = prune(model, train[:8], PruneConfig(method="magnitude", granularity=granularity, sparsity=0.5, shots=1),
+                   progress=False)
+    linears = adapter.prunable_linears(model)
+    others = {n: p.detach().clone() for n, p in model.named_parameters() if not n.endswith("proj.weight")}
+    pruned = {n: lin.weight.detach().clone() for n, lin in linears.items()}
+    record = heal_model(model, adapter, linears, result.masks, train, train_targets, held, held_targets,
+                        HealSettings(rank=rank, lr=1e-2 if rank else 1e-3, batch=8, seed=0, progress=False))
+    assert record.kl_after < 0.9 * record.kl_before
+    assert record.kl_before == pytest.approx(mean_kl(tiny_pruned_copy(result, granularity), adapter, held,
+                                                     held_targets, 8), rel=1e-5)
+    assert record.steps == 8 and record.tokens == train.numel() and len(record.losses) == 8
+    for name, lin in linears.items():
+        assert torch.all(lin.weight[result.masks[name]] == 0), name
+        assert lin.weight.grad is None  # no weight-sized buffer left behind
+    assert any(not torch.equal(pruned[n], lin.weight) for n, lin in linears.items())
+    for name, value in model.named_parameters():
+        if name in others:
+            assert torch.equal(value, others[name]), name  # embeddings and norms do not train
+    if granularity == "2:4":
+        for lin in linears.values():
+            groups = (lin.weight != 0).reshape(lin.out_features, -1, 4).sum(-1)
+            assert groups.max() <= 2
+
+
+def tiny_pruned_copy(result, granularity: str):
+    """The same tiny model pruned the same way again (magnitude is deterministic): healing's starting point."""
+    model = tiny_llama()
+    train, _ = _windows()
+    prune(model, train[:8], PruneConfig(method="magnitude", granularity=granularity, sparsity=0.5, shots=1),
+          progress=False)
+    return model
+
+
+def test_healing_windows_hold_out_the_text_end_and_refuse_too_little_text(tmp_path):
+    data = write_fake_wikitext(tmp_path / "data")
+    tokenizer = tiny_tokenizer()
+    config = PruneConfig(calib_seqlen=32, heal=True, heal_tokens=320)
+    with pytest.warns(UserWarning, match="valid split"):
+        windows = heal_windows(tokenizer, config, data)
+    assert windows.train.shape == (10, 32) and windows.held_out.shape == (2, 32)
+    with pytest.warns(UserWarning):
+        text, _ = calibration_text(WIKITEXT2, data, 0, 0)
+    tokens = tokenize_text(tokenizer, text)
+    assert torch.equal(windows.held_out.reshape(-1), tokens[-64:])  # the text's end, contiguous
+    starts = [int((tokens.unfold(0, 32, 1) == w).all(-1).nonzero()[0]) for w in windows.train]
+    assert max(starts) + 32 <= tokens.numel() - 64  # no training window reaches the held-out end
+    with pytest.raises(DataError, match="--heal-tokens"), pytest.warns(UserWarning):
+        heal_windows(tokenizer, PruneConfig(calib_seqlen=32, heal=True, heal_tokens=10**7), data)
+
+
+def test_stored_targets_are_read_back_only_for_the_same_windows(tmp_path):
+    train, held = _windows()
+    model = tiny_llama()
+    targets = teacher_targets(model, get_adapter(model), train[:4], 8, 2, progress=False)
+    held_targets = teacher_targets(model, get_adapter(model), held[:2], 8, 2, progress=False)
+    windows = HealWindows(train[:4], held[:2], "wikitext2", "valid")
+    key = targets_key("m", windows, 8)
+    path = tmp_path / "t.safetensors"
+    save_targets(path, key, targets, held_targets)
+    loaded, loaded_held = load_targets(path, key)
+    assert torch.equal(loaded.indices, targets.indices) and torch.equal(loaded_held.log_probs, held_targets.log_probs)
+    other = HealWindows(train[1:5], held[:2], "wikitext2", "valid")
+    assert load_targets(path, targets_key("m", other, 8)) is None
+    assert load_targets(path, targets_key("m", windows, 16)) is None
+    path.write_bytes(b"damaged")
+    assert load_targets(path, key) is None
+
+
+def test_heal_settings_are_checked_before_anything_loads():
+    with pytest.raises(ConfigError, match="--heal-tokens .*add --heal"):
+        PruneConfig(heal_tokens=4096).validate()
+    with pytest.raises(ConfigError, match="less than one window"):
+        PruneConfig(heal=True, heal_tokens=100, calib_seqlen=512).validate()
+    with pytest.raises(ConfigError, match="--heal-topk"):
+        PruneConfig(heal=True, heal_topk=0).validate()
+    with pytest.raises(DataError, match="no-such-file"):
+        PruneConfig(heal=True, heal_data="no-such-file.txt").validate()
+    assert PruneConfig(heal=True).heal_learning_rate == 5e-5
+    assert PruneConfig(heal=True, heal_rank=8).heal_learning_rate == 1e-3
+
+
+def test_prune_with_heal_reports_it_and_a_rerun_after_healing_does_not_heal_again(tmp_path, monkeypatch):
+    from llm_surgeon import api
+    from llm_surgeon.api import RunOptions, run_prune
+
+    model_dir = write_tiny_checkpoint(tmp_path / "model")
+    data = write_fake_wikitext(tmp_path / "data")
+    out = tmp_path / "out"
+    config = PruneConfig(method="magnitude", granularity="structured", sparsity=0.3, shots=2, calib_samples=4,
+                         calib_seqlen=32, batch_size=4, heal=True, heal_tokens=512, heal_lr=1e-3)
+    options = RunOptions(out=str(out), data_dir=str(data), eval=True, eval_seqlen=64, progress=False)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "finish_run", stop)
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning):
+        run_prune(str(model_dir), config, options)
+    assert (out / "checkpoints" / "healed" / "meta.json").is_file()
+    assert (out / "checkpoints" / "heal-teacher.safetensors").is_file()
+    monkeypatch.undo()
+    healed = []
+    monkeypatch.setattr(api, "heal_model", lambda *a, **k: healed.append(1))
+    with pytest.warns(UserWarning):
+        report = run_prune(str(model_dir), config, options)
+    assert not healed  # resumed from the healed checkpoint
+    heal = report["heal"]
+    assert heal["kl_after"] < heal["kl_before"] and heal["steps"] == 4 and heal["tokens"] == 512
+    assert heal["data"] == {"text": "wikitext2", "split": "valid", "windows": 16, "held_out_windows": 2,
+                            "seqlen": 32}
+    assert heal["ppl_before"]["wikitext2"] > 0 and report["ppl"]["wikitext2"] > 0
+    assert heal["seconds_teacher"] > 0 and report["seconds"]["heal"] >= heal["seconds"]
+    assert not (out / "checkpoints").exists()
+
+
+def test_cli_heal_flags_and_refusals(tmp_path):
+    model_dir = write_tiny_checkpoint(tmp_path / "model")
+    data = write_fake_wikitext(tmp_path / "data")
+    out = tmp_path / "out"
+    run_cli("prune", str(model_dir), "--out", str(out), "--method", "wanda", "--sparsity", "0.5",
+            "--calib-samples", "4", "--calib-seqlen", "32", "--heal", "--heal-tokens", "256", "--heal-rank", "2",
+            "--data-dir", str(data), "--no-progress")
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["heal"] and report["heal"]["rank"] == 2 and report["heal"]["lr"] == 1e-3
+    assert report["heal"]["ppl_before"] is None  # not evaluated: nothing to compare
+    estimate = report["memory_estimate"]
+    assert estimate["heal_mb"] > 0 and estimate["heal_targets_mb"] > 0
+    assert estimate["predicted_peak_mb"] >= estimate["loaded_mb"] + estimate["heal_mb"] + estimate["heal_targets_mb"]
+    proc = run_cli("prune", str(model_dir), "--out", str(tmp_path / "o2"), "--heal-rank", "4", check=False)
+    assert proc.returncode != 0 and "--heal-rank sets up healing; add --heal" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_cli("prune", str(model_dir), "--out", str(tmp_path / "o3"), "--heal", "--dtype", "bfloat16",
+                   check=False)
+    assert proc.returncode != 0 and "add --heal-rank R" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o3").exists()
+
+
+def test_plan_prices_healing_in_memory_and_time(tmp_path):
+    from llm_surgeon.planning.memory import heal_bytes
+    from llm_surgeon.planning.plan import plan_shot
+
+    config_json = tmp_path / "config.json"
+    config_json.write_text(tiny_llama(hidden_size=64, intermediate_size=256).config.to_json_string())
+    base = dict(method="wanda", granularity="unstructured", sparsity=0.5, calib_samples=16, calib_seqlen=64,
+                batch_size=4)
+    plain = plan_shot(str(config_json), PruneConfig(**base))
+    healed = plan_shot(str(config_json), PruneConfig(**base, heal=True, heal_tokens=4096))
+    longer = plan_shot(str(config_json), PruneConfig(**base, heal=True, heal_tokens=8192))
+    low_rank = plan_shot(str(config_json), PruneConfig(**base, heal=True, heal_tokens=4096, heal_rank=2))
+    assert plain.heal_bytes == 0 and plain.heal_seconds == 0
+    assert healed.heal_bytes > 0 and healed.peak_bytes >= plain.peak_bytes
+    assert healed.seconds_total == pytest.approx(healed.seconds_per_shot + healed.heal_seconds)
+    assert longer.heal_seconds == pytest.approx(2 * healed.heal_seconds, rel=0.1)
+    model = tiny_llama(hidden_size=64, intermediate_size=256)
+    linears = get_adapter(model).prunable_linears(model)
+    weights = sum(lin.weight.numel() for lin in linears.values())
+    from llm_surgeon.planning.memory import HealNeeds
+
+    full = heal_bytes(linears, 2, 256, 4, HealNeeds(0, 72 * 64, 64))
+    assert full["gradients"] + full["adam"] == 3 * 4 * weights and full["targets"] == 8 * 64 * 72 * 64
+    assert healed.heal_bytes - low_rank.heal_bytes > 0  # Adam's moments of every weight against small factors
+
+
+def test_the_summary_says_what_healing_did():
+    from llm_surgeon.artifacts.summary import _heal_lines
+
+    heal = {"tokens": 131072, "steps": 64, "rank": 0, "lr": 5e-5, "seconds": 900.0, "seconds_teacher": 100.0,
+            "kl_before": 0.31234, "kl_after": 0.12345, "held_out_tokens": 16384, "ppl_before": {"wikitext2": 30.12}}
+    lines = _heal_lines(heal)
+    assert "131,072 tokens, 64 steps (every kept weight, lr 5e-05) in 1000 s" in lines[0]
+    assert "0.3123 -> 0.1235 on 16,384 held-out tokens" in lines[0]
+    assert lines[1].endswith("perplexity WikiText-2 30.12")
+    assert "rank-8 correction" in _heal_lines({**heal, "rank": 8, "ppl_before": None})[0]
+    assert _heal_lines(None) == []
