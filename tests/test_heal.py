@@ -173,7 +173,7 @@ def test_heal_settings_are_checked_before_anything_loads():
         PruneConfig(heal=True, heal_topk=0).validate()
     with pytest.raises(DataError, match="no-such-file"):
         PruneConfig(heal=True, heal_data="no-such-file.txt").validate()
-    assert PruneConfig(heal=True).heal_learning_rate == 5e-5
+    assert PruneConfig(heal=True).heal_learning_rate == 2e-4
     assert PruneConfig(heal=True, heal_rank=8).heal_learning_rate == 1e-3
 
 
