@@ -270,3 +270,28 @@ def test_the_summary_says_what_healing_did():
     assert lines[1].endswith("perplexity WikiText-2 30.12")
     assert "rank-8 correction" in _heal_lines({**heal, "rank": 8, "ppl_before": None})[0]
     assert _heal_lines(None) == []
+
+
+def test_a_run_stopped_in_its_first_shot_starts_again_with_the_stored_predictions(tmp_path, monkeypatch):
+    from llm_surgeon import api
+    from llm_surgeon.api import RunOptions, run_prune
+
+    model_dir = write_tiny_checkpoint(tmp_path / "model")
+    data = write_fake_wikitext(tmp_path / "data")
+    out = tmp_path / "out"
+    config = PruneConfig(method="magnitude", sparsity=0.5, shots=1, calib_samples=4, calib_seqlen=32, batch_size=4,
+                         heal=True, heal_tokens=256, heal_lr=1e-3)
+    options = RunOptions(out=str(out), data_dir=str(data), progress=False)
+
+    def stop(run):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "execute_run", stop)
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning):
+        run_prune(str(model_dir), config, options)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["heal-teacher.safetensors"]
+    monkeypatch.undo()
+    with pytest.warns(UserWarning):
+        report = run_prune(str(model_dir), config, options)
+    assert report["heal"]["seconds_teacher"] == 0.0  # read back, not computed again
+    assert report["heal"]["kl_after"] < report["heal"]["kl_before"]

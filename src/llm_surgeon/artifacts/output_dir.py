@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from llm_surgeon.artifacts.checkpoints import config_differences, list_checkpoints
+from llm_surgeon.artifacts.checkpoints import CHECKPOINT_DIR, config_differences, list_checkpoints
 from llm_surgeon.artifacts.formats import SaveRequest, format_for_run
 from llm_surgeon.artifacts.structured_layout import StructuredLayout
 from llm_surgeon.config import PruneConfig
@@ -29,7 +29,9 @@ def inspect_output(out: Path, model_name: str, config: PruneConfig, overwrite: b
     another run.
 
     A folder holding a run with a different model or config is refused (naming the fields
-    that differ) unless ``overwrite``; so is a non-empty folder that holds no run of ours.
+    that differ) unless ``overwrite``; so is a non-empty folder that holds no run of ours. A run stopped
+    before its first checkpoint may have left only its checkpoint folder (healing's stored predictions):
+    that starts afresh, reading them back when they fit.
     """
     if not out.exists():
         return "fresh"
@@ -47,7 +49,7 @@ def inspect_output(out: Path, model_name: str, config: PruneConfig, overwrite: b
     elif checkpoints := list_checkpoints(out):
         meta = checkpoints[-1].meta
         recorded, state = {"model": meta.get("model"), **meta.get("config", {})}, "resume"
-    elif any(not p.name.startswith(".") for p in out.iterdir()):
+    elif any(not p.name.startswith(".") and p.name != CHECKPOINT_DIR for p in out.iterdir()):
         raise ConfigError(f"output folder {out} already holds other files; pass --overwrite to replace them")
     else:
         return "fresh"
