@@ -71,8 +71,8 @@ RUNS: dict[str, list[str]] = {
        for kept in (80, 70)},
     "surgeon-50-1shot-heal": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "1", "--heal", "--batch-size",
                               "4"],
-    "dense-heal": ["--method", "magnitude", "--sparsity", "0.0", "--shots", "1", "--heal", "--batch-size", "4",
-                   "--eval-dense"],
+    # (sparsity 0: the score before healing is the dense model's, so no --eval-dense)
+    "dense-heal": ["--method", "magnitude", "--sparsity", "0.0", "--shots", "1", "--heal", "--batch-size", "4"],
     "surgeon-struct-80-1shot-lora16x4": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2",
                                          "--shots", "1", "--lora-rank", "16", "--lora-epochs", "4", "--batch-size",
                                          "4"],

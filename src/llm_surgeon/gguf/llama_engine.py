@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from llm_surgeon.gguf.errors import LlamaCppUnavailableError
+from llm_surgeon.gguf.llama_buffers import extra_buffers, extra_buffers_wanted
 
 KV_TYPES = {"f16": 1, "f32": 0}
 """KV-cache storage types (GGML type ids): llama.cpp's default f16, or f32 for exact comparisons."""
@@ -65,14 +66,16 @@ def open_gguf(path: str | Path, n_ctx: int, n_threads: int, logits_all: bool = F
     projection for every token; speed runs leave it off, as llama.cpp's own tools do. ``n_threads``
     should not exceed the idle cores: llama.cpp's threads meet at a barrier after every operation, so
     one descheduled thread stalls all (on 2 busy cores, 16 greedy steps of a tiny model took 6.5 s
-    with 2 threads and 0.003 s with 1).
+    with 2 threads and 0.003 s with 1). The extra weight buffers (AMX, repacked layouts) are off on AMX
+    CPUs, where llama.cpp's AMX kernel can crash the process (see ``llama_buffers``).
     """
     llama_cpp = import_llama_cpp()
     n_batch = n_batch or n_ctx
-    return llama_cpp.Llama(
-        model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(n_batch, 512),
-        n_threads=n_threads, n_threads_batch=n_threads, n_gpu_layers=0, logits_all=logits_all,
-        type_k=KV_TYPES[kv_type], type_v=KV_TYPES[kv_type], verbose=False)
+    with extra_buffers(llama_cpp, extra_buffers_wanted()):
+        return llama_cpp.Llama(
+            model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(n_batch, 512),
+            n_threads=n_threads, n_threads_batch=n_threads, n_gpu_layers=0, logits_all=logits_all,
+            type_k=KV_TYPES[kv_type], type_v=KV_TYPES[kv_type], verbose=False)
 
 
 def sequence_logits(llm: Any, tokens: Sequence[int]) -> np.ndarray:

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llm_surgeon.gguf.llama_buffers import extra_buffers_wanted
+
 MEMORY_METHOD = ("peak resident set (VmHWM) of a fresh process that loads and runs the model, minus its "
                  "resident set after importing the engine; llama.cpp's memory-mapped weights count once touched")
 SIZE_METHOD = "GGUF: file size; transformers: bytes of the parameters in their dtype (tied weights once)"
@@ -93,7 +95,7 @@ def _worker_env(threads: int) -> dict[str, str]:
 def run_worker(target: SpeedTarget, prompt: list[int], new_tokens: int, threads: int) -> dict:
     """One measurement of ``target`` in a fresh process."""
     spec = {"engine": target.engine, "path": target.path, "module": target.module, "prompt": prompt,
-            "new_tokens": new_tokens, "threads": threads}
+            "new_tokens": new_tokens, "threads": threads, "extra_buffers": extra_buffers_wanted()}
     worker = Path(__file__).with_name("speed_worker.py")
     proc = subprocess.run([sys.executable, str(worker), json.dumps(spec)], capture_output=True, text=True,
                           env=_worker_env(threads))

@@ -38,11 +38,13 @@ def _llama_cpp_run(spec: dict) -> tuple[float, float]:
     """Seconds for the prompt and for the greedy decode in llama.cpp (last-token logits only)."""
     import llama_cpp
     import numpy as np
+    from llama_buffers import extra_buffers  # this file runs by path: its folder is on sys.path
 
     prompt, new, threads = spec["prompt"], spec["new_tokens"], spec["threads"]
-    llm = llama_cpp.Llama(model_path=spec["path"], n_ctx=len(prompt) + new + 1, n_batch=len(prompt),
-                          n_ubatch=min(len(prompt), 512), n_threads=threads, n_threads_batch=threads,
-                          n_gpu_layers=0, verbose=False)
+    with extra_buffers(llama_cpp, spec["extra_buffers"]):
+        llm = llama_cpp.Llama(model_path=spec["path"], n_ctx=len(prompt) + new + 1, n_batch=len(prompt),
+                              n_ubatch=min(len(prompt), 512), n_threads=threads, n_threads_batch=threads,
+                              n_gpu_layers=0, verbose=False)
 
     def next_token() -> int:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
@@ -95,11 +97,14 @@ def measure(spec: dict) -> dict:
     baseline = memory_kib("VmRSS")
     reset_peak_memory()
     prompt_s, decode_s = run(spec)
-    return {
+    found = {
         "prompt_tokens_per_s": len(spec["prompt"]) / prompt_s,
         "decode_tokens_per_s": spec["new_tokens"] / decode_s,
         "peak_rss_delta_bytes": (memory_kib("VmHWM") - baseline) * 1024,
     }
+    if spec["engine"] == "llama.cpp":
+        found["llama_extra_buffers"] = spec["extra_buffers"]  # AMX/repacked weights, or the plain kernels
+    return found
 
 
 if __name__ == "__main__":
