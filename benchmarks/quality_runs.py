@@ -69,6 +69,10 @@ RUNS: dict[str, list[str]] = {
     **{f"surgeon-struct-{kept}-1shot-heal": ["--method", "surgeon", "--granularity", "structured", "--sparsity",
                                               f"0.{10 - kept // 10}", "--shots", "1", "--heal", "--batch-size", "4"]
        for kept in (80, 70)},
+    # the same healing after the default 5 shots (the better pruned start)
+    **{f"surgeon-struct-{kept}-heal": ["--method", "surgeon", "--granularity", "structured", "--sparsity",
+                                        f"0.{10 - kept // 10}", "--shots", "5", "--heal", "--batch-size", "4"]
+       for kept in (80, 70)},
     "surgeon-50-1shot-heal": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "1", "--heal", "--batch-size",
                               "4"],
     # (sparsity 0: the score before healing is the dense model's, so no --eval-dense)
