@@ -269,6 +269,10 @@ def test_the_summary_says_what_healing_did():
     assert "0.3123 -> 0.1235 on 16,384 held-out tokens" in lines[0]
     assert lines[1].endswith("perplexity WikiText-2 30.12")
     assert "rank-8 correction" in _heal_lines({**heal, "rank": 8, "ppl_before": None})[0]
+    each = _heal_lines({**heal, "each_shot": True, "tokens": 26214, "steps": 13, "tokens_all_shots": 131072,
+                        "seconds_all_shots": 1000.0})[0]
+    assert "after each shot, 131,072 tokens in all (every kept weight, lr 5e-05) in 1100 s" in each
+    assert "the last 26,214 tokens, 13 steps: KL to the dense model 0.3123 -> 0.1235" in each
     assert _heal_lines(None) == []
 
 
@@ -295,3 +299,52 @@ def test_a_run_stopped_in_its_first_shot_starts_again_with_the_stored_prediction
         report = run_prune(str(model_dir), config, options)
     assert report["heal"]["seconds_teacher"] == 0.0  # read back, not computed again
     assert report["heal"]["kl_after"] < report["heal"]["kl_before"]
+
+
+def test_heal_each_shot_shares_the_windows_once_among_the_shots():
+    from llm_surgeon.healing.targets import HealInputs, TeacherTargets, share_of
+
+    train = torch.arange(7 * 4).reshape(7, 4)
+    targets = TeacherTargets(train[..., None].repeat(1, 1, 2).int(), train[..., None].float().repeat(1, 1, 2))
+    inputs = HealInputs(HealWindows(train, train[:1], "wikitext2", "valid"), targets, targets, 0.0)
+    shares = [share_of(inputs, part, 3) for part in range(3)]
+    assert torch.equal(torch.cat([windows for windows, _ in shares]), train)
+    assert [len(windows) for windows, _ in shares] == [2, 3, 2]
+    for windows, share in shares:  # each share's targets are its own windows'
+        assert torch.equal(share.indices[..., 0], windows.int()) and torch.equal(share.log_probs[..., 1],
+                                                                                   windows.float())
+
+
+def test_heal_each_shot_heals_after_every_shot_on_the_same_budget(tmp_path, monkeypatch):
+    from llm_surgeon import api
+    from llm_surgeon.api import RunOptions, run_prune
+
+    model_dir = write_tiny_checkpoint(tmp_path / "model")
+    data = write_fake_wikitext(tmp_path / "data")
+    config = PruneConfig(method="magnitude", granularity="structured", sparsity=0.6, shots=3, calib_samples=4,
+                         calib_seqlen=32, batch_size=4, heal=True, heal_tokens=768, heal_lr=3e-4,
+                         heal_each_shot=True)
+    shares = []
+    real = api.heal_model
+
+    def counted(model, adapter, linears, removed, train, *rest):
+        shares.append(len(train))
+        return real(model, adapter, linears, removed, train, *rest)
+
+    monkeypatch.setattr(api, "heal_model", counted)
+    with pytest.warns(UserWarning):
+        report = run_prune(str(model_dir), config, RunOptions(out=str(tmp_path / "out"), data_dir=str(data),
+                                                              progress=False))
+    assert shares == [8, 8, 8]  # 768 tokens = 24 windows of 32, a third after each shot
+    between = [record["heal"] for record in report["shot_records"]]
+    assert between[2] is None and [h["tokens"] for h in between[:2]] == [256, 256]
+    heal = report["heal"]  # the first shot (20%) barely moves this random model: its KL is too small to fall
+    assert between[1]["kl_after"] < between[1]["kl_before"] and heal["kl_after"] < heal["kl_before"]
+    assert heal["each_shot"] and heal["tokens"] == 256 and heal["tokens_all_shots"] == 768
+    assert heal["data"]["windows"] == 8
+    assert report["seconds"]["heal"] == pytest.approx(heal["seconds_teacher"] + heal["seconds"]
+                                                      + sum(h["seconds"] for h in between[:2]))
+    with pytest.raises(ConfigError, match="--heal-each-shot .* add --heal"):
+        PruneConfig(heal_each_shot=True).validate()
+    with pytest.raises(ConfigError, match="among 5 shots: raise --heal-tokens to at least 2560"):
+        PruneConfig(heal=True, heal_each_shot=True, heal_tokens=2048, calib_seqlen=512, shots=5).validate()

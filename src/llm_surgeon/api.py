@@ -46,7 +46,7 @@ from llm_surgeon.evaluation import dense_cache
 from llm_surgeon.evaluation.footprint import forward_footprint
 from llm_surgeon.evaluation.perplexity import PerplexityResult, perplexity, window_count
 from llm_surgeon.evaluation.zeroshot import check_tasks, parse_tasks, zero_shot
-from llm_surgeon.healing.targets import TARGETS_FILE, HealInputs, prepare_heal_inputs
+from llm_surgeon.healing.targets import TARGETS_FILE, HealInputs, TeacherTargets, prepare_heal_inputs, share_of
 from llm_surgeon.healing.train import HealSettings, heal_model
 from llm_surgeon.methods import method_class
 from llm_surgeon.models.adapters import ArchitectureAdapter, check_family, get_adapter
@@ -429,6 +429,8 @@ def execute_run(run: PreparedRun) -> PruneResult:
     talk = run.options.progress and run.ranks.writes
 
     def checkpoint(shot: int, result: PruneResult) -> None:
+        if run.config.heal_each_shot and shot < run.config.effective_shots:
+            result.shots[-1].heal = heal_between_shots(run, result, shot)
         if talk:
             print(clock.shot_line(len(result.shots), result.shots[-1].seconds_total), file=sys.stderr, flush=True)
         if run.ranks.writes:  # the user's config: the fitted batch is no part of the run's identity
@@ -450,6 +452,33 @@ def execute_run(run: PreparedRun) -> PruneResult:
     return result
 
 
+def _heal_settings(run: PreparedRun) -> HealSettings:
+    config = run.config
+    return HealSettings(config.heal_rank, config.heal_learning_rate, run.pass_config().batch_size, config.seed,
+                        run.options.progress)
+
+
+def _heal_share(run: PreparedRun, shot: int) -> tuple[torch.Tensor, TeacherTargets]:
+    """The training windows healing after ``shot`` (from 1) uses: all of them, or with ``--heal-each-shot``
+    the shot's share."""
+    if not run.config.heal_each_shot:
+        return run.heal.windows.train, run.heal.train
+    return share_of(run.heal, shot - 1, run.config.effective_shots)
+
+
+def heal_between_shots(run: PreparedRun, result: PruneResult, shot: int) -> dict:
+    """``--heal-each-shot``: healing on ``shot``'s share of the windows before its checkpoint (so a resumed run
+    does not heal it again); its record goes into the shot's record."""
+    train, targets = _heal_share(run, shot)
+    inputs = run.heal
+    record = heal_model(run.model, run.adapter, run.linears, result.masks, train, targets,
+                        inputs.windows.held_out, inputs.held_out, _heal_settings(run))
+    if run.options.progress:
+        print(f"llm-surgeon: healed after shot {shot} in {record.seconds:.0f} s: KL to the dense model on "
+              f"held-out text {record.kl_before:.4f} -> {record.kl_after:.4f}", file=sys.stderr, flush=True)
+    return {**record.to_dict(), "peak_mb_after": peak_memory_mb(run.options.device)}
+
+
 def heal_pruned(run: PreparedRun, result: PruneResult) -> None:
     """Healing after the last shot (``--heal``) into ``result.heal``: the pruned model scored first when the run
     evaluates (the report then shows before and after), trained on the dense model's predictions, and a
@@ -460,21 +489,29 @@ def heal_pruned(run: PreparedRun, result: PruneResult) -> None:
         scored = _evaluate_pruned(run)
         before = {t.name: scored[t.name] for t in options.eval_sets()}
     peak_before = peak_memory_mb(options.device)
-    settings = HealSettings(config.heal_rank, config.heal_learning_rate, run.pass_config().batch_size, config.seed,
-                            options.progress)
-    record = heal_model(run.model, run.adapter, run.linears, result.masks, inputs.windows.train, inputs.train,
-                        inputs.windows.held_out, inputs.held_out, settings)
+    train, targets = _heal_share(run, config.effective_shots)
+    record = heal_model(run.model, run.adapter, run.linears, result.masks, train, targets,
+                        inputs.windows.held_out, inputs.held_out, _heal_settings(run))
     record.seconds_teacher = inputs.seconds_teacher
     record.data = {"text": inputs.windows.source, "split": inputs.windows.split,
-                   "windows": len(inputs.windows.train), "held_out_windows": len(inputs.windows.held_out),
+                   "windows": len(train), "held_out_windows": len(inputs.windows.held_out),
                    "seqlen": config.calib_seqlen}
     result.heal = {**record.to_dict(), "ppl_before": before, "peak_mb_before": peak_before,
-                   "peak_mb_after": peak_memory_mb(options.device)}
+                   "peak_mb_after": peak_memory_mb(options.device), "each_shot": config.heal_each_shot,
+                   **_healing_totals(record.tokens, record.seconds, result)}
     if options.progress:
         print(f"llm-surgeon: healed in {record.seconds:.0f} s: KL to the dense model on held-out text "
               f"{record.kl_before:.4f} -> {record.kl_after:.4f}", file=sys.stderr, flush=True)
     save_checkpoint(run.out, run.model_name, replace(result, config=run.config), run.linears,
                     wall_seconds=run.clock.elapsed() if run.clock else None)
+
+
+def _healing_totals(tokens: int, seconds: float, result: PruneResult) -> dict:
+    """The tokens and training seconds of every healing of the run: the last one's, plus those after earlier
+    shots (``--heal-each-shot``)."""
+    between = [s.heal for s in result.shots if s.heal]
+    return {"tokens_all_shots": tokens + sum(h["tokens"] for h in between),
+            "seconds_all_shots": seconds + sum(h["seconds"] for h in between)}
 
 
 def _predicted_shot_seconds(model_name: str, config: PruneConfig, dtype: str) -> float | None:
@@ -533,7 +570,7 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
     if footprint is not None:
         footprint["pruned"]["file_bytes"] = file_bytes
     if result.heal is not None:
-        seconds["heal"] = result.heal["seconds"] + result.heal["seconds_teacher"]
+        seconds["heal"] = result.heal["seconds_all_shots"] + result.heal["seconds_teacher"]
     seconds["wall_this_run"] = time.perf_counter() - run.started
     seconds["wall"] = run.earlier_seconds + seconds["wall_this_run"]
     report = build_report(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, fields
 
+from llm_surgeon.data.calibration import training_window_counts
 from llm_surgeon.data.textsets import parse_text_set
 from llm_surgeon.errors import ConfigError
 from llm_surgeon.methods import (
@@ -99,6 +100,9 @@ class HealOptions(MethodOptions):
                             "merged back", group="healing")
     heal_topk: int = option(64, "the dense model's most likely tokens kept per position (the rest of the "
                             "vocabulary as one category)", group="healing")
+    heal_each_shot: bool = option(False, "spread --heal-tokens over the shots: after each shot, distil on its "
+                                  "share of the windows, so the next shot measures the healed model's curvature "
+                                  "(the same budget)", group="healing")
 
     @property
     def heal_learning_rate(self) -> float:
@@ -110,7 +114,8 @@ class HealOptions(MethodOptions):
     @classmethod
     def check(cls, config) -> None:
         if not config.heal:
-            refuse_changed(config, cls, ("heal_data", "heal_tokens", "heal_lr", "heal_rank", "heal_topk"),
+            refuse_changed(config, cls, ("heal_data", "heal_tokens", "heal_lr", "heal_rank", "heal_topk",
+                                         "heal_each_shot"),
                            "sets up healing; add --heal or drop it")
             return
         if config.heal_tokens < config.calib_seqlen:
@@ -118,6 +123,11 @@ class HealOptions(MethodOptions):
                               f"{config.calib_seqlen}")
         if config.heal_lr < 0 or config.heal_rank < 0 or config.heal_topk < 1:
             raise ConfigError("healing needs --heal-lr >= 0 (0: the default), --heal-rank >= 0 and --heal-topk >= 1")
+        windows = training_window_counts(config.heal_tokens, config.calib_seqlen)[0]
+        if config.heal_each_shot and windows < config.effective_shots:
+            raise ConfigError(f"--heal-each-shot shares --heal-tokens {config.heal_tokens} ({windows} windows of "
+                              f"{config.calib_seqlen}) among {config.effective_shots} shots: raise --heal-tokens to "
+                              f"at least {config.effective_shots * config.calib_seqlen}")
         if config.heal_data:
             parse_text_set(config.heal_data, config.text_field)  # a missing file or unknown name, before loading
 

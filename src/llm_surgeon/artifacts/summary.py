@@ -76,9 +76,15 @@ def _heal_lines(heal: dict | None) -> list[str]:
     if not heal:
         return []
     kind = f"a rank-{heal['rank']} correction" if heal["rank"] else "every kept weight"
-    line = (f"  healed       {heal['tokens']:,} tokens, {heal['steps']} steps ({kind}, lr {heal['lr']:g}) in "
-            f"{heal['seconds'] + heal['seconds_teacher']:.0f} s: KL to the dense model {heal['kl_before']:.4f} -> "
-            f"{heal['kl_after']:.4f} on {heal['held_out_tokens']:,} held-out tokens")
+    seconds = heal.get("seconds_all_shots", heal["seconds"]) + heal["seconds_teacher"]
+    kl = (f"KL to the dense model {heal['kl_before']:.4f} -> {heal['kl_after']:.4f} on "
+          f"{heal['held_out_tokens']:,} held-out tokens")
+    if heal.get("each_shot"):
+        line = (f"  healed       after each shot, {heal['tokens_all_shots']:,} tokens in all ({kind}, lr "
+                f"{heal['lr']:g}) in {seconds:.0f} s; the last {heal['tokens']:,} tokens, {heal['steps']} steps: {kl}")
+    else:
+        line = (f"  healed       {heal['tokens']:,} tokens, {heal['steps']} steps ({kind}, lr {heal['lr']:g}) in "
+                f"{seconds:.0f} s: {kl}")
     before = heal.get("ppl_before") or {}
     shown = ", ".join(f"{'WikiText-2' if k == 'wikitext2' else label(k)} {v:.2f}" for k, v in before.items())
     return [line] + ([f"  before heal  perplexity {shown}"] if shown else [])

@@ -56,6 +56,8 @@ class ShotRecord:
     """Mean over blocks of the relative block-output error (vs the dense model) before the reconstruction."""
     reconstruction_error_after: float = 0.0
     reconstruction_iterations_mean: float = 0.0
+    heal: dict | None = None
+    """Healing after this shot (``--heal-each-shot``; not after the last, whose healing is the result's)."""
 
     @property
     def seconds_total(self) -> float:

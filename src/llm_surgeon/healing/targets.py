@@ -149,3 +149,11 @@ def prepare_heal_inputs(model: nn.Module, adapter: ArchitectureAdapter, tokenize
     if store is not None:
         save_targets(store, key, train, held_out)
     return HealInputs(windows, train, held_out, time.perf_counter() - t0)
+
+
+def share_of(inputs: HealInputs, part: int, parts: int) -> tuple[torch.Tensor, TeacherTargets]:
+    """The ``part``-th (from 0) of ``parts`` near-equal contiguous shares of the training windows and their
+    targets (``--heal-each-shot``: one share after each shot, so the shots together train on the budget once)."""
+    bounds = [round(i * len(inputs.windows.train) / parts) for i in range(parts + 1)]
+    picked = slice(bounds[part], bounds[part + 1])
+    return inputs.windows.train[picked], TeacherTargets(inputs.train.indices[picked], inputs.train.log_probs[picked])
