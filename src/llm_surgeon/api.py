@@ -570,7 +570,8 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
     if footprint is not None:
         footprint["pruned"]["file_bytes"] = file_bytes
     if result.heal is not None:
-        seconds["heal"] = result.heal["seconds_all_shots"] + result.heal["seconds_teacher"]
+        heal = result.heal  # a healed checkpoint of an older version holds no totals: its healing was one
+        seconds["heal"] = heal.get("seconds_all_shots", heal["seconds"]) + heal["seconds_teacher"]
     seconds["wall_this_run"] = time.perf_counter() - run.started
     seconds["wall"] = run.earlier_seconds + seconds["wall_this_run"]
     report = build_report(
