@@ -47,7 +47,7 @@ from llm_surgeon.evaluation.footprint import forward_footprint
 from llm_surgeon.evaluation.perplexity import PerplexityResult, perplexity, window_count
 from llm_surgeon.evaluation.zeroshot import check_tasks, parse_tasks, zero_shot
 from llm_surgeon.healing.targets import TARGETS_FILE, HealInputs, TeacherTargets, prepare_heal_inputs, share_of
-from llm_surgeon.healing.train import HealSettings, heal_model
+from llm_surgeon.healing.train import HealRecord, HealSettings, heal_model
 from llm_surgeon.methods import method_class
 from llm_surgeon.models.adapters import ArchitectureAdapter, check_family, get_adapter
 from llm_surgeon.models.experts import expert_summary
@@ -466,16 +466,22 @@ def _heal_share(run: PreparedRun, shot: int) -> tuple[torch.Tensor, TeacherTarge
     return share_of(run.heal, shot - 1, run.config.effective_shots)
 
 
-def heal_between_shots(run: PreparedRun, result: PruneResult, shot: int) -> dict:
-    """``--heal-each-shot``: healing on ``shot``'s share of the windows before its checkpoint (so a resumed run
-    does not heal it again); its record goes into the shot's record."""
+def _heal_after(run: PreparedRun, result: PruneResult, shot: int, when: str) -> HealRecord:
+    """Healing after ``shot`` on its windows (:func:`_heal_share`), said on stderr as healed ``when``."""
     train, targets = _heal_share(run, shot)
     inputs = run.heal
     record = heal_model(run.model, run.adapter, run.linears, result.masks, train, targets,
                         inputs.windows.held_out, inputs.held_out, _heal_settings(run))
     if run.options.progress:
-        print(f"llm-surgeon: healed after shot {shot} in {record.seconds:.0f} s: KL to the dense model on "
-              f"held-out text {record.kl_before:.4f} -> {record.kl_after:.4f}", file=sys.stderr, flush=True)
+        print(f"llm-surgeon: healed{when} in {record.seconds:.0f} s: KL to the dense model on held-out text "
+              f"{record.kl_before:.4f} -> {record.kl_after:.4f}", file=sys.stderr, flush=True)
+    return record
+
+
+def heal_between_shots(run: PreparedRun, result: PruneResult, shot: int) -> dict:
+    """``--heal-each-shot``: healing on ``shot``'s share of the windows before its checkpoint (so a resumed run
+    does not heal it again); its record goes into the shot's record."""
+    record = _heal_after(run, result, shot, f" after shot {shot}")
     return {**record.to_dict(), "peak_mb_after": peak_memory_mb(run.options.device)}
 
 
@@ -489,19 +495,14 @@ def heal_pruned(run: PreparedRun, result: PruneResult) -> None:
         scored = _evaluate_pruned(run)
         before = {t.name: scored[t.name] for t in options.eval_sets()}
     peak_before = peak_memory_mb(options.device)
-    train, targets = _heal_share(run, config.effective_shots)
-    record = heal_model(run.model, run.adapter, run.linears, result.masks, train, targets,
-                        inputs.windows.held_out, inputs.held_out, _heal_settings(run))
+    record = _heal_after(run, result, config.effective_shots, "")
     record.seconds_teacher = inputs.seconds_teacher
     record.data = {"text": inputs.windows.source, "split": inputs.windows.split,
-                   "windows": len(train), "held_out_windows": len(inputs.windows.held_out),
+                   "windows": record.tokens // config.calib_seqlen, "held_out_windows": len(inputs.windows.held_out),
                    "seqlen": config.calib_seqlen}
     result.heal = {**record.to_dict(), "ppl_before": before, "peak_mb_before": peak_before,
                    "peak_mb_after": peak_memory_mb(options.device), "each_shot": config.heal_each_shot,
                    **_healing_totals(record.tokens, record.seconds, result)}
-    if options.progress:
-        print(f"llm-surgeon: healed in {record.seconds:.0f} s: KL to the dense model on held-out text "
-              f"{record.kl_before:.4f} -> {record.kl_after:.4f}", file=sys.stderr, flush=True)
     save_checkpoint(run.out, run.model_name, replace(result, config=run.config), run.linears,
                     wall_seconds=run.clock.elapsed() if run.clock else None)
 
