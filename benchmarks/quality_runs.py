@@ -76,6 +76,9 @@ RUNS: dict[str, list[str]] = {
     # the same budget spread over the 5 shots (a fifth after each; the next shot's curvature is the healed model's)
     "surgeon-struct-80-heal-each": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2",
                                     "--shots", "5", "--heal", "--heal-each-shot", "--batch-size", "4"],
+    # the same one-shot healing with a second loss on 4 blocks' outputs (--heal-block-weight; issue 37 item 2)
+    "surgeon-struct-80-1shot-heal-blocks": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2",
+                                            "--shots", "1", "--heal", "--heal-block-weight", "1", "--batch-size", "4"],
     "surgeon-50-1shot-heal": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "1", "--heal", "--batch-size",
                               "4"],
     # (sparsity 0: the score before healing is the dense model's, so no --eval-dense)

@@ -455,7 +455,7 @@ def execute_run(run: PreparedRun) -> PruneResult:
 def _heal_settings(run: PreparedRun) -> HealSettings:
     config = run.config
     return HealSettings(config.heal_rank, config.heal_learning_rate, run.pass_config().batch_size, config.seed,
-                        run.options.progress)
+                        run.options.progress, block_weight=config.heal_block_weight, blocks=run.heal.blocks)
 
 
 def _heal_share(run: PreparedRun, shot: int) -> tuple[torch.Tensor, TeacherTargets]:
@@ -473,8 +473,10 @@ def _heal_after(run: PreparedRun, result: PruneResult, shot: int, when: str) -> 
     record = heal_model(run.model, run.adapter, run.linears, result.masks, train, targets,
                         inputs.windows.held_out, inputs.held_out, _heal_settings(run))
     if run.options.progress:
+        blocks = "" if record.block_error_before is None else \
+            f", block outputs' error {record.block_error_before:.4f} -> {record.block_error_after:.4f}"
         print(f"llm-surgeon: healed{when} in {record.seconds:.0f} s: KL to the dense model on held-out text "
-              f"{record.kl_before:.4f} -> {record.kl_after:.4f}", file=sys.stderr, flush=True)
+              f"{record.kl_before:.4f} -> {record.kl_after:.4f}{blocks}", file=sys.stderr, flush=True)
     return record
 
 

@@ -103,6 +103,12 @@ class HealOptions(MethodOptions):
     heal_each_shot: bool = option(False, "spread --heal-tokens over the shots: after each shot, distil on its "
                                   "share of the windows, so the next shot measures the healed model's curvature "
                                   "(the same budget)", group="healing")
+    heal_block_weight: float = option(0.0, "weight of a second loss beside the KL: the squared error of the outputs "
+                                      "of --heal-blocks blocks against the dense model's, relative to their size "
+                                      "(0: the logits only)", group="healing")
+    heal_blocks: int = option(4, "how many blocks' outputs --heal-block-weight matches, evenly spaced, the last one "
+                              "included (their dense outputs are stored in bfloat16 beside the top-k)",
+                              group="healing")
 
     @property
     def heal_learning_rate(self) -> float:
@@ -115,7 +121,7 @@ class HealOptions(MethodOptions):
     def check(cls, config) -> None:
         if not config.heal:
             refuse_changed(config, cls, ("heal_data", "heal_tokens", "heal_lr", "heal_rank", "heal_topk",
-                                         "heal_each_shot"),
+                                         "heal_each_shot", "heal_block_weight", "heal_blocks"),
                            "sets up healing; add --heal or drop it")
             return
         if config.heal_tokens < config.calib_seqlen:
@@ -123,6 +129,10 @@ class HealOptions(MethodOptions):
                               f"{config.calib_seqlen}")
         if config.heal_lr < 0 or config.heal_rank < 0 or config.heal_topk < 1:
             raise ConfigError("healing needs --heal-lr >= 0 (0: the default), --heal-rank >= 0 and --heal-topk >= 1")
+        if not config.heal_block_weight >= 0 or config.heal_blocks < 1:  # "not >=" refuses NaN too
+            raise ConfigError("healing needs --heal-block-weight >= 0 (0: the logits only) and --heal-blocks >= 1")
+        if config.heal_block_weight == 0:
+            refuse_changed(config, cls, ("heal_blocks",), "chooses the blocks of --heal-block-weight; set it too")
         windows = training_window_counts(config.heal_tokens, config.calib_seqlen)[0]
         if config.heal_each_shot and windows < config.effective_shots:
             raise ConfigError(f"--heal-each-shot shares --heal-tokens {config.heal_tokens} ({windows} windows of "

@@ -79,6 +79,9 @@ def _heal_lines(heal: dict | None) -> list[str]:
     seconds = heal.get("seconds_all_shots", heal["seconds"]) + heal["seconds_teacher"]
     kl = (f"KL to the dense model {heal['kl_before']:.4f} -> {heal['kl_after']:.4f} on "
           f"{heal['held_out_tokens']:,} held-out tokens")
+    if heal.get("block_error_before") is not None:
+        kl += (f", outputs of blocks {','.join(map(str, heal['blocks']))} (weight {heal['block_weight']:g}) "
+               f"{heal['block_error_before']:.4f} -> {heal['block_error_after']:.4f}")
     if heal.get("each_shot"):
         line = (f"  healed       after each shot, {heal['tokens_all_shots']:,} tokens in all ({kind}, lr "
                 f"{heal['lr']:g}) in {seconds:.0f} s; the last {heal['tokens']:,} tokens, {heal['steps']} steps: {kl}")

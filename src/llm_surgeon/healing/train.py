@@ -5,7 +5,8 @@ and the removed weights set back to zero after each Adam step, so unstructured m
 rows and columns stay exact zeros and a structured model compacts to the same shapes; or a rank-``r``
 correction per layer trains and is merged back with its mask (:mod:`llm_surgeon.engine.correction`). The
 loss is the coarse KL of :mod:`llm_surgeon.math.distill` against the dense model's stored top-k predictions,
-logits made a chunk of positions at a time as in a curvature pass.
+logits made a chunk of positions at a time as in a curvature pass; with ``--heal-block-weight``, plus that
+weight times the relative squared error of some blocks' outputs against the dense model's.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from tqdm.auto import tqdm
 from llm_surgeon.curvature.collectors import frozen_parameters, input_device
 from llm_surgeon.engine.correction import attach_deltas, detach_deltas
 from llm_surgeon.errors import LLMSurgeonError
+from llm_surgeon.healing.blocks import block_outputs, stacked
 from llm_surgeon.healing.targets import TeacherTargets
-from llm_surgeon.math.distill import coarse_kl, learning_rate_factor
+from llm_surgeon.math.distill import coarse_kl, learning_rate_factor, relative_squared_error, squared_error_sums
 from llm_surgeon.models.adapters import ArchitectureAdapter
 from llm_surgeon.models.nll import LOGIT_CHUNK_TOKENS
 
@@ -41,6 +43,15 @@ class HealSettings:
     batch: int
     seed: int
     progress: bool = True
+    block_weight: float = 0.0
+    """The weight of the block-output loss beside the KL (0: none)."""
+    blocks: tuple[int, ...] = ()
+    """The blocks whose outputs are matched, in the order of the targets' block axis."""
+
+    @property
+    def matched(self) -> tuple[int, ...]:
+        """The blocks the loss reads: none when the weight is zero."""
+        return self.blocks if self.block_weight > 0 else ()
 
 
 @dataclass
@@ -57,6 +68,12 @@ class HealRecord:
     kl_after: float
     held_out_tokens: int
     seconds: float
+    block_weight: float = 0.0
+    blocks: list[int] = field(default_factory=list)
+    block_error_before: float | None = None
+    """With ``--heal-block-weight``: the matched blocks' relative squared error to the dense model's outputs
+    on the held-out windows (summed over them, divided once), before and after."""
+    block_error_after: float | None = None
     seconds_teacher: float = 0.0
     """Computing the dense model's predictions (before the first shot)."""
     losses: list[float] = field(default_factory=list)
@@ -68,12 +85,15 @@ class HealRecord:
 
 
 def distill_backward(model: nn.Module, adapter: ArchitectureAdapter, ids: torch.Tensor, targets: TeacherTargets,
-                     windows: slice, chunk_tokens: int = LOGIT_CHUNK_TOKENS) -> float:
-    """Back-propagate the mean KL per position of ``ids`` to the targets of ``windows``; return it. The body
-    runs once; the head and the loss run a chunk of positions at a time into a detached copy of the hidden
-    states, then one backward through the body (the logits' memory stays one chunk's)."""
+                     windows: slice, chunk_tokens: int = LOGIT_CHUNK_TOKENS, blocks: tuple[int, ...] = (),
+                     block_weight: float = 0.0) -> float:
+    """Back-propagate the mean KL per position of ``ids`` to the targets of ``windows`` (plus ``block_weight``
+    times the mean over ``blocks`` of their outputs' relative squared error); return the KL. The body runs
+    once; the head and the loss run a chunk of positions at a time into a detached copy of the hidden states,
+    then one backward through the body (the logits' memory stays one chunk's)."""
     indices, log_probs = targets.rows(windows)
-    hidden = adapter.body(model)(input_ids=ids, use_cache=False).last_hidden_state
+    with block_outputs(model, adapter, blocks) as captured:
+        hidden = adapter.body(model)(input_ids=ids, use_cache=False).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1])
     leaf = hidden.detach().requires_grad_(True)
     rows, total = hidden.shape[0], 0.0
@@ -83,25 +103,54 @@ def distill_backward(model: nn.Module, adapter: ArchitectureAdapter, ids: torch.
         loss = coarse_kl(logits, indices[part].to(logits.device), log_probs[part].to(logits.device)) / rows
         loss.backward()
         total += float(loss.detach())
-    hidden.backward(leaf.grad)
+    if not blocks:
+        hidden.backward(leaf.grad)
+        return total
+    block_loss = block_weight * _block_error(captured, blocks, targets.hidden[windows])
+    torch.autograd.backward([hidden, block_loss], [leaf.grad, None])
     return total
 
 
+def _block_error(captured: dict[int, torch.Tensor], blocks: tuple[int, ...], dense: torch.Tensor) -> torch.Tensor:
+    """The mean over ``blocks`` of each one's relative squared error to the dense outputs (batch, positions,
+    blocks, width)."""
+    student = stacked(captured, blocks)
+    dense = dense.to(student.device)
+    errors = [relative_squared_error(student[:, :, b], dense[:, :, b]) for b in range(len(blocks))]
+    return torch.stack(errors).mean()
+
+
 @torch.no_grad()
-def mean_kl(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor, targets: TeacherTargets,
-            batch: int, chunk_tokens: int = LOGIT_CHUNK_TOKENS) -> float:
-    """Mean KL per position of the model's predictions on ``windows`` to ``targets`` (no gradients)."""
+def held_out_scores(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor, targets: TeacherTargets,
+                    batch: int, blocks: tuple[int, ...] = (), chunk_tokens: int = LOGIT_CHUNK_TOKENS
+                    ) -> tuple[float, float | None]:
+    """Mean KL per position of the model's predictions on ``windows`` to ``targets``, and (with ``blocks``)
+    the mean over them of their outputs' relative squared error, each block's sums taken over all windows
+    before dividing (None without blocks). No gradients."""
     device, total = input_device(model), 0.0
+    errors, sizes = torch.zeros(len(blocks)), torch.zeros(len(blocks))
     for first in range(0, len(windows), batch):
         part = slice(first, first + batch)
         indices, log_probs = targets.rows(part)
-        hidden = adapter.body(model)(input_ids=windows[part].to(device), use_cache=False).last_hidden_state
+        with block_outputs(model, adapter, blocks) as captured:
+            hidden = adapter.body(model)(input_ids=windows[part].to(device), use_cache=False).last_hidden_state
+        for b, index in enumerate(blocks):
+            error, size = squared_error_sums(captured[index], targets.hidden[part][:, :, b].to(hidden.device))
+            errors[b] += float(error)
+            sizes[b] += float(size)
         hidden = hidden.reshape(-1, hidden.shape[-1])
         for start in range(0, hidden.shape[0], chunk_tokens):
             logits = adapter.logits(model, hidden[start:start + chunk_tokens])
             rows = slice(start, start + chunk_tokens)
             total += float(coarse_kl(logits, indices[rows].to(logits.device), log_probs[rows].to(logits.device)))
-    return total / windows.numel()
+    block_error = float((errors / sizes.clamp(min=1e-30)).mean()) if blocks else None
+    return total / windows.numel(), block_error
+
+
+def mean_kl(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor, targets: TeacherTargets,
+            batch: int, chunk_tokens: int = LOGIT_CHUNK_TOKENS) -> float:
+    """Mean KL per position of the model's predictions on ``windows`` to ``targets`` (no gradients)."""
+    return held_out_scores(model, adapter, windows, targets, batch, chunk_tokens=chunk_tokens)[0]
 
 
 @contextlib.contextmanager
@@ -154,17 +203,21 @@ def heal_model(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()  # no dropout: the student is trained as it will be used
-    kl_before = mean_kl(model, adapter, held_out, held_targets, settings.batch)
+    kl_before, block_before = held_out_scores(model, adapter, held_out, held_targets, settings.batch,
+                                              settings.matched)
     with frozen_parameters(model):
         trainable = _low_rank(linears, removed, settings.rank, settings.seed) if settings.rank > 0 \
             else _masked_weights(linears, removed)
         with trainable as (params, (after_backward, after_step)):
             losses = _train(model, adapter, train, train_targets, params, after_backward, after_step, settings)
-    kl_after = mean_kl(model, adapter, held_out, held_targets, settings.batch)
+    kl_after, block_after = held_out_scores(model, adapter, held_out, held_targets, settings.batch,
+                                            settings.matched)
     model.train(was_training)
     return HealRecord(tokens=train.numel(), steps=len(losses), rank=settings.rank, lr=settings.lr,
                       topk=train_targets.indices.shape[-1], kl_before=kl_before, kl_after=kl_after,
                       held_out_tokens=held_out.numel(), seconds=time.perf_counter() - t0,
+                      block_weight=settings.block_weight, blocks=list(settings.matched),
+                      block_error_before=block_before, block_error_after=block_after,
                       losses=_binned(losses, LOSS_POINTS))
 
 
@@ -181,7 +234,8 @@ def _train(model: nn.Module, adapter: ArchitectureAdapter, train: torch.Tensor, 
     losses = []
     for picked in tqdm(batches, desc="healing", disable=not settings.progress):
         optimizer.zero_grad(set_to_none=True)
-        loss = distill_backward(model, adapter, train[picked].to(device), _gathered(targets, picked), slice(None))
+        loss = distill_backward(model, adapter, train[picked].to(device), targets.picked(picked), slice(None),
+                                blocks=settings.matched, block_weight=settings.block_weight)
         if not math.isfinite(loss):
             raise LLMSurgeonError("healing diverged (non-finite KL); lower --heal-lr")
         after_backward()
@@ -190,10 +244,6 @@ def _train(model: nn.Module, adapter: ArchitectureAdapter, train: torch.Tensor, 
         schedule.step()
         losses.append(loss)
     return losses
-
-
-def _gathered(targets: TeacherTargets, picked: torch.Tensor) -> TeacherTargets:
-    return TeacherTargets(targets.indices[picked], targets.log_probs[picked])
 
 
 def _binned(values: list[float], points: int) -> list[float]:

@@ -59,3 +59,27 @@ def learning_rate_factor(step: int, steps: int, warmup: int) -> float:
     span = max(steps - warmup, 1)
     progress = min(max(step - warmup, 0) / span, 1.0)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def squared_error_sums(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Σ (student - teacher)²`` and ``Σ teacher²`` over every element, in float32: the two halves of
+    :func:`relative_squared_error`, kept apart so a score over many batches divides the totals once."""
+    teacher = teacher.float()
+    return (student.float() - teacher).square().sum(), teacher.square().sum()
+
+
+def relative_squared_error(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """``‖student - teacher‖² / ‖teacher‖²`` over all elements: the block-output loss of healing. Relative, so
+    blocks whose residual streams differ in size by orders of magnitude (common in Gemma) weigh alike, and
+    ``--heal-block-weight`` means the same on every model; zero only at the teacher. Differentiable in
+    ``student``."""
+    error, size = squared_error_sums(student, teacher)
+    return error / size.clamp(min=TINY)
+
+
+def evenly_spaced_blocks(count: int, blocks: int) -> list[int]:
+    """``count`` distinct block indices of ``blocks`` spread evenly, the last block always among them (its
+    output is what the head reads); every block when ``count == blocks``."""
+    if not 1 <= count <= blocks:
+        raise ValueError(f"{count} blocks out of {blocks}")
+    return [(i + 1) * blocks // count - 1 for i in range(count)]

@@ -18,6 +18,7 @@ from torch import nn
 from llm_surgeon.config import PruneConfig
 from llm_surgeon.data.calibration import training_window_counts
 from llm_surgeon.engine.pruner import RunParts
+from llm_surgeon.healing.targets import matched_blocks
 from llm_surgeon.methods import MethodBase
 from llm_surgeon.models.adapters import ArchitectureAdapter
 from llm_surgeon.planning.memory import HealNeeds, ShotMemory, fewest_block_groups, shot_memory
@@ -98,15 +99,18 @@ def shot_needs(model: nn.Module, adapter: ArchitectureAdapter, parts: RunParts, 
                        full_factors=method.holds_full_factors(), backward=collects_gradients(method),
                        input_widths=adapter.distinct_input_widths(model), dtype_bytes=dtype_bytes,
                        block_groups=groups, devices=devices, curvature=parts.selector.curvature_layers(method),
-                       correction_rank=config.lora_rank, heal=heal_needs(config))
+                       correction_rank=config.lora_rank, heal=heal_needs(config, model, adapter))
 
 
-def heal_needs(config: PruneConfig) -> HealNeeds | None:
-    """What sizes healing's memory in ``config`` (None without ``--heal``)."""
+def heal_needs(config: PruneConfig, model: nn.Module, adapter: ArchitectureAdapter) -> HealNeeds | None:
+    """What sizes healing's memory in ``config`` (None without ``--heal``); more ``--heal-blocks`` than the
+    model has are refused here, as in the run."""
     if not config.heal:
         return None
     train, held = training_window_counts(config.heal_tokens, config.calib_seqlen)
-    return HealNeeds(config.heal_rank, (train + held) * config.calib_seqlen, config.heal_topk)
+    blocks = matched_blocks(config, len(adapter.blocks(model)))
+    width = model.get_input_embeddings().embedding_dim
+    return HealNeeds(config.heal_rank, (train + held) * config.calib_seqlen, config.heal_topk, len(blocks) * width)
 
 
 def first_batch(config: PruneConfig) -> int:

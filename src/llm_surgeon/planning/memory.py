@@ -63,6 +63,8 @@ class HealNeeds:
     positions: int
     """Token positions whose top-k predictions are stored (training and held-out windows)."""
     topk: int
+    block_values: int = 0
+    """Block-output values stored per position (``--heal-block-weight``: matched blocks x width), bfloat16."""
 
 
 def raw_factor_bytes(linears: dict[str, nn.Linear], input_widths: list[int] | None = None) -> int:
@@ -163,9 +165,11 @@ def heal_bytes(linears: dict[str, nn.Linear], blocks: int, tokens: int, dtype_by
     (the logits' chunk comes on top, as in a pass): the backward and every layer's input, as for the low-rank
     correction; with every weight training, a gradient and Adam's two moments per weight in the weights'
     dtype and a boolean keep mask; with ``rank`` > 0, the correction's own parts (:func:`correction_bytes`).
-    ``targets``: the stored predictions, ``k`` int32 indices and float32 log-probabilities per position."""
+    ``targets``: the stored predictions, ``k`` int32 indices and float32 log-probabilities per position, and
+    the matched blocks' outputs in bfloat16; ``block_loss``: a batch of them in float32 with the difference."""
     weights = sum(lin.weight.numel() for lin in linears.values())
-    parts = {"targets": 8 * needs.topk * needs.positions}
+    parts = {"targets": (8 * needs.topk + 2 * needs.block_values) * needs.positions,
+             "block_loss": 8 * needs.block_values * tokens}
     if needs.rank > 0:
         return {**parts, **correction_bytes(linears, blocks, tokens, dtype_bytes, needs.rank, input_widths,
                                             eager_attention)}
