@@ -276,15 +276,18 @@ def test_the_summary_says_what_healing_did():
     assert _heal_lines(None) == []
 
 
-def test_a_run_stopped_in_its_first_shot_starts_again_with_the_stored_predictions(tmp_path, monkeypatch):
+@pytest.mark.parametrize("blocks", [{}, {"heal_block_weight": 1.0, "heal_blocks": 1}])
+def test_a_run_stopped_in_its_first_shot_starts_again_with_the_stored_predictions(tmp_path, monkeypatch, blocks):
+    """With ``blocks``, the stored dense block outputs come back too, and the report and summary name them."""
     from llm_surgeon import api
     from llm_surgeon.api import RunOptions, run_prune
+    from llm_surgeon.artifacts.summary import human_summary
 
     model_dir = write_tiny_checkpoint(tmp_path / "model")
     data = write_fake_wikitext(tmp_path / "data")
     out = tmp_path / "out"
     config = PruneConfig(method="magnitude", sparsity=0.5, shots=1, calib_samples=4, calib_seqlen=32, batch_size=4,
-                         heal=True, heal_tokens=256, heal_lr=1e-3)
+                         heal=True, heal_tokens=256, heal_lr=1e-3, **blocks)
     options = RunOptions(out=str(out), data_dir=str(data), progress=False)
 
     def stop(run):
@@ -297,8 +300,15 @@ def test_a_run_stopped_in_its_first_shot_starts_again_with_the_stored_prediction
     monkeypatch.undo()
     with pytest.warns(UserWarning):
         report = run_prune(str(model_dir), config, options)
-    assert report["heal"]["seconds_teacher"] == 0.0  # read back, not computed again
-    assert report["heal"]["kl_after"] < report["heal"]["kl_before"]
+    heal = report["heal"]
+    assert heal["seconds_teacher"] == 0.0  # read back, not computed again
+    assert heal["kl_after"] < heal["kl_before"]
+    if blocks:
+        assert heal["blocks"] == [1] and heal["block_weight"] == 1.0
+        assert heal["block_error_after"] < heal["block_error_before"]
+        assert "outputs of blocks 1 (weight 1)" in human_summary(report, str(out))
+    else:
+        assert heal["blocks"] == [] and heal["block_error_before"] is None
 
 
 def test_heal_each_shot_shares_the_windows_once_among_the_shots():

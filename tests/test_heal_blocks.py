@@ -1,5 +1,6 @@
 """Healing's optional block-output loss (``--heal-block-weight``): its math against explicit references, the
-hooks against the model's own hidden states, and that it trains, stores, resumes, prices and refuses."""
+hooks against the model's own hidden states, and that it trains, stores, prices and refuses (a run with it
+resumed: tests/test_heal.py)."""
 
 from __future__ import annotations
 
@@ -159,36 +160,6 @@ def test_plan_prices_the_stored_block_outputs_and_refuses_too_many_blocks(tmp_pa
     assert stored <= with_blocks.heal_bytes - logits_only.heal_bytes <= stored + batch_loss
     with pytest.raises(ConfigError, match="--heal-blocks 3 is more than the model's 2 blocks"):
         plan_shot(str(config_json), PruneConfig(**base, heal_block_weight=1.0, heal_blocks=3))
-
-
-def test_prune_with_block_outputs_reports_them_and_resumes_from_the_stored_targets(tmp_path, monkeypatch):
-    from llm_surgeon import api
-    from llm_surgeon.api import RunOptions, run_prune
-
-    model_dir = write_tiny_checkpoint(tmp_path / "model")
-    data = write_fake_wikitext(tmp_path / "data")
-    out = tmp_path / "out"
-    config = PruneConfig(method="magnitude", granularity="structured", sparsity=0.3, shots=1, calib_samples=4,
-                         calib_seqlen=32, batch_size=4, heal=True, heal_tokens=512, heal_lr=1e-3,
-                         heal_block_weight=1.0, heal_blocks=1)
-    options = RunOptions(out=str(out), data_dir=str(data), progress=False)
-
-    def stop(run):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(api, "execute_run", stop)
-    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning):
-        run_prune(str(model_dir), config, options)
-    monkeypatch.undo()
-    with pytest.warns(UserWarning):
-        report = run_prune(str(model_dir), config, options)
-    heal = report["heal"]
-    assert heal["seconds_teacher"] == 0.0  # the stored targets, block outputs included, read back
-    assert heal["blocks"] == [1] and heal["block_weight"] == 1.0
-    assert heal["block_error_after"] < heal["block_error_before"]
-    from llm_surgeon.artifacts.summary import human_summary
-
-    assert "outputs of blocks 1 (weight 1)" in human_summary(report, str(out))
 
 
 def test_cli_refuses_more_blocks_than_the_model_has_in_one_line(tmp_path):
