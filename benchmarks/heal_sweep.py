@@ -1,11 +1,12 @@
-"""Healing's learning rate and kind, side by side on one pruned model (a sweep to choose defaults, not a result).
+"""Healing's learning rate, kind and block-output loss, side by side on one pruned model (a sweep to choose
+defaults, not a result).
 
 The model is pruned once (LLM Surgeon, structured, one shot); the dense model's predictions on the healing
 windows are computed once before; then every setting heals a fresh copy of the same pruned weights and is
 scored on the first ``--eval-windows`` WikiText-2 test windows. Printed as a Markdown table; the JSON beside.
 
     python benchmarks/heal_sweep.py --data-dir ../shared/data --out runs/heal-sweep \\
-        --settings 0:2e-5,0:5e-5,0:2e-4,16:1e-3
+        --settings 0:2e-5,0:5e-5,0:2e-4,16:1e-3,0:2e-4:1
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--eval-windows", type=int, default=10)
     parser.add_argument("--settings", default="0:5e-5,0:2e-4",
-                        help="comma-separated RANK:LR pairs (rank 0: every kept weight trains)")
+                        help="comma-separated RANK:LR[:BLOCK_WEIGHT] (rank 0: every kept weight trains; the block "
+                             "weight, default 0, as --heal-block-weight)")
+    parser.add_argument("--heal-blocks", type=int, default=4, help="as prune's, for settings with a block weight")
     return parser.parse_args()
 
 
@@ -41,21 +44,25 @@ def main() -> int:
     from llm_surgeon import PruneConfig, load_model_and_tokenizer, prune
     from llm_surgeon.api import evaluate
     from llm_surgeon.data.calibration import calibration_windows
-    from llm_surgeon.healing.targets import heal_windows, teacher_targets
+    from llm_surgeon.healing.targets import heal_windows, matched_blocks, teacher_targets
     from llm_surgeon.healing.train import HealSettings, heal_model
     from llm_surgeon.models.adapters import get_adapter
 
     args = _arguments()
+    settings = [(int(rank), float(lr), float(weight[0]) if weight else 0.0)
+                for rank, lr, *weight in (s.split(":") for s in args.settings.split(","))]
     config = PruneConfig(method="surgeon", granularity=args.granularity, sparsity=args.sparsity, shots=1,
                          calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen,
-                         batch_size=args.batch_size, heal=True, heal_tokens=args.heal_tokens).validate()
+                         batch_size=args.batch_size, heal=True, heal_tokens=args.heal_tokens,
+                         heal_block_weight=max(w for *_, w in settings), heal_blocks=args.heal_blocks).validate()
     model, tokenizer, _ = load_model_and_tokenizer(args.model, torch.float32, "cpu")
     adapter = get_adapter(model)
     data_dir = Path(args.data_dir) if args.data_dir else None
     windows = heal_windows(tokenizer, config, data_dir)
+    blocks = matched_blocks(config, len(adapter.blocks(model)))
     t0 = time.perf_counter()
-    train = teacher_targets(model, adapter, windows.train, config.heal_topk, args.batch_size)
-    held = teacher_targets(model, adapter, windows.held_out, config.heal_topk, args.batch_size)
+    train = teacher_targets(model, adapter, windows.train, config.heal_topk, args.batch_size, blocks=blocks)
+    held = teacher_targets(model, adapter, windows.held_out, config.heal_topk, args.batch_size, blocks=blocks)
     teacher_s = time.perf_counter() - t0
     dense = evaluate(model, tokenizer, data_dir, 2048, args.eval_windows, True).ppl
     calibration, _ = calibration_windows(tokenizer, args.calib_samples, args.calib_seqlen, 0, data_dir)
@@ -64,25 +71,28 @@ def main() -> int:
     before = evaluate(model, tokenizer, data_dir, 2048, args.eval_windows, True).ppl
     linears = adapter.prunable_linears(model)
     rows = []
-    for setting in args.settings.split(","):
-        rank, lr = setting.split(":")
+    for rank, lr, weight in settings:
         model.load_state_dict(pruned)
         record = heal_model(model, adapter, linears, result.masks, windows.train, train, windows.held_out, held,
-                            HealSettings(int(rank), float(lr), args.batch_size, 0))
+                            HealSettings(rank, lr, args.batch_size, 0, block_weight=weight, blocks=blocks))
         after = evaluate(model, tokenizer, data_dir, 2048, args.eval_windows, True).ppl
-        rows.append({"rank": int(rank), "lr": float(lr), "ppl": after, **record.to_dict()})
-        print(f"rank {rank} lr {lr}: ppl {before:.2f} -> {after:.2f}, KL {record.kl_before:.4f} -> "
-              f"{record.kl_after:.4f}, {record.seconds:.0f} s", file=sys.stderr, flush=True)
+        rows.append({"ppl": after, **record.to_dict()})
+        print(f"rank {rank} lr {lr} block weight {weight:g}: ppl {before:.2f} -> {after:.2f}, KL "
+              f"{record.kl_before:.4f} -> {record.kl_after:.4f}, {record.seconds:.0f} s", file=sys.stderr, flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"args": vars(args), "dense_ppl": dense, "pruned_ppl": before, "teacher_seconds": teacher_s,
                "rows": rows}
     (out / "sweep.json").write_text(json.dumps(summary, indent=1))
     print(f"dense {dense:.2f}; pruned {before:.2f} ({args.eval_windows} windows); dense predictions {teacher_s:.0f} s")
-    print("| heal rank | lr | ppl after | KL held out before -> after | steps | healing s |\n|---|---|---|---|---|---|")
+    print(f"blocks matched where a setting has a block weight: {list(blocks)}")
+    print("| heal rank | lr | block weight | ppl after | KL held out before -> after | block error held out | steps | "
+          "healing s |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['rank']} | {r['lr']:g} | {r['ppl']:.2f} | {r['kl_before']:.4f} -> {r['kl_after']:.4f} | "
-              f"{r['steps']} | {r['seconds']:.0f} |")
+        error = (f"{r['block_error_before']:.4f} -> {r['block_error_after']:.4f}" if r["block_error_before"]
+                 is not None else "–")
+        print(f"| {r['rank']} | {r['lr']:g} | {r['block_weight']:g} | {r['ppl']:.2f} | {r['kl_before']:.4f} -> "
+              f"{r['kl_after']:.4f} | {error} | {r['steps']} | {r['seconds']:.0f} |")
     return 0
 
 
