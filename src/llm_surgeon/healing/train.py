@@ -147,12 +147,6 @@ def held_out_scores(model: nn.Module, adapter: ArchitectureAdapter, windows: tor
     return total / windows.numel(), block_error
 
 
-def mean_kl(model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor, targets: TeacherTargets,
-            batch: int, chunk_tokens: int = LOGIT_CHUNK_TOKENS) -> float:
-    """Mean KL per position of the model's predictions on ``windows`` to ``targets`` (no gradients)."""
-    return held_out_scores(model, adapter, windows, targets, batch, chunk_tokens=chunk_tokens)[0]
-
-
 @contextlib.contextmanager
 def _masked_weights(linears: dict[str, nn.Linear], removed: dict[str, torch.Tensor]
                     ) -> Iterator[tuple[list[nn.Parameter], tuple[Callable[[], None], Callable[[], None]]]]:
