@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from llm_surgeon.planning.eta import RunClock, format_duration
+from tests.conftest import run_cli, write_fake_wikitext, write_tiny_checkpoint
 
 
 def test_durations_read_as_a_person_reads_them():
@@ -29,3 +34,18 @@ def test_a_resumed_run_counts_the_earlier_time_and_says_where_it_resumes():
     line = clock.opening_line(2)
     assert "resuming at shot 3 (10 min 00 s spent before)" in line and "plan" not in line
     assert clock.left_seconds(2) is None
+
+
+def test_a_run_with_progress_reports_the_plans_time_beside_its_measured_shots(tmp_path):
+    model, data = write_tiny_checkpoint(tmp_path / "model"), write_fake_wikitext(tmp_path / "data")
+    flags = ["--shots", "2", "--calib-samples", "4", "--calib-seqlen", "32", "--data-dir", str(data)]
+    shown = run_cli("prune", str(model), "--out", str(tmp_path / "a"), *flags)
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    estimate = report["time_estimate"]
+    shots = [sum(v for k, v in record.items() if k.startswith("seconds_")) for record in report["shot_records"]]
+    assert estimate["measured_seconds_per_shot"] == pytest.approx(sum(shots) / 2, rel=1e-6)
+    assert estimate["plan_seconds_per_shot"] > 0 and estimate["tflops"] > 0
+    assert "matmuls" in estimate["throughput_source"]
+    assert f"a shot (plan predicted {estimate['plan_seconds_per_shot']:.0f} s" in shown.stdout
+    run_cli("prune", str(model), "--out", str(tmp_path / "b"), *flags, "--no-progress")  # no plan is made
+    assert "time_estimate" not in json.loads((tmp_path / "b" / "report.json").read_text())

@@ -255,6 +255,7 @@ def test_plan_states_the_margin_and_the_whole_runs_time(tmp_path):
 
 def test_the_throughput_is_a_median_cached_per_machine_and_dtype(tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_SURGEON_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(throughput, "busy_load", lambda: None)
     timings = iter([1.0, 1.0, 9.0, 1.0, 0.1, 1.0, 1.0, 1.0, 1.0] + [2.0] * 9)
     monkeypatch.setattr(throughput, "_one_timing", lambda a, seconds: next(timings))
     first = throughput.machine_tflops(torch.float32)
@@ -268,8 +269,23 @@ def test_the_throughput_is_a_median_cached_per_machine_and_dtype(tmp_path, monke
     assert throughput.machine_tflops(torch.float32).tflops == 3.0
 
 
+def test_a_throughput_timed_on_busy_cpus_is_used_but_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLM_SURGEON_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(throughput.os, "getloadavg", lambda: (4.0, 1.0, 1.0))
+    monkeypatch.setattr(throughput.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(throughput, "timed_tflops", lambda dtype: 0.25)
+    busy = throughput.machine_tflops(torch.float32)
+    assert busy.tflops == 0.25 and "load average 4.0 on 4" in busy.source and "not cached" in busy.source
+    assert not (tmp_path / "cache" / "throughput.json").exists()
+    monkeypatch.setattr(throughput.os, "getloadavg", lambda: (1.9, 1.0, 1.0))  # under half of the 4 CPUs: idle
+    monkeypatch.setattr(throughput, "timed_tflops", lambda dtype: 1.0)
+    assert throughput.machine_tflops(torch.float32).tflops == 1.0
+    assert throughput.machine_tflops(torch.float32).source.endswith(str(tmp_path / "cache" / "throughput.json"))
+
+
 def test_a_plan_without_tflops_uses_the_cached_throughput(tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_SURGEON_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(throughput, "busy_load", lambda: None)
     monkeypatch.setattr(throughput, "timed_tflops", lambda dtype: 0.5)
     plan = plan_shot(str(_config_json(tmp_path, "llama")), PruneConfig(calib_samples=8, calib_seqlen=16))
     assert plan.tflops == 0.5 and "measured now, cached in" in plan.throughput_source

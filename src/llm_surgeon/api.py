@@ -324,6 +324,8 @@ class PreparedRun:
     """Wall seconds the earlier runs of a resumed job spent (from its checkpoint)."""
     clock: RunClock | None = None
     """The run-level progress: shot k of T, elapsed, an estimate of what is left."""
+    time_plan: dict | None = None
+    """``plan``'s time per shot, made for the progress line (with progress on), kept for the report."""
     dense: DenseWeights | None = None
     """The dense weights a reconstructing run fits to, copied before a checkpoint's were loaded."""
     parts: RunParts | None = None
@@ -517,12 +519,23 @@ def _healing_totals(tokens: int, seconds: float, result: PruneResult) -> dict:
             "seconds_all_shots": seconds + sum(h["seconds"] for h in between)}
 
 
-def _predicted_shot_seconds(model_name: str, config: PruneConfig, dtype: str) -> float | None:
-    """``plan``'s seconds per shot on this machine, for the run's first estimate; None when it cannot say."""
+def _time_plan(model_name: str, config: PruneConfig, dtype: str) -> dict | None:
+    """``plan``'s seconds per shot on this machine and the throughput they assume, for the run's first
+    estimate and the report (beside the measured shots); None when it cannot say."""
     try:
-        return plan_shot(model_name, config, dtype).seconds_per_shot
+        plan = plan_shot(model_name, config, dtype)
     except Exception:  # an estimate is a courtesy: a model plan cannot read runs all the same
         return None
+    return {"plan_seconds_per_shot": plan.seconds_per_shot, "tflops": plan.tflops,
+            "throughput_source": plan.throughput_source}
+
+
+def _time_estimate(run: PreparedRun, result: PruneResult) -> dict | None:
+    """The plan's time per shot beside the mean of this run's measured shots (None: no plan was made)."""
+    if run.time_plan is None:
+        return None
+    measured = [s.seconds_total for s in result.shots[run.resumed_from_shot or 0:]]
+    return {**run.time_plan, "measured_seconds_per_shot": sum(measured) / len(measured) if measured else None}
 
 
 def _collector(run: PreparedRun) -> DataParallelCollector | None:
@@ -590,6 +603,8 @@ def finish_run(run: PreparedRun, result: PruneResult, dense_footprint: dict | No
     report["model_loaded_as"] = describe_source(run.model_name, parse_dtype(options.dtype))
     if result.heal is not None:
         report["heal"] = result.heal
+    if (time_estimate := _time_estimate(run, result)) is not None:
+        report["time_estimate"] = time_estimate
     if accuracy is not None:
         report["zero_shot"] = {"tasks": accuracy, "limit": options.tasks_limit}
     drawn = render_sparsity_heatmap(report, run.out / SPARSITY_PLOT)
@@ -694,7 +709,8 @@ def prune_job(model_name: str, config: PruneConfig, options: RunOptions) -> Prun
     with joined_ranks(options.device) as ranks, _removed_if_left_empty(out, ranks.writes and not out.exists()):
         run = prepare_run(model_name, config, options, state, ranks)
         if options.progress and ranks.writes and run.calibration is not None:
-            run.clock = RunClock(config.effective_shots, _predicted_shot_seconds(model_name, config, options.dtype),
+            run.time_plan = _time_plan(model_name, config, options.dtype)
+            run.clock = RunClock(config.effective_shots, run.time_plan and run.time_plan["plan_seconds_per_shot"],
                                  run.earlier_seconds, run.started)
         if options.eval and options.eval_dense and run.resumed is None and ranks.writes:
             run.dense_ppl = _evaluate_dense(run)

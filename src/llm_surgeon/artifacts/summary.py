@@ -23,6 +23,14 @@ def _ppl_line(ppl: dict) -> list[str]:
     return lines
 
 
+def _planned_time(estimate: dict | None) -> str:
+    """The plan's time per shot beside the measured mean, when the run made a plan."""
+    if not estimate or estimate.get("measured_seconds_per_shot") is None:
+        return ""
+    return (f"; {estimate['measured_seconds_per_shot']:.0f} s a shot (plan predicted "
+            f"{estimate['plan_seconds_per_shot']:.0f} s at {estimate['tflops']:.2f} TFLOP/s)")
+
+
 def _memory_line(report: dict) -> str:
     """The measured peak, with the prediction and where the curvature was kept when those are known."""
     line = f"  peak memory  {report['peak_memory_mb'] / 1024:.2f} GiB"
@@ -60,7 +68,7 @@ def human_summary(report: dict, out: str) -> str:
     this_run = (f" ({s['wall_this_run']:.1f} s in this run, resumed after shot {resumed})"
                 if resumed and "wall_this_run" in s else "")
     lines.append(f"  time         {s['total']:.1f} s pruning ({parts or 'no curvature'}); "
-                 f"{s.get('wall', s['total']):.1f} s in all{this_run}")
+                 f"{s.get('wall', s['total']):.1f} s in all{this_run}{_planned_time(report.get('time_estimate'))}")
     lines.append(_memory_line(report))
     structure = report.get("structure")
     if structure:

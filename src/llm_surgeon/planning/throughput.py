@@ -6,6 +6,9 @@ one timing, not the median), and it is cached in ``$LLM_SURGEON_CACHE/throughput
 ``~/.cache/llm-surgeon``) under the machine, its processor, the threads, the torch version and the dtype: plans on
 one machine agree, and another machine, a new torch or another thread count measures again. Delete the file to
 measure again on purpose.
+
+A timing taken while other work keeps the processors busy is used but not cached: a plan made beside a
+running prune once cached a third of this machine's speed, and every later plan on it predicted 2x the time.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ REPEATS = 9
 SECONDS_PER_REPEAT = 0.15
 SIZE = 1024
 """Square matmuls of this size: large enough for full speed, small enough for a quick plan."""
+BUSY_SHARE = 0.5
+"""A one-minute load average above this share of the CPUs counts as busy: the timing is not cached."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,15 @@ def _how() -> str:
     return f"median of {REPEATS} timings of {SECONDS_PER_REPEAT} s of {SIZE}x{SIZE} matmuls"
 
 
+def busy_load() -> float | None:
+    """The one-minute load average when it says the CPUs are busy with other work, else None (also where
+    the system cannot say, or the throughput is a CUDA device's, which CPU load does not slow)."""
+    if _device() == "cuda" or not hasattr(os, "getloadavg"):
+        return None
+    load = os.getloadavg()[0]
+    return load if load > BUSY_SHARE * (os.cpu_count() or 1) else None
+
+
 def _read_cache() -> dict:
     try:
         return json.loads(cache_path().read_text())
@@ -109,7 +123,11 @@ def machine_tflops(dtype: torch.dtype = torch.float32) -> Throughput:
     if isinstance(cached, dict) and isinstance(cached.get("tflops"), float):
         return Throughput(cached["tflops"], f"{machine}: {_how()}, measured {cached.get('measured')}, cached in "
                                             f"{cache_path()}")
+    load = busy_load()
     tflops = timed_tflops(dtype)
+    if load is not None:
+        return Throughput(tflops, f"{machine}: {_how()}, measured now while the CPUs were busy (load average "
+                                  f"{load:.1f} on {os.cpu_count()}): not cached, so the next plan measures again")
     try:
         atomic_write_json(cache_path(), {**_read_cache(), key: {"tflops": tflops, "measured": str(date.today())}})
         where = f"now, cached in {cache_path()}"
