@@ -69,8 +69,10 @@ class EngineSettings:
     width_multiple: int = option(1, "structured: every block keeps a multiple of K FFN neurons (e.g. 64 for "
                                  "GEMM-friendly shapes), chosen inside the global selection (1: widths as the "
                                  "costs fall)", metavar="K")
-    max_layer_sparsity: float = option(1.0, "unstructured, global threshold: no layer loses more than this fraction "
-                                       "of its weights (1.0: no cap, the paper's allocation)", group="research",
+    max_layer_sparsity: float = option(1.0, "global threshold: no layer loses more than this fraction of its weights "
+                                       "(unstructured), no block more than this fraction of its FFN neurons or of "
+                                       "its head groups (structured); 1.0: no cap, the paper's allocation",
+                                       group="research",
                                        metavar="FRACTION")
     prune_unrouted: bool = option(False, "mixture of experts: prune experts that received no calibration token by "
                                   "magnitude (without it they stay dense; N:M then refuses)")
@@ -180,9 +182,9 @@ class PruneConfig(HealOptions, SurgeonOptions, MagnitudeOptions, InputHessianOpt
             raise ConfigError(f"max layer sparsity must be in (0, 1], got {self.max_layer_sparsity}")
         if self.max_layer_sparsity == 1.0:
             return
-        if self.granularity != UNSTRUCTURED:
-            raise ConfigError("--max-layer-sparsity caps the global threshold of unstructured pruning; use "
-                              "--granularity unstructured or drop it")
+        if self.granularity not in (UNSTRUCTURED, STRUCTURED):
+            raise ConfigError("--max-layer-sparsity caps the global threshold of unstructured or structured "
+                              "pruning; an N:M pattern removes the same share of every layer already: drop it")
         if get_method(self.method, self).selection_scope() != "global":
             raise ConfigError(f"--max-layer-sparsity caps a global threshold; {self.method} here prunes every "
                               "layer to the same fraction already: drop it")

@@ -27,7 +27,13 @@ from llm_surgeon.errors import ConfigError, LLMSurgeonError
 from llm_surgeon.math.flap import standardized
 from llm_surgeon.math.selection import chosen_elements, force_removed
 from llm_surgeon.math.streaming_threshold import capped_select_cheapest, streaming_select_cheapest
-from llm_surgeon.math.structured import equal_width_slots, remove_cheapest, round_kept_counts, select_structures
+from llm_surgeon.math.structured import (
+    equal_width_slots,
+    removable_params,
+    remove_cheapest,
+    round_kept_counts,
+    select_structures,
+)
 from llm_surgeon.math.threshold import linear_schedule, select_cheapest
 from llm_surgeon.models.adapters import ArchitectureAdapter
 from llm_surgeon.models.biases import add_to_bias, declare_biases
@@ -230,9 +236,9 @@ class StructureSelector(UnitSelector):
     needs_every_layer = True
 
     def __init__(self, model: nn.Module, adapter: ArchitectureAdapter, linears, progress: bool = False,
-                 width_multiple: int = 1):
+                 width_multiple: int = 1, max_layer_sparsity: float = 1.0):
         super().__init__(linears)
-        self.width_multiple = width_multiple
+        self.width_multiple, self.max_layer_sparsity = width_multiple, max_layer_sparsity
         self.model = model
         self.units = block_structures(model, adapter)
         self.name_of = adapter.module_name
@@ -274,13 +280,24 @@ class StructureSelector(UnitSelector):
                        torch.full((u.layout.kv_heads,), float(u.group_params()))]
             already += [slot_removed, groups[b].cpu()]
         target = round(fraction * self.total)
-        chosen = select_structures(costs, params, already, target, per_parameter=not standardize)
+        caps = self._caps(costs)
+        if caps is not None and target > removable_params(costs, params, already, caps):
+            raise LLMSurgeonError(f"{label}: {fraction:.1%} of the parameters cannot be removed when no block "
+                                  f"loses more than {self.max_layer_sparsity:.0%} of its FFN neurons or of its "
+                                  "head groups (--max-layer-sparsity); raise it")
+        chosen = select_structures(costs, params, already, target, per_parameter=not standardize, caps=caps)
         if self.width_multiple > 1:  # FFN neuron groups are the even ones; heads keep their counts
             ffn = [i % 2 == 0 for i in range(len(costs))]
             chosen = round_kept_counts(costs, params, already, chosen, self.width_multiple, target, ffn)
         new_neurons = [remove_cheapest(c, n.cpu(), int(slots.sum()))
                        for c, n, slots in zip(neuron_costs, neurons, chosen[0::2], strict=True)]
         return {**removed, **masks_from_state(self.units, self.name_of, new_neurons, chosen[1::2])}
+
+    def _caps(self, costs: list[torch.Tensor]) -> list[int] | None:
+        """At most ``max_layer_sparsity`` of every block's FFN neurons and of its head groups; None: no cap."""
+        if self.max_layer_sparsity >= 1.0:
+            return None
+        return [int(self.max_layer_sparsity * c.numel()) for c in costs]
 
     def apply(self, method, factors, masks, label, progress, placement=EVERY_LAYER_HERE):
         _every_layer_here(placement)
@@ -321,5 +338,6 @@ def make_selector(granularity: str, nm: tuple[int, int] | None, scope: str, mode
     if nm is not None:
         return NMSelector(linears, *nm, scope=scope, progress=progress)
     if granularity == "structured":
-        return StructureSelector(model, adapter, linears, progress=progress, width_multiple=width_multiple)
+        return StructureSelector(model, adapter, linears, progress=progress, width_multiple=width_multiple,
+                                 max_layer_sparsity=max_layer_sparsity)
     return ElementSelector(linears, scope=scope, progress=progress, max_layer_sparsity=max_layer_sparsity)

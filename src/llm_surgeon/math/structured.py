@@ -72,22 +72,26 @@ def select_structures(
     removed: list[torch.Tensor],
     target_params: int,
     per_parameter: bool = True,
+    caps: list[int] | None = None,
 ) -> list[torch.Tensor]:
     """Cheapest-per-parameter structures until ``target_params`` parameters are removed.
 
     ``costs[i]``, ``params[i]`` and ``removed[i]`` describe one group of interchangeable
     structures (e.g. the FFN neurons of one block). Already-removed structures stay
     removed; the most expensive structure of every group is always kept, so no layer is
-    emptied. With ``per_parameter=False`` the costs are ranked as they are (scores already
-    comparable across groups, e.g. standardised); the parameters still set the count.
-    Returns the new removal masks.
+    emptied, and with ``caps`` group ``i`` loses at most ``caps[i]`` structures (or what it
+    has lost already): only its cheapest that many can be chosen. With ``per_parameter=False``
+    the costs are ranked as they are (scores already comparable across groups, e.g.
+    standardised); the parameters still set the count. Returns the new removal masks.
     """
     ratios = []
-    for c, p, r in zip(costs, params, removed, strict=True):
+    for i, (c, p, r) in enumerate(zip(costs, params, removed, strict=True)):
         ratio = c.double() / p.double() if per_parameter else c.double().clone()
         ratio = ratio.masked_fill(r, float("-inf"))
         keep = torch.where(r, torch.full_like(ratio, float("-inf")), ratio).argmax()
         ratio[keep] = float("inf")
+        if caps is not None:  # the already removed sort first (-inf): they count against the cap
+            ratio[torch.argsort(ratio, stable=True)[max(caps[i], int(r.sum())):]] = float("inf")
         ratios.append(ratio)
     flat = torch.cat(ratios)
     flat_params = torch.cat([p.double() for p in params])
@@ -105,6 +109,17 @@ def select_structures(
         out.append(chosen[offset : offset + c.numel()])
         offset += c.numel()
     return out
+
+
+def removable_params(costs: list[torch.Tensor], params: list[torch.Tensor], removed: list[torch.Tensor],
+                     caps: list[int] | None = None) -> float:
+    """The most parameters :func:`select_structures` can remove: every group but its last structure, and at
+    most ``caps[i]`` structures of group ``i`` (or what it has removed already)."""
+    total = 0.0
+    for i, (c, p, r) in enumerate(zip(costs, params, removed, strict=True)):
+        count = c.numel() - 1 if caps is None else min(c.numel() - 1, max(caps[i], int(r.sum())))
+        total += float(p.double().sort().values[:count].sum())  # interchangeable: a group's params are equal
+    return total
 
 
 def round_kept_counts(
