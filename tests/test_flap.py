@@ -13,7 +13,7 @@ from llm_surgeon.errors import ConfigError
 from llm_surgeon.math import flap
 from llm_surgeon.math.structured import select_structures
 from llm_surgeon.models.adapters import get_adapter
-from tests.conftest import tiny_llama
+from tests.conftest import tiny_llama, write_fake_wikitext
 
 
 def _samples(n: int = 200, d: int = 6, seed: int = 0) -> torch.Tensor:
@@ -166,6 +166,28 @@ def test_flap_refuses_what_it_cannot_do(calibration):
               progress=False)
 
 
+def test_flap_on_a_model_without_bias_flags_is_refused_before_its_weights_load(tmp_path, monkeypatch):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    import llm_surgeon.api as api
+    from llm_surgeon.api import RunOptions, prune_job
+
+    folder = tmp_path / "gemma3"
+    config = Gemma3TextConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=8)
+    Gemma3ForCausalLM(config).save_pretrained(folder)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr(api, "load_model_and_tokenizer", never)
+    with pytest.raises(ConfigError, match="gemma3_text config cannot give .* a bias"):
+        prune_job(str(folder), PruneConfig(method="flap", granularity="structured", sparsity=0.2),
+                  RunOptions(out=str(tmp_path / "out"), data_dir=str(write_fake_wikitext(tmp_path / "data")),
+                             progress=False))
+    assert not (tmp_path / "out").exists()  # nothing left behind
+
+
 def test_cli_flap_folder_reloads_with_its_biases_and_the_same_perplexity(tmp_path):
     import json
 
@@ -194,9 +216,14 @@ def test_a_run_prepares_the_model_for_its_method_once(tmp_path, monkeypatch):
     from llm_surgeon.methods.flap import FLAPPruning
     from tests.conftest import write_fake_wikitext, write_tiny_checkpoint
 
-    prepared, built = [], []
+    prepared, checked, built = [], [], []
     original_prepare, original_setup = FLAPPruning.prepare_model, pruner.setup
-    monkeypatch.setattr(FLAPPruning, "prepare_model", lambda self, *a: prepared.append(1) or original_prepare(self, *a))
+
+    def counted(self, model, adapter):  # the check before loading runs on the meta model: counted apart
+        (checked if next(model.parameters()).is_meta else prepared).append(1)
+        return original_prepare(self, model, adapter)
+
+    monkeypatch.setattr(FLAPPruning, "prepare_model", counted)
     monkeypatch.setattr(api, "setup", lambda *a, **k: built.append(1) or original_setup(*a, **k))
     monkeypatch.setattr(pruner, "setup", lambda *a, **k: built.append(1) or original_setup(*a, **k))
     model_dir = write_tiny_checkpoint(tmp_path / "model", "llama")
@@ -205,4 +232,4 @@ def test_a_run_prepares_the_model_for_its_method_once(tmp_path, monkeypatch):
     config = PruneConfig(method="flap", granularity="structured", sparsity=0.3, calib_samples=4, calib_seqlen=32)
     report = api.run_prune(str(model_dir), config, options)
     assert report["structure"]["removed_fraction"] >= 0.3
-    assert prepared == [1] and built == [1]
+    assert prepared == [1] and checked == [1] and built == [1]

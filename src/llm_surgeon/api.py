@@ -48,8 +48,8 @@ from llm_surgeon.evaluation.perplexity import PerplexityResult, perplexity, wind
 from llm_surgeon.evaluation.zeroshot import check_tasks, parse_tasks, zero_shot
 from llm_surgeon.healing.targets import TARGETS_FILE, HealInputs, TeacherTargets, prepare_heal_inputs, share_of
 from llm_surgeon.healing.train import HealRecord, HealSettings, heal_model
-from llm_surgeon.methods import method_class
-from llm_surgeon.models.adapters import ArchitectureAdapter, check_family, get_adapter
+from llm_surgeon.methods import MethodBase, get_method, method_class
+from llm_surgeon.models.adapters import ArchitectureAdapter, check_family, checked_meta_model, get_adapter
 from llm_surgeon.models.experts import expert_summary
 from llm_surgeon.models.loading import DEVICE_MAPS, load_config
 from llm_surgeon.models.source_dtype import describe_source, source_dtype
@@ -360,6 +360,17 @@ def _estimate_dict(fit: ShotFit | None, loaded_mb: float, layout: MemoryLayout, 
             "backward": fit.backward, **layout.to_dict()}
 
 
+def _check_method_applies(model_config, config: PruneConfig) -> None:
+    """Refuse, before the weights are loaded, a method whose preparation cannot apply to this model (FLAP
+    where no config flag gives the output projections a bias): it runs on the model built on the meta
+    device, shapes only. Methods without a preparation step skip the meta build."""
+    method = get_method(config.method, config)
+    if type(method).prepare_model is MethodBase.prepare_model:
+        return
+    meta = checked_meta_model(model_config)
+    method.prepare_model(meta, get_adapter(meta))
+
+
 def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state: str,
                 ranks: Ranks | None = None) -> PreparedRun:
     """Load and check everything a prune needs before any pruning work; resume from a checkpoint."""
@@ -367,7 +378,9 @@ def prepare_run(model_name: str, config: PruneConfig, options: RunOptions, state
     out = Path(options.out)
     data_dir = resolve_data_dir(options.data_dir)
     started = time.perf_counter()
-    check_family(load_config(model_name))  # refuse a family before loading its weights
+    model_config = load_config(model_name)
+    check_family(model_config)  # refuse a family before loading its weights
+    _check_method_applies(model_config, config)
     if needs_calibration(method_class(config.method), config):
         check_calibration_files(parse_text_set(config.calib_data, config.text_field), data_dir)
     model, tokenizer, _ = load_model_and_tokenizer(model_name, parse_dtype(options.dtype), options.device,
