@@ -233,3 +233,19 @@ def test_plan_prices_the_correction_after_the_shot_and_keeps_its_batch(tmp_path)
     assert "does NOT fit" in text and "(kept: --lora-rank" in text
     text = run_cli(*base[:2], "--tflops", "1", "--lora-rank", "16").stdout
     assert "the correction after the shot" in text
+
+
+def test_a_tied_output_head_counts_in_a_shots_passes_as_an_untied_one_does():
+    """The head multiplies every token whether or not it shares the embedding's tensor (Gemma's 262k x 640
+    head is most of its work; leaving it out made plan's time half of the measured shot)."""
+    from llm_surgeon import PruneConfig
+    from llm_surgeon.planning.plan import forward_params, shot_flops
+
+    tied, untied = tiny_llama(), tiny_llama(tie_word_embeddings=False)
+    assert tied.get_output_embeddings().weight is tied.get_input_embeddings().weight
+    body = sum(p.numel() for n, p in untied.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
+    assert forward_params(tied) == forward_params(untied) == body + 128 * 32
+    config = PruneConfig(calib_samples=8, calib_seqlen=16)
+    passes = [shot_flops(m, get_adapter(m), get_adapter(m).prunable_linears(m), config,
+                         get_adapter(m).distinct_input_widths(m))["pass"] for m in (tied, untied)]
+    assert passes[0] == passes[1]

@@ -123,7 +123,7 @@ def shot_flops(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str
     held, widths = held_curvature(linears, input_widths, curvature)
     c = model.config
     tokens = config.calib_samples * config.calib_seqlen
-    params = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    params = forward_params(model)
     blocks = len(adapter.blocks(model))
     attention = 4 * blocks * tokens * config.calib_seqlen * c.hidden_size
     one_way = 2 * params * tokens + attention  # a forward, or one kind of gradient in the backward
@@ -184,6 +184,15 @@ def _throughputs(tflops: float | None, dtype: str) -> tuple[Throughput, Throughp
     return rate, rate if dtype == "float32" else machine_tflops(getattr(torch, dtype))
 
 
+def forward_params(model: nn.Module) -> int:
+    """The parameters a token's forward multiplies by: every one but the input embedding (a lookup), and the
+    output head counted in full, tied or not (a tied head is missing from ``named_parameters`` beside the
+    embedding; with a 262k vocabulary it is most of a small model's work)."""
+    head = model.get_output_embeddings().weight
+    body = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n and p is not head)
+    return body + head.numel()
+
+
 def heal_flops(model: nn.Module, adapter: ArchitectureAdapter, config: PruneConfig) -> dict[str, float]:
     """Floating-point work of healing, by part: the dense model's predictions on every window (a forward),
     the training pass (a forward and a backward with weight gradients, three forwards' worth) and the held-out
@@ -193,11 +202,7 @@ def heal_flops(model: nn.Module, adapter: ArchitectureAdapter, config: PruneConf
         return {}
     train, held = training_window_counts(config.heal_tokens, config.calib_seqlen)
     c = model.config
-    head = model.get_output_embeddings().weight.numel()
-    body = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
-    if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
-        body -= head  # counted below, once
-    per_token = 2 * (body + head) + 4 * len(adapter.blocks(model)) * config.calib_seqlen * c.hidden_size
+    per_token = 2 * forward_params(model) + 4 * len(adapter.blocks(model)) * config.calib_seqlen * c.hidden_size
     tokens = config.calib_seqlen
     return {"teacher": float((train + held) * tokens * per_token), "training": float(3 * train * tokens * per_token),
             "held_out_kl": float(2 * held * tokens * per_token)}
