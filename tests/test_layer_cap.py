@@ -9,7 +9,7 @@ from torch import nn
 from llm_surgeon import PruneConfig, prune
 from llm_surgeon.engine.selectors import ElementSelector
 from llm_surgeon.errors import ConfigError, LLMSurgeonError
-from llm_surgeon.math.structured import removable_params, select_structures
+from llm_surgeon.math.structured import removable_count, removable_params, select_structures
 from llm_surgeon.methods import MagnitudePruning
 from llm_surgeon.models.adapters import get_adapter
 from tests.conftest import tiny_llama
@@ -88,6 +88,17 @@ def test_capped_structure_selection_matches_the_explicit_ranking():
     assert int(select_structures(costs, params, removed, 260)[0].sum()) > caps[0]  # the cap is what binds
     assert removable_params(costs, params, removed, caps) == 6 * 10 + 9 * 10 + 4 * 25 + 1 * 40
     assert removable_params(costs, params, removed) == 11 * 10 + 11 * 10 + 7 * 25 + 1 * 40
+
+
+@pytest.mark.parametrize(("size", "already", "cap", "want"), [
+    (12, 0, None, 11),  # uncapped: all but the last
+    (12, 3, 6, 6),  # the cap binds
+    (12, 8, 6, 8),  # removed before the cap applied: they stay removed, nothing more
+    (12, 0, 12, 11),  # a cap of the whole group still keeps one
+    (1, 0, None, 0),
+])
+def test_removable_count_keeps_one_and_counts_earlier_removals_within_the_cap(size, already, cap, want):
+    assert removable_count(size, already, cap) == want
 
 
 def _ffn_removed(result) -> list[float]:

@@ -66,6 +66,14 @@ def remove_columns(W: torch.Tensor, cols: torch.Tensor, A_inv: torch.Tensor) -> 
     return new.to(W.dtype)
 
 
+def removable_count(size: int, already_removed: int, cap: int | None) -> int:
+    """How many of a group's ``size`` structures may be removed in all: never its last one, and with a
+    ``cap`` at most that many, unless more were removed before the cap applied (those stay removed)."""
+    if cap is None:
+        return size - 1
+    return min(size - 1, max(cap, already_removed))
+
+
 def select_structures(
     costs: list[torch.Tensor],
     params: list[torch.Tensor],
@@ -91,7 +99,7 @@ def select_structures(
         keep = torch.where(r, torch.full_like(ratio, float("-inf")), ratio).argmax()
         ratio[keep] = float("inf")
         if caps is not None:  # the already removed sort first (-inf): they count against the cap
-            ratio[torch.argsort(ratio, stable=True)[max(caps[i], int(r.sum())):]] = float("inf")
+            ratio[torch.argsort(ratio, stable=True)[removable_count(c.numel(), int(r.sum()), caps[i]):]] = float("inf")
         ratios.append(ratio)
     flat = torch.cat(ratios)
     flat_params = torch.cat([p.double() for p in params])
@@ -117,7 +125,7 @@ def removable_params(costs: list[torch.Tensor], params: list[torch.Tensor], remo
     most ``caps[i]`` structures of group ``i`` (or what it has removed already)."""
     total = 0.0
     for i, (c, p, r) in enumerate(zip(costs, params, removed, strict=True)):
-        count = c.numel() - 1 if caps is None else min(c.numel() - 1, max(caps[i], int(r.sum())))
+        count = removable_count(c.numel(), int(r.sum()), None if caps is None else caps[i])
         total += float(p.double().sort().values[:count].sum())  # interchangeable: a group's params are equal
     return total
 
