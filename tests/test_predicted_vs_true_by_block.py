@@ -1,0 +1,64 @@
+"""``benchmarks/predicted_vs_true_by_block.py``'s parts on a tiny model, so the diagnostic cannot rot unseen."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+from llm_surgeon import PruneConfig
+from llm_surgeon.engine.structures import masks_from_state, structure_costs
+from tests.conftest import REPO, tiny_llama
+
+_spec = importlib.util.spec_from_file_location(
+    "predicted_vs_true", REPO / "benchmarks" / "predicted_vs_true_by_block.py")
+diagnostic = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = diagnostic  # its dataclass looks its module up
+_spec.loader.exec_module(diagnostic)
+
+CONFIG = PruneConfig(method="surgeon", granularity="structured", sparsity=0.4, shots=2, seed=0)
+
+
+def _block0_only(selector, neurons: list[int]) -> dict[str, torch.Tensor]:
+    """Masks removing the given FFN neurons of block 0 and nothing else."""
+    state = [torch.zeros(len(u.parts), u.layout.ffn_width, dtype=torch.bool) for u in selector.units]
+    state[0][0, neurons] = True
+    groups = [torch.zeros(u.layout.kv_heads, dtype=torch.bool) for u in selector.units]
+    return masks_from_state(selector.units, selector.name_of, state, groups)
+
+
+def test_first_shot_selects_the_first_shots_share_and_leaves_the_weights_alone(calibration):
+    model = tiny_llama(num_hidden_layers=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    method, selector, factors, masks, empty = diagnostic.first_shot(model, calibration, CONFIG)
+    removed = sum(int(m.sum()) for m in masks.values())
+    assert removed > 0 and not any(bool(m.any()) for m in empty.values())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # selected, not applied
+
+
+def test_one_neuron_s_joint_cost_is_its_single_cost_and_untouched_blocks_cost_nothing(calibration):
+    model = tiny_llama(num_hidden_layers=3)
+    method, selector, factors, _, empty = diagnostic.first_shot(model, calibration, CONFIG)
+    predicted = diagnostic.predicted_by_block(method, selector, factors, _block0_only(selector, [5]))
+    single = structure_costs(selector.units[0], method, selector._factors_of(factors, 0, torch.float64))[0][0, 5]
+    assert predicted[0][0] == pytest.approx(float(single), rel=1e-9)
+    assert predicted[0][1] == pytest.approx(float(single), rel=1e-6)
+    assert predicted[1:] == [(0.0, 0.0), (0.0, 0.0)]
+    two = diagnostic.predicted_by_block(method, selector, factors, _block0_only(selector, [5, 9]))[0]
+    assert two[0] > predicted[0][0] and two[1] > 0  # the sum and the joint cost both see the second neuron
+
+
+def test_true_losses_prune_one_block_at_a_time_and_restore_the_dense_model(calibration):
+    model = tiny_llama(num_hidden_layers=3)
+    method, selector, factors, _, empty = diagnostic.first_shot(model, calibration, CONFIG)
+    masks = _block0_only(selector, [1, 2, 3, 4])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dense_loss, true = diagnostic.true_by_block(model, method, selector, factors, masks, empty, calibration)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert dense_loss == pytest.approx(diagnostic.mean_nll(model, calibration))
+    assert true[1] == (0.0, 1.0) and true[2] == (0.0, 1.0)  # nothing removed there: no change at all
+    selector.apply(method, factors, masks, "all", False)  # the same removal through the run's own path
+    assert true[0][0] == pytest.approx(diagnostic.mean_nll(model, calibration) - dense_loss, rel=1e-6, abs=1e-9)
+    assert true[0][0] != 0.0 and true[0][1] != 1.0
