@@ -13,7 +13,11 @@ loss measured on ``--eval-windows`` windows. Per block it prints
 - the RMS of the block's ``down_proj`` output after its removal over before (a norm that follows the
   layer, as in Gemma 2/3, rescales what is left: the local quadratic cannot see it).
 
-    python benchmarks/predicted_vs_true_by_block.py --model gemma3-270m --data-dir ../shared/data
+With ``--every-shot`` it runs the whole run instead and prints, shot by shot, the joint cost of the shot's
+removals summed over blocks beside the calibration loss the shot added, and each block's FFN share removed
+after every shot (where the allocation forms).
+
+    python benchmarks/predicted_vs_true_by_block.py --model gemma3-270m --data-dir ../shared/data [--every-shot]
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from torch import nn
 from llm_surgeon import PruneConfig, load_calibration, load_model_and_tokenizer
 from llm_surgeon.curvature.collectors import CurvatureRequest, LocalCollector
 from llm_surgeon.curvature.factors import LazyDampedFactors
-from llm_surgeon.engine.pruner import needs_calibration, setup
+from llm_surgeon.curvature.placement import EVERY_LAYER_HERE
+from llm_surgeon.engine.pruner import PruneResult, needs_calibration, prune_model, setup
 from llm_surgeon.engine.selectors import StructureSelector
 from llm_surgeon.engine.structures import state_from_masks, structure_costs
 from llm_surgeon.models.adapters import get_adapter
@@ -55,6 +60,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--calib-seqlen", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=16, help="calibration windows the true loss is read on")
+    parser.add_argument("--every-shot", action="store_true", help="trace every shot of the run (see above)")
     return parser.parse_args()
 
 
@@ -147,6 +153,56 @@ def rows(selector: StructureSelector, masks: dict, predicted: list, true: list) 
             for b, (p, t) in enumerate(zip(predicted, true, strict=True))]
 
 
+@dataclass
+class ShotTrace:
+    predicted: list[list[tuple[float, float]]]
+    """Per shot, per block: (summed, joint) cost of the shot's removals (earlier ones are zeros: cost 0)."""
+    losses: list[float]
+    """The calibration loss before the first shot and after each."""
+    shares: list[list[float]]
+    """Per shot, per block: the share of FFN neurons removed after it."""
+
+
+def trace_shots(model: nn.Module, calibration: torch.Tensor, config: PruneConfig, ids: torch.Tensor) -> ShotTrace:
+    """The run itself, its selection watched: each shot's predicted costs by block, the loss it added, and the
+    FFN shares after it."""
+    adapter = get_adapter(model)
+    parts = setup(model, config, adapter)
+    selector = parts.selector
+    if not isinstance(selector, StructureSelector):
+        raise SystemExit("this diagnostic reads a structured run")
+    trace = ShotTrace(predicted=[], losses=[mean_nll(model, ids)], shares=[])
+    select = selector.select
+
+    def watched(method, factors, removed, fraction, label="", placement=EVERY_LAYER_HERE):
+        masks = select(method, factors, removed, fraction, label, placement)
+        trace.predicted.append(predicted_by_block(method, selector, factors, masks))
+        return masks
+
+    def after_shot(shot: int, result: PruneResult) -> None:
+        trace.losses.append(mean_nll(model, ids))
+        neurons, _ = state_from_masks(selector.units, selector.name_of, result.masks)
+        trace.shares.append([float(n.float().mean()) for n in neurons])
+        print(f"[shot {shot}] loss {trace.losses[-1]:.4f}", flush=True)
+
+    selector.select = watched
+    prune_model(model, calibration, config, progress=False, on_shot_end=after_shot, adapter=adapter, parts=parts)
+    return trace
+
+
+def print_trace(trace: ShotTrace) -> None:
+    print("| shot | predicted (joint, all blocks) | true loss added | true / predicted |")
+    print("|---|---|---|---|")
+    for k, by_block in enumerate(trace.predicted):
+        joint = sum(j for _, j in by_block)
+        true = trace.losses[k + 1] - trace.losses[k]
+        print(f"| {k + 1} | {joint:.4f} | {true:.4f} | {true / joint if joint > 0 else float('nan'):.2f} |")
+    print("| block | " + " | ".join(f"FFN removed after shot {k + 1}" for k in range(len(trace.shares))) + " |")
+    print("|---" * (1 + len(trace.shares)) + "|")
+    for b in range(len(trace.shares[0])):
+        print(f"| {b} | " + " | ".join(f"{shares[b]:.2f}" for shares in trace.shares) + " |")
+
+
 def spearman(a: list[float], b: list[float]) -> float:
     ranks = torch.stack([torch.tensor(v).argsort().argsort().double() for v in (a, b)])
     return float(torch.corrcoef(ranks)[0, 1])
@@ -160,6 +216,10 @@ def main() -> None:
                          seed=0)
     calibration = load_calibration(tokenizer, samples=args.calib_samples, seqlen=args.calib_seqlen, seed=0,
                                    data_dir=args.data_dir)
+    if args.every_shot:
+        print_trace(trace_shots(model, calibration, config, calibration[:args.eval_windows]))
+        print(f"{args.model}: {args.shots} shots to {args.sparsity:.0%} structured; {time.perf_counter() - t0:.0f} s")
+        return
     method, selector, factors, masks, empty = first_shot(model, calibration, config)
     predicted = predicted_by_block(method, selector, factors, masks)
     dense_loss, true = true_by_block(model, method, selector, factors, masks, empty, calibration[:args.eval_windows])

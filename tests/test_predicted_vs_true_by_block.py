@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from llm_surgeon import PruneConfig
+from llm_surgeon import PruneConfig, prune
 from llm_surgeon.engine.structures import masks_from_state, structure_costs
 from tests.conftest import REPO, tiny_llama
 
@@ -62,3 +62,20 @@ def test_true_losses_prune_one_block_at_a_time_and_restore_the_dense_model(calib
     selector.apply(method, factors, masks, "all", False)  # the same removal through the run's own path
     assert true[0][0] == pytest.approx(diagnostic.mean_nll(model, calibration) - dense_loss, rel=1e-6, abs=1e-9)
     assert true[0][0] != 0.0 and true[0][1] != 1.0
+
+
+def test_the_shot_trace_is_the_run_itself_and_prices_only_each_shots_new_removals(calibration):
+    model, reference = tiny_llama(num_hidden_layers=3), tiny_llama(num_hidden_layers=3)
+    trace = diagnostic.trace_shots(model, calibration, CONFIG, calibration[:4])
+    assert len(trace.predicted) == 2 and len(trace.losses) == 3 and len(trace.shares) == 2
+    assert all(b >= a for a, b in zip(trace.shares[0], trace.shares[1], strict=True)) and max(trace.shares[1]) > 0
+    result = prune(reference, calibration, CONFIG, progress=False)  # the same run, unwatched: the same model
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(),
+                                                 strict=True))
+    assert trace.losses[-1] == pytest.approx(diagnostic.mean_nll(reference, calibration[:4]))
+    # after the run its removed structures are exact zeros: priced again on the pruned model they cost nothing
+    method, selector, factors, _, _ = diagnostic.first_shot(reference, calibration, CONFIG)
+    again = diagnostic.predicted_by_block(method, selector, factors, result.masks)
+    assert any(int(m.sum()) for m in result.masks.values())
+    assert all(summed == pytest.approx(0.0, abs=1e-12) and joint == pytest.approx(0.0, abs=1e-12)
+               for summed, joint in again)
