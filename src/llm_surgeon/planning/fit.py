@@ -19,9 +19,9 @@ from llm_surgeon.config import PruneConfig
 from llm_surgeon.data.calibration import training_window_counts
 from llm_surgeon.engine.pruner import RunParts
 from llm_surgeon.healing.targets import matched_blocks
-from llm_surgeon.methods import MethodBase
+from llm_surgeon.methods import LayerwiseMethod, MethodBase
 from llm_surgeon.models.adapters import ArchitectureAdapter
-from llm_surgeon.planning.memory import HealNeeds, ShotMemory, fewest_block_groups, shot_memory
+from llm_surgeon.planning.memory import HealNeeds, ShotMemory, fewest_block_groups, layerwise_bytes, shot_memory
 
 SAFETY_MARGIN = 0.05
 """Share of the device's memory (of ``--max-memory`` when given) that a fitting shot leaves free: allocator
@@ -95,11 +95,13 @@ def shot_needs(model: nn.Module, adapter: ArchitectureAdapter, parts: RunParts, 
                dtype_bytes: int, groups: int, batch: int, devices: int = 1) -> ShotMemory:
     """The estimate of one shot of ``config`` with ``groups`` block groups and micro-batches of ``batch``."""
     method = parts.method
+    layerwise = layerwise_bytes(model, adapter, config.calib_samples, config.calib_seqlen, dtype_bytes) \
+        if isinstance(method, LayerwiseMethod) else 0
     return shot_memory(model, parts.linears, len(adapter.blocks(model)), batch, config.calib_seqlen,
                        full_factors=method.holds_full_factors(), backward=collects_gradients(method),
                        input_widths=adapter.distinct_input_widths(model), dtype_bytes=dtype_bytes,
                        block_groups=groups, devices=devices, curvature=parts.selector.curvature_layers(method),
-                       correction_rank=config.lora_rank, heal=heal_needs(config, model, adapter))
+                       correction_rank=config.lora_rank, heal=heal_needs(config, model, adapter), layerwise=layerwise)
 
 
 def heal_needs(config: PruneConfig, model: nn.Module, adapter: ArchitectureAdapter) -> HealNeeds | None:

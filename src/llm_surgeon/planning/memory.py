@@ -42,16 +42,20 @@ class ShotMemory:
     """Healing after the last shot (``--heal``; :func:`heal_bytes`), its own phase like the correction."""
     heal_targets: int = 0
     """The dense model's stored predictions healing learns from, held from before the first shot to the end."""
+    layerwise: int = 0
+    """A layer-by-layer method's pruning (SparseGPT, Wanda; :func:`layerwise_bytes`): no factors, no backward."""
 
     @property
     def total(self) -> int:
-        return self.heal_targets + max(self.factors + self.activations + self.logits, self.correction, self.heal)
+        passes = self.factors + self.activations + self.logits + self.layerwise
+        return self.heal_targets + max(passes, self.correction, self.heal)
 
     def describe(self) -> str:
         gib = 2**30
         text = (f"factors {self.factors / gib:.1f} GiB, activations of one batch {self.activations / gib:.1f} GiB, "
                 f"logits {self.logits / gib:.1f} GiB")
         text += f"; the correction after it {self.correction / gib:.1f} GiB" if self.correction else ""
+        text += f"; layer-by-layer pruning {self.layerwise / gib:.2f} GiB" if self.layerwise else ""
         return text + (f"; healing {(self.heal + self.heal_targets) / gib:.1f} GiB" if self.heal else "")
 
 
@@ -183,7 +187,7 @@ def shot_memory(model: nn.Module, linears: dict[str, nn.Linear], blocks: int, ba
                 full_factors: bool, backward: bool, chunk_tokens: int = LOGIT_CHUNK_TOKENS,
                 input_widths: list[int] | None = None, dtype_bytes: int | None = None,
                 block_groups: int = 1, devices: int = 1, curvature: dict[str, nn.Linear] | None = None,
-                correction_rank: int = 0, heal: HealNeeds | None = None) -> ShotMemory:
+                correction_rank: int = 0, heal: HealNeeds | None = None, layerwise: int = 0) -> ShotMemory:
     """The estimate for one shot of ``model`` with micro-batches of ``batch_windows`` x ``seqlen`` tokens.
 
     With ``block_groups`` the factor sums of the largest group are held at once; the activations are
@@ -192,7 +196,8 @@ def shot_memory(model: nn.Module, linears: dict[str, nn.Linear], blocks: int, ba
     its blocks' sums, masks and activations, and the logits. ``curvature`` are the layers whose factors the
     shot collects when not all of them (structured costs priced by output columns; see
     :func:`held_curvature`). ``correction_rank`` > 0 adds the low-rank correction after the shot, on batches of
-    the same size (:func:`correction_bytes`); ``heal`` adds healing after the last shot (:func:`heal_bytes`)."""
+    the same size (:func:`correction_bytes`); ``heal`` adds healing after the last shot (:func:`heal_bytes`);
+    ``layerwise`` is what a layer-by-layer method holds (:func:`layerwise_bytes`), carried as given."""
     config = model.config
     dtype_bytes = dtype_bytes or next(model.parameters()).element_size()
     eager = None
@@ -217,7 +222,22 @@ def shot_memory(model: nn.Module, linears: dict[str, nn.Linear], blocks: int, ba
     heal_targets = heal_parts.pop("targets", 0)
     healing = int(sum(heal_parts.values()) * on_device) + chunk_logits if heal is not None else 0
     return ShotMemory(factors=factors, activations=activations, logits=logits, correction=correction, heal=healing,
-                      heal_targets=heal_targets)
+                      heal_targets=heal_targets, layerwise=layerwise)
+
+
+def layerwise_bytes(model: nn.Module, adapter, windows: int, seqlen: int, dtype_bytes: int) -> int:
+    """What a layer-by-layer method (SparseGPT, Wanda) holds beyond the model while it prunes a block: every
+    calibration window's block inputs and the block's outputs (two hidden-state tensors), the block's float32
+    ``H = Σ x xᵀ`` of every layer at once, and the widest layer's float64 solve (``H``, its Cholesky factor
+    and the inverse's, as SparseGPT makes them; Wanda's diagonal reads are within it)."""
+    width = model.get_input_embeddings().embedding_dim
+    states = 2 * windows * seqlen * width * dtype_bytes
+    hessians, widest = 0, 0
+    for block in adapter.blocks(model):
+        widths = [block.get_submodule(rel).in_features for rel in adapter.block_linear_names(block)]
+        hessians = max(hessians, sum(w * w * 4 for w in widths))
+        widest = max([widest, *widths])
+    return states + hessians + 3 * widest * widest * 8
 
 
 def reconstruction_bytes(model: nn.Module, adapter, linears: dict[str, nn.Linear], windows: int, seqlen: int,

@@ -67,6 +67,8 @@ class ShotPlan:
     reconstruction_bytes: dict[str, int] | None = None
     """``--reconstruct``: the dense copy (held all run) and the re-fit's own needs, by part
     (:func:`~llm_surgeon.planning.memory.reconstruction_bytes`)."""
+    layerwise_bytes: int = 0
+    """A layer-by-layer method's block being pruned (:func:`~llm_surgeon.planning.memory.layerwise_bytes`)."""
     shots: int = 1
     """The shots of the run (``effective_shots``: one for a one-shot method)."""
     seconds_total: float = 0.0
@@ -249,7 +251,8 @@ def plan_shot(model_or_config: str, config: PruneConfig, dtype: str = "float32",
                     pass_rate.tflops, seconds, device_bytes, fit.fits, fit.block_groups, fit.batch_size, ranks,
                     communication, fit.memory.correction, refit,
                     **_run_fields(fit, config, seconds, source, heal_seconds),
-                    heal_bytes=fit.memory.heal + fit.memory.heal_targets, heal_seconds=heal_seconds)
+                    heal_bytes=fit.memory.heal + fit.memory.heal_targets, heal_seconds=heal_seconds,
+                    layerwise_bytes=fit.memory.layerwise)
 
 
 def _run_fields(fit: ShotFit, config: PruneConfig, seconds: float, source: str, heal_seconds: float = 0.0) -> dict:
@@ -270,7 +273,8 @@ def describe(plan: ShotPlan) -> str:
         f"  peak memory   {plan.peak_bytes / gib:.1f} GiB{each}{_describe_device(plan)}: weights "
         f"{plan.weights_bytes / gib:.1f}, factors {plan.factors_bytes / gib:.1f}, activations of one batch "
         f"{plan.activations_bytes / gib:.1f}, logits {plan.logits_bytes / gib:.1f}"
-        + (f"; the correction after the shot {plan.correction_bytes / gib:.1f}" if plan.correction_bytes else ""),
+        + (f"; the correction after the shot {plan.correction_bytes / gib:.1f}" if plan.correction_bytes else "")
+        + (f", the block pruned layer by layer {plan.layerwise_bytes / gib:.2f}" if plan.layerwise_bytes else ""),
         f"  settings      {_describe_settings(plan)}",
         f"  time per shot {plan.seconds_per_shot:.0f} s; whole run ({plan.shots} shot{'s' if plan.shots > 1 else ''}"
         f"{' and healing' if plan.heal_seconds else ''})"
