@@ -31,10 +31,10 @@ import torch
 from torch import nn
 
 from llm_surgeon import PruneConfig, load_calibration, load_model_and_tokenizer
-from llm_surgeon.curvature.collectors import CurvatureRequest, LocalCollector
+from llm_surgeon.curvature.collectors import LocalCollector
 from llm_surgeon.curvature.factors import LazyDampedFactors
 from llm_surgeon.curvature.placement import EVERY_LAYER_HERE
-from llm_surgeon.engine.pruner import PruneResult, needs_calibration, prune_model, setup
+from llm_surgeon.engine.pruner import PruneResult, curvature_request, needs_calibration, prune_model, setup
 from llm_surgeon.engine.selectors import StructureSelector
 from llm_surgeon.engine.structures import state_from_masks, structure_costs
 from llm_surgeon.models.adapters import get_adapter
@@ -73,10 +73,8 @@ def first_shot(model: nn.Module, calibration: torch.Tensor, config: PruneConfig)
     method, selector = parts.method, parts.selector
     fraction = selector.schedule(config.sparsity, config.effective_shots)[0]
     layers = selector.curvature_layers(method)
-    request = CurvatureRequest(with_gradients=method.curvature.gradients, diagonal_only=method.diagonal_only,
-                               input_means=method.input_means)
     collector = LocalCollector(config.batch_size, config.fisher, progress=False)
-    raw = collector.collect(model, adapter, layers, calibration, request, config.seed, "shot 1")
+    raw = collector.collect(model, adapter, layers, calibration, curvature_request(method), config.seed, "shot 1")
     lazy = LazyDampedFactors(raw, config.damp_g, config.damp_a)
     factors = {name: lazy.get(name) for name in raw}
     empty = {name: torch.zeros_like(lin.weight, dtype=torch.bool) for name, lin in parts.linears.items()}

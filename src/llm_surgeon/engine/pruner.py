@@ -171,14 +171,19 @@ def _layerwise_shot(job: PruneJob, method: LayerwiseMethod, result: PruneResult)
     end_shot(job, result)
 
 
+def curvature_request(method: PruningMethod) -> CurvatureRequest:
+    """What ``method``'s curvature pass collects: output gradients or inputs only, full or diagonal, input means."""
+    return CurvatureRequest(with_gradients=method.curvature.gradients, diagonal_only=method.diagonal_only,
+                            input_means=method.input_means)
+
+
 def _raw_factors(job: PruneJob, method: PruningMethod, layers: dict[str, nn.Linear], collector: CurvatureCollector,
                  shot: int, label: str, scratch: Path | None) -> Mapping:
     """The curvature pass of a shot over ``layers`` (those the selection reads): nothing, inputs only, or
     full/diagonal Kronecker factors; with block groups one pass per group, the sums waiting in ``scratch``."""
     if not method.curvature.collects:
         return {}
-    request = CurvatureRequest(with_gradients=method.curvature.gradients, diagonal_only=method.diagonal_only,
-                               input_means=method.input_means)
+    request = curvature_request(method)
     seed = job.config.seed + shot
     if scratch is None:
         return collector.collect(job.model, job.adapter, layers, job.calibration, request, seed, label)
