@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import torch
 
 from llm_surgeon import PruneConfig
 from llm_surgeon.engine.pruner import setup
@@ -29,3 +32,61 @@ def test_the_shot_estimate_holds_the_layerwise_block_only_for_layerwise_methods(
     expected = layerwise_bytes(model, adapter, 8, 16, 4) if priced else 0
     assert memory.layerwise == expected
     assert memory.total >= expected and (memory.factors == 0 if priced else memory.factors > 0)
+
+
+def _sweep_flops_by_steps(rows: int, cols: int, block: int) -> int:
+    """SparseGPT's column sweep counted step by step as :func:`sparsegpt_prune` runs it: each column's update of
+    the rest of its block, then each block's error times the trailing rows of the inverse (2 flops a product)."""
+    flops = 0
+    for start in range(0, cols, block):
+        end = min(start + block, cols)
+        flops += sum(2 * rows * (end - start - i) for i in range(end - start))
+        flops += 2 * rows * (end - start) * (cols - end)
+    return flops
+
+
+@pytest.mark.parametrize(("rows", "cols", "block"), [(5, 12, 4), (7, 32, 8), (3, 16, 16)])
+def test_sparsegpt_flops_are_the_sweep_step_by_step_and_the_factorizations(rows, cols, block):
+    from llm_surgeon.math.sparsegpt import sparsegpt_flops
+
+    factorizations = 4 * cols**3 / 3  # Cholesky n³/3, the inverse from it 2n³/3, the inverse's Cholesky n³/3
+    assert sparsegpt_flops(rows, cols) == pytest.approx(_sweep_flops_by_steps(rows, cols, block) + factorizations)
+
+
+def test_layerwise_passes_and_statistics_are_the_counted_work_of_a_real_layerwise_pass():
+    """The plan's pass and statistics against PyTorch's own count of the matmuls that ``prune_layerwise`` runs
+    (Wanda: its solve has none), attention included (eager)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from llm_surgeon.engine.layerwise import prune_layerwise
+    from llm_surgeon.methods import get_method
+    from llm_surgeon.planning.plan import layerwise_flops
+
+    model = tiny_llama(attn_implementation="eager")
+    adapter = get_adapter(model)
+    config = PruneConfig(method="wanda", sparsity=0.5, calib_samples=4, calib_seqlen=16)
+    wanda = get_method("wanda")
+    windows = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        prune_layerwise(model, adapter, windows, lambda W, H: wanda.prune_layer(W, H, 0.5, None), batch_size=2,
+                        progress=False)
+    planned = layerwise_flops(model, adapter, adapter.prunable_linears(model), config, wanda)
+    norms = 2 * 2 * 2 * 32 * 4 * 16 * 2  # the plan counts the blocks' norm weights as matmul work; they are not
+    assert planned["pass"] + planned["statistics"] - norms == counter.get_total_flops()
+    linears = adapter.prunable_linears(model).values()
+    assert planned["solve"] == sum(3 * lin.out_features * lin.in_features for lin in linears)  # no matmul
+
+
+def test_plan_prices_a_layerwise_method_by_its_own_work_not_an_llm_surgeon_shot(tmp_path):
+    from llm_surgeon.planning.plan import plan_shot
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(tiny_llama().config.to_dict()))
+    plans = {m: plan_shot(str(path), PruneConfig(method=m, sparsity=0.5, calib_samples=8, calib_seqlen=16),
+                          tflops=1.0) for m in ("sparsegpt", "wanda", "surgeon")}
+    for method in ("sparsegpt", "wanda"):
+        assert set(plans[method].flops) == {"pass", "statistics", "solve"}
+        assert plans[method].seconds_per_shot == pytest.approx(sum(plans[method].flops.values()) / 1e12)
+        assert plans[method].seconds_total == plans[method].seconds_per_shot  # one shot
+    assert plans["sparsegpt"].flops["solve"] > plans["wanda"].flops["solve"]
+    assert plans["wanda"].flops["pass"] < plans["surgeon"].flops["pass"]  # no head, no backward

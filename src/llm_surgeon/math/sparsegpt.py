@@ -11,6 +11,14 @@ from __future__ import annotations
 import torch
 
 
+def sparsegpt_flops(rows: int, cols: int) -> float:
+    """Floating-point work of :func:`sparsegpt_prune` on a ``rows x cols`` layer, for ``plan``'s time: the float64
+    factorizations of the ``cols x cols`` Hessian (Cholesky, the inverse from it, the inverse's Cholesky: about
+    ``4/3·cols³`` flops together) and the column sweep, whose in-block and trailing updates together change each
+    weight once per later column (``rows·cols·(cols + 1)`` flops when the block size divides ``cols``)."""
+    return float(rows * cols * (cols + 1) + 4 * cols**3 / 3)
+
+
 def sparsegpt_prune(
     W: torch.Tensor,
     H: torch.Tensor,

@@ -170,3 +170,8 @@ class LayerwiseMethod(MethodBase):
     def prune_layer(self, W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple[int, int] | None
                     ) -> torch.Tensor:
         """Pruned ``W`` with exact zeros."""
+
+    @abstractmethod
+    def layer_flops(self, rows: int, cols: int) -> float:
+        """Floating-point work of :meth:`prune_layer` on a ``rows x cols`` layer (``plan`` prices the method's
+        time with it; the Hessian is collected apart)."""

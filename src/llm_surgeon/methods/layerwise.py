@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from llm_surgeon.errors import ConfigError
 from llm_surgeon.math.costs import nm_group_element_mask
-from llm_surgeon.math.sparsegpt import sparsegpt_prune
+from llm_surgeon.math.sparsegpt import sparsegpt_flops, sparsegpt_prune
 from llm_surgeon.math.wanda import per_row_mask, wanda_scores
 from llm_surgeon.methods.base import LayerwiseMethod
 from llm_surgeon.methods.options import MethodOptions, option
@@ -37,6 +37,9 @@ class SparseGPT(LayerwiseMethod):
         pruned, _ = sparsegpt_prune(W, H, sparsity, nm, block_size=self.block_size, damp=self.damp)
         return pruned
 
+    def layer_flops(self, rows, cols):
+        return sparsegpt_flops(rows, cols)
+
 
 class Wanda(LayerwiseMethod):
     name = "wanda"
@@ -46,3 +49,6 @@ class Wanda(LayerwiseMethod):
         scores = wanda_scores(W, H.diagonal())
         mask = nm_group_element_mask(scores, *nm) if nm else per_row_mask(scores, sparsity)
         return W.masked_fill(mask, 0.0)
+
+    def layer_flops(self, rows, cols):
+        return float(3 * rows * cols)  # |W|, its product with the input norms, the masking; no solve
