@@ -15,17 +15,22 @@ loss measured on ``--eval-windows`` windows. Per block it prints
 
 With ``--every-shot`` it runs the whole run instead and prints, shot by shot, the joint cost of the shot's
 removals summed over blocks beside the calibration loss the shot added, and each block's FFN share removed
-after every shot (where the allocation forms).
+after every shot (where the allocation forms); with ``--by-block`` as well, for every shot, each block it
+removes from: its predicted joint cost beside the loss its removals add alone (applied between the shot's
+selection and its update, on the model the earlier shots left, the weights put back), so that a cost scale
+that drifts differently per block shows.
 
-    python benchmarks/predicted_vs_true_by_block.py --model gemma3-270m --data-dir ../shared/data [--every-shot]
+    python benchmarks/predicted_vs_true_by_block.py --model gemma3-270m --data-dir ../shared/data \\
+        [--every-shot [--by-block]]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -61,6 +66,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--calib-seqlen", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=16, help="calibration windows the true loss is read on")
     parser.add_argument("--every-shot", action="store_true", help="trace every shot of the run (see above)")
+    parser.add_argument("--by-block", action="store_true",
+                        help="with --every-shot: each shot's true loss block by block, too (see above)")
     return parser.parse_args()
 
 
@@ -126,23 +133,50 @@ def down_rms(model: nn.Module, ids: torch.Tensor, block: int) -> float:
     return seen[0]
 
 
+@contextlib.contextmanager
+def only_block_pruned(method, selector: StructureSelector, factors: dict, masks: dict, removed: dict, block: int):
+    """Block ``block``'s ``masks`` applied with the correlated update, every other block left as ``removed``
+    leaves it (already zero: applying its masks again changes nothing); the block's weights and biases (a removed
+    row's is zeroed) put back after."""
+    names = {selector.name_of(block, rel) for rel in selector.units[block].linears}
+    saved = {name: [p.detach().clone() for p in selector.linears[name].parameters()] for name in names}
+    selector.apply(method, factors, {**removed, **{name: masks[name] for name in names}}, f"block {block}", False)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, tensors in saved.items():
+                for param, tensor in zip(selector.linears[name].parameters(), tensors, strict=True):
+                    param.copy_(tensor)
+
+
 def true_by_block(model, method, selector: StructureSelector, factors: dict, masks: dict, empty: dict,
                   ids: torch.Tensor) -> tuple[float, list[tuple[float, float]]]:
     """Dense loss, and per block (loss increase, down_proj RMS after / before) with only that block pruned."""
     dense_loss = mean_nll(model, ids)
     out = []
     for b in range(len(selector.units)):
-        names = {selector.name_of(b, rel) for rel in selector.units[b].linears}
-        block_masks = {**empty, **{name: masks[name] for name in names}}
-        saved = {name: selector.linears[name].weight.detach().clone() for name in names}
         before = down_rms(model, ids, b)
-        selector.apply(method, factors, block_masks, f"block {b}", False)  # the other blocks: nothing removed
-        out.append((mean_nll(model, ids) - dense_loss, down_rms(model, ids, b) / before))
-        with torch.no_grad():
-            for name, weight in saved.items():
-                selector.linears[name].weight.copy_(weight)
+        with only_block_pruned(method, selector, factors, masks, empty, b):
+            out.append((mean_nll(model, ids) - dense_loss, down_rms(model, ids, b) / before))
         print(f"[block {b}] true {out[-1][0]:.4f}", flush=True)
     return dense_loss, out
+
+
+def new_removals_by_block(model, method, selector: StructureSelector, factors: dict, removed: dict, masks: dict,
+                          ids: torch.Tensor) -> list[float | None]:
+    """Per block, the loss its share of a later shot's removals (``masks`` beyond ``removed``) adds alone, on the
+    model as the earlier shots left it; None where the shot removes nothing new."""
+    base = mean_nll(model, ids)
+    out: list[float | None] = []
+    for b, unit in enumerate(selector.units):
+        names = [selector.name_of(b, rel) for rel in unit.linears]
+        if all(torch.equal(masks[name], removed[name]) for name in names):
+            out.append(None)
+            continue
+        with only_block_pruned(method, selector, factors, masks, removed, b):
+            out.append(mean_nll(model, ids) - base)
+    return out
 
 
 def rows(selector: StructureSelector, masks: dict, predicted: list, true: list) -> list[BlockRow]:
@@ -159,11 +193,16 @@ class ShotTrace:
     """The calibration loss before the first shot and after each."""
     shares: list[list[float]]
     """Per shot, per block: the share of FFN neurons removed after it."""
+    true_by_block: list[list[float | None]] = field(default_factory=list)
+    """With ``by_block``: per shot, per block, the loss the block's new removals add alone
+    (:func:`new_removals_by_block`)."""
 
 
-def trace_shots(model: nn.Module, calibration: torch.Tensor, config: PruneConfig, ids: torch.Tensor) -> ShotTrace:
+def trace_shots(model: nn.Module, calibration: torch.Tensor, config: PruneConfig, ids: torch.Tensor,
+                by_block: bool = False) -> ShotTrace:
     """The run itself, its selection watched: each shot's predicted costs by block, the loss it added, and the
-    FFN shares after it."""
+    FFN shares after it; with ``by_block`` also each block's true loss of the shot's removals (measured between
+    the selection and the update, the weights put back, so the run goes on unchanged)."""
     adapter = get_adapter(model)
     parts = setup(model, config, adapter)
     selector = parts.selector
@@ -175,6 +214,8 @@ def trace_shots(model: nn.Module, calibration: torch.Tensor, config: PruneConfig
     def watched(method, factors, removed, fraction, label="", placement=EVERY_LAYER_HERE):
         masks = select(method, factors, removed, fraction, label, placement)
         trace.predicted.append(predicted_by_block(method, selector, factors, masks))
+        if by_block:
+            trace.true_by_block.append(new_removals_by_block(model, method, selector, factors, removed, masks, ids))
         return masks
 
     def after_shot(shot: int, result: PruneResult) -> None:
@@ -199,6 +240,23 @@ def print_trace(trace: ShotTrace) -> None:
     print("|---" * (1 + len(trace.shares)) + "|")
     for b in range(len(trace.shares[0])):
         print(f"| {b} | " + " | ".join(f"{shares[b]:.2f}" for shares in trace.shares) + " |")
+    if trace.true_by_block:
+        print_by_block(trace)
+
+
+def print_by_block(trace: ShotTrace) -> None:
+    """Per shot, the blocks it removes from: predicted joint cost, true loss alone, and their ratio."""
+    print("| shot | block | FFN removed before -> after | predicted (joint) | true, alone | true / predicted |")
+    print("|---" * 6 + "|")
+    for k, true in enumerate(trace.true_by_block):
+        before = trace.shares[k - 1] if k else [0.0] * len(true)
+        for b, loss in enumerate(true):
+            if loss is None:
+                continue
+            joint = trace.predicted[k][b][1]
+            ratio = f"{loss / joint:.2f}" if joint > 0 else "n/a"
+            print(f"| {k + 1} | {b} | {before[b]:.2f} -> {trace.shares[k][b]:.2f} | {joint:.4f} | {loss:.4f} | "
+                  f"{ratio} |")
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -215,7 +273,7 @@ def main() -> None:
     calibration = load_calibration(tokenizer, samples=args.calib_samples, seqlen=args.calib_seqlen, seed=0,
                                    data_dir=args.data_dir)
     if args.every_shot:
-        print_trace(trace_shots(model, calibration, config, calibration[:args.eval_windows]))
+        print_trace(trace_shots(model, calibration, config, calibration[:args.eval_windows], args.by_block))
         print(f"{args.model}: {args.shots} shots to {args.sparsity:.0%} structured; {time.perf_counter() - t0:.0f} s")
         return
     method, selector, factors, masks, empty = first_shot(model, calibration, config)

@@ -79,3 +79,32 @@ def test_the_shot_trace_is_the_run_itself_and_prices_only_each_shots_new_removal
     assert any(int(m.sum()) for m in result.masks.values())
     assert all(summed == pytest.approx(0.0, abs=1e-12) and joint == pytest.approx(0.0, abs=1e-12)
                for summed, joint in again)
+
+
+def test_new_removals_by_block_are_the_true_losses_of_the_touched_blocks_alone(calibration):
+    model = tiny_llama(num_hidden_layers=3)
+    method, selector, factors, _, empty = diagnostic.first_shot(model, calibration, CONFIG)
+    masks = _block0_only(selector, [1, 2, 3, 4])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    new = diagnostic.new_removals_by_block(model, method, selector, factors, empty, masks, calibration)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    _, true = diagnostic.true_by_block(model, method, selector, factors, masks, empty, calibration)
+    assert new[1:] == [None, None]  # nothing new there: not measured
+    assert new[0] == pytest.approx(true[0][0], rel=1e-9) and new[0] != 0.0
+
+
+def test_the_by_block_trace_leaves_the_run_as_it_is_and_measures_every_block_a_shot_removes_from(calibration):
+    model, reference = tiny_llama(num_hidden_layers=3), tiny_llama(num_hidden_layers=3)
+    trace = diagnostic.trace_shots(model, calibration, CONFIG, calibration[:4], by_block=True)
+    prune(reference, calibration, CONFIG, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(),
+                                                 strict=True))
+    assert len(trace.true_by_block) == 2
+    for k, by_block in enumerate(trace.true_by_block):
+        before = trace.shares[k - 1] if k else [0.0] * len(by_block)
+        for b, loss in enumerate(by_block):
+            if trace.shares[k][b] > before[b]:  # the shot took FFN neurons from this block: measured
+                assert loss is not None and loss == loss
+            if loss is None:
+                assert trace.predicted[k][b][1] == pytest.approx(0.0, abs=1e-12)  # nothing new: priced 0
+    assert any(loss is not None for loss in trace.true_by_block[0])
