@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,11 +78,16 @@ def test_layerwise_passes_and_statistics_are_the_counted_work_of_a_real_layerwis
     assert planned["solve"] == sum(3 * lin.out_features * lin.in_features for lin in linears)  # no matmul
 
 
+def _write_config(model, folder: Path) -> Path:
+    path = folder / "config.json"
+    path.write_text(json.dumps(model.config.to_dict()))
+    return path
+
+
 def test_plan_prices_a_layerwise_method_by_its_own_work_not_an_llm_surgeon_shot(tmp_path):
     from llm_surgeon.planning.plan import plan_shot
 
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(tiny_llama().config.to_dict()))
+    path = _write_config(tiny_llama(), tmp_path)
     plans = {m: plan_shot(str(path), PruneConfig(method=m, sparsity=0.5, calib_samples=8, calib_seqlen=16),
                           tflops=1.0) for m in ("sparsegpt", "wanda", "surgeon")}
     for method in ("sparsegpt", "wanda"):
@@ -90,3 +96,15 @@ def test_plan_prices_a_layerwise_method_by_its_own_work_not_an_llm_surgeon_shot(
         assert plans[method].seconds_total == plans[method].seconds_per_shot  # one shot
     assert plans["sparsegpt"].flops["solve"] > plans["wanda"].flops["solve"]
     assert plans["wanda"].flops["pass"] < plans["surgeon"].flops["pass"]  # no head, no backward
+
+
+def test_more_ranks_do_not_shorten_a_layerwise_pass_every_rank_runs_whole(tmp_path):
+    from llm_surgeon.planning.plan import plan_shot
+
+    path = _write_config(tiny_llama(), tmp_path)
+    config = PruneConfig(method="sparsegpt", sparsity=0.5, calib_samples=8, calib_seqlen=16)
+    one, two = (plan_shot(str(path), config, tflops=1.0, ranks=r) for r in (1, 2))
+    assert two.seconds_per_shot == one.seconds_per_shot
+    surgeon = PruneConfig(method="surgeon", sparsity=0.5, calib_samples=8, calib_seqlen=16)
+    assert plan_shot(str(path), surgeon, tflops=1.0, ranks=2).seconds_per_shot < \
+        plan_shot(str(path), surgeon, tflops=1.0, ranks=1).seconds_per_shot

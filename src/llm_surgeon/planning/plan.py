@@ -279,7 +279,8 @@ def plan_shot(model_or_config: str, config: PruneConfig, dtype: str = "float32",
                    None if device_bytes is None else device_bytes - weights, margin_bytes(device_bytes), devices)
     flops, share = _shot_work(model, adapter, parts, config, widths, min(blocks, fit.block_groups))
     rate, pass_rate = _throughputs(tflops, dtype)
-    seconds = _shot_seconds(flops, rate, pass_rate) / ranks
+    layerwise = isinstance(parts.method, LayerwiseMethod)  # not sharded: every rank prunes on every window
+    seconds = _shot_seconds(flops, rate, pass_rate) / (1 if layerwise else ranks)
     communication = communication_bytes(model, linears, curvature, widths, config, dtype, devices, ranks, share)
     refit = reconstruction_bytes(model, adapter, linears, config.calib_samples, config.calib_seqlen,
                                  DTYPE_BYTES[dtype]) if config.reconstruct else None
