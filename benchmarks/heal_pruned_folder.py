@@ -44,6 +44,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4, help="healing's batch (quality_runs' heal rows: 4)")
     parser.add_argument("--heal-tokens", type=int, default=None, help="default: prune's (131,072)")
     parser.add_argument("--heal-lr", type=float, default=None, help="default: prune's (2e-4, full-parameter)")
+    parser.add_argument("--heal-lr-scale", choices=("absolute", "weight-rms"), default=None,
+                        help="default: prune's (absolute)")
     parser.add_argument("--targets", default=None, help="where the dense model's predictions are kept between calls")
     parser.add_argument("--eval-seqlen", type=int, default=2048)
     parser.add_argument("--eval-max-windows", type=int, default=None)
@@ -51,11 +53,12 @@ def _arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def heal_config(report: dict, batch_size: int, heal_tokens: int | None = None, heal_lr: float | None = None
-                ) -> PruneConfig:
+def heal_config(report: dict, batch_size: int, heal_tokens: int | None = None, heal_lr: float | None = None,
+                heal_lr_scale: str | None = None) -> PruneConfig:
     """The pruning run's config with healing on, as ``prune --heal --batch-size`` (and ``--heal-tokens``,
-    ``--heal-lr`` when given) would have had it."""
-    given = {k: v for k, v in (("heal_tokens", heal_tokens), ("heal_lr", heal_lr)) if v}
+    ``--heal-lr``, ``--heal-lr-scale`` when given) would have had it."""
+    given = {k: v for k, v in (("heal_tokens", heal_tokens), ("heal_lr", heal_lr), ("heal_lr_scale", heal_lr_scale))
+             if v}
     config = replace(PruneConfig.from_dict(report["config"]), heal=True, batch_size=batch_size, **given)
     config.validate()
     return config
@@ -71,11 +74,11 @@ def removed_weights(linears: dict[str, torch.nn.Linear], sparse: bool) -> dict[s
 
 def heal_folder(folder: Path, data_dir: Path | None, batch_size: int = 4, heal_tokens: int | None = None,
                 heal_lr: float | None = None, targets: Path | None = None, eval_seqlen: int = 2048,
-                eval_max_windows: int | None = None, progress: bool = True) -> dict:
+                eval_max_windows: int | None = None, progress: bool = True, heal_lr_scale: str | None = None) -> dict:
     """Heal the pruned model in ``folder`` against its dense model: the record, the perplexity after and the
     pruned folder's own score before (from its report, when it has one)."""
     report = json.loads((folder / REPORT_NAME).read_text())
-    config = heal_config(report, batch_size, heal_tokens, heal_lr)
+    config = heal_config(report, batch_size, heal_tokens, heal_lr, heal_lr_scale)
     result = heal_student(report["model"], str(folder), report["granularity"] != "structured", config, data_dir,
                           targets, eval_seqlen, eval_max_windows, progress)
     return {"folder": str(folder), "ppl_before": (report.get("ppl") or {}).get("wikitext2"), **result}
@@ -84,12 +87,12 @@ def heal_folder(folder: Path, data_dir: Path | None, batch_size: int = 4, heal_t
 def heal_dense(model: str, data_dir: Path | None, calib_samples: int = 64, calib_seqlen: int = 512, seed: int = 0,
                batch_size: int = 4, heal_tokens: int | None = None, heal_lr: float | None = None,
                targets: Path | None = None, eval_seqlen: int = 2048, eval_max_windows: int | None = None,
-               progress: bool = True) -> dict:
+               progress: bool = True, heal_lr_scale: str | None = None) -> dict:
     """The comparator: the dense model healed the same way (``prune --method magnitude --sparsity 0 --heal``,
     quality_runs' ``dense-heal``), so a gain that is fitting the text and not repair shows."""
     base = PruneConfig(method="magnitude", sparsity=0.0, shots=1, calib_samples=calib_samples,
                        calib_seqlen=calib_seqlen, seed=seed)
-    config = heal_config({"config": base.to_dict()}, batch_size, heal_tokens, heal_lr)
+    config = heal_config({"config": base.to_dict()}, batch_size, heal_tokens, heal_lr, heal_lr_scale)
     return {"folder": None, "ppl_before": None,
             **heal_student(model, model, False, config, data_dir, targets, eval_seqlen, eval_max_windows, progress)}
 
@@ -107,7 +110,8 @@ def heal_student(model: str, student_source: str, sparse: bool, config: PruneCon
     adapter = get_adapter(student)
     linears = adapter.prunable_linears(student)
     removed = removed_weights(linears, sparse)
-    settings = HealSettings(config.heal_rank, config.heal_learning_rate, config.batch_size, config.seed, progress)
+    settings = HealSettings(config.heal_rank, config.heal_learning_rate, config.batch_size, config.seed, progress,
+                            relative=config.heal_lr_scale == "weight-rms")
     record = heal_model(student, adapter, linears, removed, inputs.windows.train, inputs.train,
                         inputs.windows.held_out, inputs.held_out, settings)
     kept_zero = all(bool((lin.weight[removed[name]] == 0).all()) for name, lin in linears.items())
@@ -123,6 +127,7 @@ def main() -> None:
     if (args.folder is None) == (args.dense is None):
         raise SystemExit("give a pruned folder or --dense MODEL (one of them)")
     common = {"batch_size": args.batch_size, "heal_tokens": args.heal_tokens, "heal_lr": args.heal_lr,
+              "heal_lr_scale": args.heal_lr_scale,
               "targets": Path(args.targets) if args.targets else None, "eval_seqlen": args.eval_seqlen,
               "eval_max_windows": args.eval_max_windows}
     data_dir = resolve_data_dir(args.data_dir)

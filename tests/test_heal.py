@@ -358,3 +358,54 @@ def test_heal_each_shot_heals_after_every_shot_on_the_same_budget(tmp_path, monk
         PruneConfig(heal_each_shot=True).validate()
     with pytest.raises(ConfigError, match="among 5 shots: raise --heal-tokens to at least 2560"):
         PruneConfig(heal=True, heal_each_shot=True, heal_tokens=2048, calib_seqlen=512, shots=5).validate()
+
+
+def test_kept_rms_leaves_the_removed_zeros_out_so_a_masked_layer_and_its_smaller_copy_agree():
+    from llm_surgeon.healing.train import kept_rms
+
+    weight = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
+    removed = torch.zeros(6, 5, dtype=torch.bool)
+    removed[[1, 4]] = True  # two rows gone, as structured pruning removes them
+    masked = weight.masked_fill(removed, 0.0)
+    smaller = weight[[0, 2, 3, 5]]
+    assert kept_rms(masked, removed) == pytest.approx(float(smaller.double().pow(2).mean().sqrt()), rel=1e-12)
+    assert kept_rms(smaller, None) == pytest.approx(kept_rms(masked, removed), rel=1e-12)
+    assert kept_rms(masked, torch.ones(6, 5, dtype=torch.bool)) == 0.0
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_the_first_adam_step_moves_each_layer_by_its_rate_absolute_or_relative_to_its_weights(relative):
+    """Adam's first step is its rate times the gradient's sign: absolute, every layer moves by the same amount
+    however large its weights; with ``relative`` each moves by the same fraction of its kept weights' RMS."""
+    from llm_surgeon.healing.train import kept_rms
+
+    train, held = _windows()
+    model = tiny_llama()
+    adapter = get_adapter(model)
+    with torch.no_grad():  # teacher and student differ, so every gradient is far from zero
+        teacher = tiny_llama(seed=1)
+    targets = teacher_targets(teacher, adapter, train[:8], 16, 8, progress=False)
+    held_targets = teacher_targets(teacher, adapter, held, 16, 8, progress=False)
+    linears = adapter.prunable_linears(model)
+    with torch.no_grad():
+        linears["model.layers.0.mlp.down_proj"].weight.mul_(10.0)  # one layer's weights 10x larger
+    removed = {name: torch.zeros_like(lin.weight, dtype=torch.bool) for name, lin in linears.items()}
+    before = {name: lin.weight.detach().clone() for name, lin in linears.items()}
+    rate = 1e-3
+    heal_model(model, adapter, linears, removed, train[:8], targets, held, held_targets,
+               HealSettings(rank=0, lr=rate, batch=8, seed=0, progress=False, relative=relative))
+    for name, lin in linears.items():
+        step = (lin.weight.detach() - before[name]).abs().max().item()
+        expected = rate * kept_rms(before[name], None) if relative else rate
+        assert step == pytest.approx(expected, rel=0.03), name  # short of it by Adam's eps over |g| (~1e-6 here)
+
+
+def test_the_relative_rate_has_its_own_default_and_refuses_a_low_rank_correction():
+    from llm_surgeon.config import RELATIVE_LR
+
+    assert PruneConfig(heal=True, heal_lr_scale="weight-rms").heal_learning_rate == RELATIVE_LR == 1e-3
+    assert PruneConfig(heal=True, heal_lr_scale="weight-rms", heal_lr=5e-4).heal_learning_rate == 5e-4
+    with pytest.raises(ConfigError, match="--heal-lr-scale weight-rms .*--heal-rank"):
+        PruneConfig(heal=True, heal_lr_scale="weight-rms", heal_rank=4).validate()
+    with pytest.raises(ConfigError, match="--heal-lr-scale .*add --heal"):
+        PruneConfig(heal_lr_scale="weight-rms").validate()

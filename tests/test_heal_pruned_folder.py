@@ -19,29 +19,31 @@ sys.modules[_spec.name] = script
 _spec.loader.exec_module(script)
 
 
-def _settings(granularity: str, heal: bool) -> PruneConfig:
+def _settings(granularity: str, heal: bool, scale: str = "absolute") -> PruneConfig:
     sparsity = 0.3 if granularity == "structured" else 0.5
-    healing = {"heal": True, "heal_tokens": 512, "heal_lr": 1e-3} if heal else {}
+    healing = {"heal": True, "heal_tokens": 512, "heal_lr": 1e-3, "heal_lr_scale": scale} if heal else {}
     return PruneConfig(method="magnitude", granularity=granularity, sparsity=sparsity, shots=1, calib_samples=4,
                        calib_seqlen=32, batch_size=4, **healing)
 
 
-@pytest.mark.parametrize("granularity", ["structured", "unstructured"])
-def test_healing_a_saved_folder_matches_healing_inside_the_run(tmp_path, granularity):
+@pytest.mark.parametrize(("granularity", "scale"), [("structured", "absolute"), ("unstructured", "absolute"),
+                                                   ("structured", "weight-rms")])
+def test_healing_a_saved_folder_matches_healing_inside_the_run(tmp_path, granularity, scale):
     model_dir = write_tiny_checkpoint(tmp_path / "model")
     data = write_fake_wikitext(tmp_path / "data")
 
     def prune_into(name: str, heal: bool) -> dict:
         options = RunOptions(out=str(tmp_path / name), data_dir=str(data), eval=True, eval_seqlen=64,
                              progress=False)
-        return run_prune(str(model_dir), _settings(granularity, heal), options)
+        return run_prune(str(model_dir), _settings(granularity, heal, scale), options)
 
     inside = prune_into("healed-in-run", True)
     prune_into("pruned", False)
     store = tmp_path / "targets.safetensors"
     result = script.heal_folder(tmp_path / "pruned", data, batch_size=4, heal_tokens=512, heal_lr=1e-3,
-                                targets=store, eval_seqlen=64, progress=False)
+                                targets=store, eval_seqlen=64, progress=False, heal_lr_scale=scale)
     heal, reference = result["heal"], inside["heal"]
+    assert heal["lr_scale"] == reference["lr_scale"] == scale
     assert heal["steps"] == reference["steps"] and heal["tokens"] == reference["tokens"] == 512
     assert heal["kl_before"] == pytest.approx(reference["kl_before"], rel=1e-4)
     assert heal["kl_after"] == pytest.approx(reference["kl_after"], rel=1e-3)
@@ -49,7 +51,7 @@ def test_healing_a_saved_folder_matches_healing_inside_the_run(tmp_path, granula
     assert result["ppl"] == pytest.approx(inside["ppl"]["wikitext2"], rel=1e-3)
     assert result["ppl_before"] == pytest.approx(reference["ppl_before"]["wikitext2"], rel=1e-6)
     again = script.heal_folder(tmp_path / "pruned", data, batch_size=4, heal_tokens=512, heal_lr=1e-3,
-                               targets=store, eval_seqlen=64, progress=False)
+                               targets=store, eval_seqlen=64, progress=False, heal_lr_scale=scale)
     assert again["heal"]["seconds_teacher"] == 0.0  # the dense model's predictions read back
     assert again["heal"]["kl_after"] == pytest.approx(heal["kl_after"], rel=1e-6)
 

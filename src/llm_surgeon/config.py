@@ -83,6 +83,10 @@ FULL_PARAMETER_LR = 2e-4
 (structured, 80% kept, 16 steps; BENCHMARKS.md), not yet checked on another model."""
 LOW_RANK_LR = 1e-3
 """Healing's Adam rate for low-rank factors, as the low-rank correction uses (they start at zero)."""
+RELATIVE_LR = 1e-3
+"""``--heal-lr-scale weight-rms``: each layer's Adam rate as a fraction of its kept weights' RMS. SmolLM2's
+2e-4 over the median RMS of its pruned layers (0.19), so that it trains SmolLM2 as the absolute default does;
+Gemma-3-270M's layers are 5-12x smaller (RMS 0.016-0.040), and the absolute 2e-4 moves them that much more."""
 
 
 @dataclass
@@ -98,6 +102,10 @@ class HealOptions(MethodOptions):
                               "more are held out to measure the KL before and after)", group="healing")
     heal_lr: float = option(0.0, f"Adam learning rate, warmed up then cosine-decayed (0: {FULL_PARAMETER_LR:g} "
                             f"full-parameter, {LOW_RANK_LR:g} low-rank)", group="healing")
+    heal_lr_scale: str = option("absolute", "absolute: --heal-lr is every weight's rate; weight-rms: a fraction of "
+                                "each layer's kept weights' RMS (the same relative steps whatever the model's "
+                                f"weight scale; 0: {RELATIVE_LR:g}; full-parameter healing only)", group="healing",
+                                choices=("absolute", "weight-rms"))
     heal_rank: int = option(0, "0: train every kept weight of the pruned layers; r > 0: a rank-r correction of each, "
                             "merged back", group="healing")
     heal_topk: int = option(64, "the dense model's most likely tokens kept per position (the rest of the "
@@ -117,13 +125,15 @@ class HealOptions(MethodOptions):
         """The rate healing runs with: ``--heal-lr``, or its default for the kind of training."""
         if self.heal_lr > 0:
             return self.heal_lr
+        if self.heal_lr_scale == "weight-rms":
+            return RELATIVE_LR
         return LOW_RANK_LR if self.heal_rank > 0 else FULL_PARAMETER_LR
 
     @classmethod
     def check(cls, config) -> None:
         if not config.heal:
-            refuse_changed(config, cls, ("heal_data", "heal_tokens", "heal_lr", "heal_rank", "heal_topk",
-                                         "heal_each_shot", "heal_block_weight", "heal_blocks"),
+            refuse_changed(config, cls, ("heal_data", "heal_tokens", "heal_lr", "heal_lr_scale", "heal_rank",
+                                         "heal_topk", "heal_each_shot", "heal_block_weight", "heal_blocks"),
                            "sets up healing; add --heal or drop it")
             return
         if config.heal_tokens < config.calib_seqlen:
@@ -131,6 +141,9 @@ class HealOptions(MethodOptions):
                               f"{config.calib_seqlen}")
         if config.heal_lr < 0 or config.heal_rank < 0 or config.heal_topk < 1:
             raise ConfigError("healing needs --heal-lr >= 0 (0: the default), --heal-rank >= 0 and --heal-topk >= 1")
+        if config.heal_lr_scale == "weight-rms" and config.heal_rank > 0:
+            raise ConfigError("--heal-lr-scale weight-rms scales each layer's weights' rate; a low-rank correction "
+                              "(--heal-rank) starts at zero: use --heal-lr-scale absolute with it")
         if not config.heal_block_weight >= 0 or config.heal_blocks < 1:  # "not >=" refuses NaN too
             raise ConfigError("healing needs --heal-block-weight >= 0 (0: the logits only) and --heal-blocks >= 1")
         if config.heal_block_weight == 0:

@@ -84,6 +84,7 @@ def _heal_lines(heal: dict | None) -> list[str]:
     if not heal:
         return []
     kind = f"a rank-{heal['rank']} correction" if heal["rank"] else "every kept weight"
+    rate = f"lr {heal['lr']:g}" + (" x each layer's weight RMS" if heal.get("lr_scale") == "weight-rms" else "")
     seconds = heal.get("seconds_all_shots", heal["seconds"]) + heal["seconds_teacher"]
     kl = (f"KL to the dense model {heal['kl_before']:.4f} -> {heal['kl_after']:.4f} on "
           f"{heal['held_out_tokens']:,} held-out tokens")
@@ -91,10 +92,10 @@ def _heal_lines(heal: dict | None) -> list[str]:
         kl += (f", outputs of blocks {','.join(map(str, heal['blocks']))} (weight {heal['block_weight']:g}) "
                f"{heal['block_error_before']:.4f} -> {heal['block_error_after']:.4f}")
     if heal.get("each_shot"):
-        line = (f"  healed       after each shot, {heal['tokens_all_shots']:,} tokens in all ({kind}, lr "
-                f"{heal['lr']:g}) in {seconds:.0f} s; the last {heal['tokens']:,} tokens, {heal['steps']} steps: {kl}")
+        line = (f"  healed       after each shot, {heal['tokens_all_shots']:,} tokens in all ({kind}, {rate}) in "
+                f"{seconds:.0f} s; the last {heal['tokens']:,} tokens, {heal['steps']} steps: {kl}")
     else:
-        line = (f"  healed       {heal['tokens']:,} tokens, {heal['steps']} steps ({kind}, lr {heal['lr']:g}) in "
+        line = (f"  healed       {heal['tokens']:,} tokens, {heal['steps']} steps ({kind}, {rate}) in "
                 f"{seconds:.0f} s: {kl}")
     before = heal.get("ppl_before") or {}
     shown = ", ".join(f"{'WikiText-2' if k == 'wikitext2' else label(k)} {v:.2f}" for k, v in before.items())

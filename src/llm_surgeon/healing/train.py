@@ -47,6 +47,9 @@ class HealSettings:
     """The weight of the block-output loss beside the KL (0: none)."""
     blocks: tuple[int, ...] = ()
     """The blocks whose outputs are matched, in the order of the targets' block axis."""
+    relative: bool = False
+    """``lr`` is a fraction of each layer's kept weights' RMS (``--heal-lr-scale weight-rms``), not every
+    weight's rate."""
 
     @property
     def matched(self) -> tuple[int, ...]:
@@ -79,6 +82,8 @@ class HealRecord:
     losses: list[float] = field(default_factory=list)
     """The training KL per token, averaged over equal spans of steps (at most :data:`LOSS_POINTS`)."""
     data: dict = field(default_factory=dict)
+    lr_scale: str = "absolute"
+    """``weight-rms``: ``lr`` was a fraction of each layer's kept weights' RMS (:func:`layer_rates`)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -203,11 +208,14 @@ def heal_model(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str
         trainable = _low_rank(linears, removed, settings.rank, settings.seed) if settings.rank > 0 \
             else _masked_weights(linears, removed)
         with trainable as (params, (after_backward, after_step)):
-            losses = _train(model, adapter, train, train_targets, params, after_backward, after_step, settings)
+            groups = layer_rates(linears, removed, settings.lr) if settings.relative \
+                else [{"params": params, "lr": settings.lr}]
+            losses = _train(model, adapter, train, train_targets, groups, after_backward, after_step, settings)
     kl_after, block_after = held_out_scores(model, adapter, held_out, held_targets, settings.batch,
                                             settings.matched)
     model.train(was_training)
     return HealRecord(tokens=train.numel(), steps=len(losses), rank=settings.rank, lr=settings.lr,
+                      lr_scale="weight-rms" if settings.relative else "absolute",
                       topk=train_targets.indices.shape[-1], kl_before=kl_before, kl_after=kl_after,
                       held_out_tokens=held_out.numel(), seconds=time.perf_counter() - t0,
                       block_weight=settings.block_weight, blocks=list(settings.matched),
@@ -215,14 +223,31 @@ def heal_model(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str
                       losses=_binned(losses, LOSS_POINTS))
 
 
+def kept_rms(weight: torch.Tensor, removed: torch.Tensor | None) -> float:
+    """The root mean square of a layer's kept weights (the removed ones, zeros, left out of the mean, so that a
+    masked layer and its physically smaller copy agree); 0 when none is kept."""
+    w = weight.detach().double()
+    kept = w if removed is None else w[~removed.to(w.device)]
+    return float(kept.pow(2).mean().sqrt()) if kept.numel() else 0.0
+
+
+def layer_rates(linears: dict[str, nn.Linear], removed: dict[str, torch.Tensor], fraction: float) -> list[dict]:
+    """Adam's parameter groups for ``--heal-lr-scale weight-rms``: each layer's weight at ``fraction`` times its
+    kept weights' RMS. Adam's step is about its rate whatever the gradient's size, so an absolute rate is a
+    relative step that grows as a model's weights shrink; this keeps the relative step the same across models."""
+    return [{"params": [lin.weight], "lr": fraction * kept_rms(lin.weight, removed.get(name))}
+            for name, lin in linears.items()]
+
+
 def _train(model: nn.Module, adapter: ArchitectureAdapter, train: torch.Tensor, targets: TeacherTargets,
-           params: list[nn.Parameter], after_backward: Callable[[], None], after_step: Callable[[], None],
+           groups: list[dict], after_backward: Callable[[], None], after_step: Callable[[], None],
            settings: HealSettings) -> list[float]:
-    """The optimizer loop: windows in a seeded order, one Adam step per batch, warm-up then cosine decay."""
+    """The optimizer loop: windows in a seeded order, one Adam step per batch, warm-up then cosine decay (every
+    parameter group's rate by the same factor)."""
     device = input_device(model)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed))
     batches = order.split(settings.batch)
-    optimizer = torch.optim.Adam(params, lr=settings.lr)
+    optimizer = torch.optim.Adam(groups)
     warmup = max(1, int(WARMUP_SHARE * len(batches)))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, len(batches), warmup))
     losses = []
