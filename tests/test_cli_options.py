@@ -17,7 +17,7 @@ import pytest
 from llm_surgeon.cli import build_parser
 
 SNAPSHOT = Path(__file__).parent / "data" / "cli_options.json"
-HEAL_FLAGS = {"--heal", "--heal-data", "--heal-tokens", "--heal-lr", "--heal-rank", "--heal-topk",
+HEAL_FLAGS = {"--heal", "--heal-data", "--heal-tokens", "--heal-lr", "--heal-lr-scale", "--heal-rank", "--heal-topk",
               "--heal-each-shot", "--heal-block-weight", "--heal-blocks"}
 ADDED_SINCE = {"prune": {"--reconstruct-damp", "--save-dtype", *HEAL_FLAGS},
                "plan": {"--reconstruct-damp", *HEAL_FLAGS},
