@@ -63,6 +63,8 @@ RUNS: dict[str, list[str]] = {
                                   "--shots", "5", "--structure-costs", "outputs"],
     "surgeon-struct-80-rec": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2", "--shots",
                               "5", "--reconstruct"],
+    # the 5-shot structured 80% model saved unhealed, for benchmarks/heal_pruned_folder.py to heal at other rates
+    "surgeon-struct-80": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2", "--shots", "5"],
     # healing (--heal: distillation from the dense model after the last shot), the dense model healed the same way
     # (the comparator: does healing repair, or fit the text?), and the same tokens spent on the low-rank
     # correction instead (131,072 tokens = 4 epochs of the 64 x 512 calibration windows)
