@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from llm_surgeon import load_calibration, load_model_and_tokenizer
+from llm_surgeon.math.ranks import spearman
 from llm_surgeon.models.adapters import get_adapter
 
 OUTPUTS = {"q": "self_attn.q_proj", "o": "self_attn.o_proj", "down": "mlp.down_proj"}
@@ -65,11 +66,6 @@ def removed_by_block(report: dict, blocks: int) -> dict[str, list[float]]:
         return {"down": [1 - b["ffn_width_kept"] / b["ffn_width_before"] for b in layers]}
     per_layer = report["per_layer_sparsity"]
     return {key: [per_layer[f"model.layers.{i}.{path}"] for i in range(blocks)] for key, path in OUTPUTS.items()}
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    ranks = torch.stack([torch.tensor(v).argsort().argsort().double() for v in (a, b)])
-    return float(torch.corrcoef(ranks)[0, 1])
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ from llm_surgeon.curvature.placement import EVERY_LAYER_HERE
 from llm_surgeon.engine.pruner import PruneResult, curvature_request, needs_calibration, prune_model, setup
 from llm_surgeon.engine.selectors import StructureSelector
 from llm_surgeon.engine.structures import state_from_masks, structure_costs
+from llm_surgeon.math.ranks import spearman
 from llm_surgeon.models.adapters import get_adapter
 
 
@@ -257,11 +258,6 @@ def print_by_block(trace: ShotTrace) -> None:
             ratio = f"{loss / joint:.2f}" if joint > 0 else "n/a"
             print(f"| {k + 1} | {b} | {before[b]:.2f} -> {trace.shares[k][b]:.2f} | {joint:.4f} | {loss:.4f} | "
                   f"{ratio} |")
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    ranks = torch.stack([torch.tensor(v).argsort().argsort().double() for v in (a, b)])
-    return float(torch.corrcoef(ranks)[0, 1])
 
 
 def main() -> None:

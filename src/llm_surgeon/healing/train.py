@@ -47,8 +47,8 @@ class HealSettings:
     """The weight of the block-output loss beside the KL (0: none)."""
     blocks: tuple[int, ...] = ()
     """The blocks whose outputs are matched, in the order of the targets' block axis."""
-    relative: bool = False
-    """``lr`` is a fraction of each layer's kept weights' RMS (``--heal-lr-scale weight-rms``), not every
+    lr_scale: str = "absolute"
+    """``weight-rms``: ``lr`` is a fraction of each layer's kept weights' RMS (``--heal-lr-scale``), not every
     weight's rate."""
 
     @property
@@ -208,14 +208,14 @@ def heal_model(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str
         trainable = _low_rank(linears, removed, settings.rank, settings.seed) if settings.rank > 0 \
             else _masked_weights(linears, removed)
         with trainable as (params, (after_backward, after_step)):
-            groups = layer_rates(linears, removed, settings.lr) if settings.relative \
+            groups = layer_rates(linears, removed, settings.lr) if settings.lr_scale == "weight-rms" \
                 else [{"params": params, "lr": settings.lr}]
             losses = _train(model, adapter, train, train_targets, groups, after_backward, after_step, settings)
     kl_after, block_after = held_out_scores(model, adapter, held_out, held_targets, settings.batch,
                                             settings.matched)
     model.train(was_training)
     return HealRecord(tokens=train.numel(), steps=len(losses), rank=settings.rank, lr=settings.lr,
-                      lr_scale="weight-rms" if settings.relative else "absolute",
+                      lr_scale=settings.lr_scale,
                       topk=train_targets.indices.shape[-1], kl_before=kl_before, kl_after=kl_after,
                       held_out_tokens=held_out.numel(), seconds=time.perf_counter() - t0,
                       block_weight=settings.block_weight, blocks=list(settings.matched),
