@@ -43,9 +43,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--data-dir", default=os.environ.get("LLM_SURGEON_DATA"))
     parser.add_argument("--batch-size", type=int, default=4, help="healing's batch (quality_runs' heal rows: 4)")
     parser.add_argument("--heal-tokens", type=int, default=None, help="default: prune's (131,072)")
-    parser.add_argument("--heal-lr", type=float, default=None, help="default: prune's (2e-4, full-parameter)")
-    parser.add_argument("--heal-lr-scale", choices=("absolute", "weight-rms"), default=None,
-                        help="default: prune's (absolute)")
+    parser.add_argument("--heal-lr", type=float, default=None, help="default: prune's (1e-3 x each layer's weight RMS)")
+    parser.add_argument("--heal-lr-scale", choices=("auto", "weight-rms", "absolute"), default=None,
+                        help="default: prune's (auto: weight-rms)")
     parser.add_argument("--targets", default=None, help="where the dense model's predictions are kept between calls")
     parser.add_argument("--eval-seqlen", type=int, default=2048)
     parser.add_argument("--eval-max-windows", type=int, default=None)
@@ -56,10 +56,12 @@ def _arguments() -> argparse.Namespace:
 def heal_config(report: dict, batch_size: int, heal_tokens: int | None = None, heal_lr: float | None = None,
                 heal_lr_scale: str | None = None) -> PruneConfig:
     """The pruning run's config with healing on, as ``prune --heal --batch-size`` (and ``--heal-tokens``,
-    ``--heal-lr``, ``--heal-lr-scale`` when given) would have had it."""
+    ``--heal-lr``, ``--heal-lr-scale`` when given) would have had it today: the run pruned without ``--heal``,
+    so its healing settings are only the defaults of its day, and today's stand in for them."""
     given = {k: v for k, v in (("heal_tokens", heal_tokens), ("heal_lr", heal_lr), ("heal_lr_scale", heal_lr_scale))
              if v}
-    config = replace(PruneConfig.from_dict(report["config"]), heal=True, batch_size=batch_size, **given)
+    pruning = {k: v for k, v in report["config"].items() if not k.startswith("heal")}
+    config = replace(PruneConfig.from_dict(pruning), heal=True, batch_size=batch_size, **given)
     config.validate()
     return config
 
@@ -111,7 +113,7 @@ def heal_student(model: str, student_source: str, sparse: bool, config: PruneCon
     linears = adapter.prunable_linears(student)
     removed = removed_weights(linears, sparse)
     settings = HealSettings(config.heal_rank, config.heal_learning_rate, config.batch_size, config.seed, progress,
-                            lr_scale=config.heal_lr_scale)
+                            lr_scale=config.heal_rate_scale)
     record = heal_model(student, adapter, linears, removed, inputs.windows.train, inputs.train,
                         inputs.windows.held_out, inputs.held_out, settings)
     kept_zero = all(bool((lin.weight[removed[name]] == 0).all()) for name, lin in linears.items())

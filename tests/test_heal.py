@@ -173,8 +173,11 @@ def test_heal_settings_are_checked_before_anything_loads():
         PruneConfig(heal=True, heal_topk=0).validate()
     with pytest.raises(DataError, match="no-such-file"):
         PruneConfig(heal=True, heal_data="no-such-file.txt").validate()
-    assert PruneConfig(heal=True).heal_learning_rate == 2e-4
+    assert PruneConfig(heal=True).heal_learning_rate == 1e-3  # a fraction of each layer's weight RMS
+    assert PruneConfig(heal=True).heal_rate_scale == "weight-rms"
+    assert PruneConfig(heal=True, heal_lr_scale="absolute").heal_learning_rate == 2e-4
     assert PruneConfig(heal=True, heal_rank=8).heal_learning_rate == 1e-3
+    assert PruneConfig(heal=True, heal_rank=8).heal_rate_scale == "absolute"  # its factors start at zero
 
 
 def test_prune_with_heal_reports_it_and_a_rerun_after_healing_does_not_heal_again(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import torch
 
 from llm_surgeon import PruneConfig
 from llm_surgeon.api import RunOptions, run_prune
+from llm_surgeon.config import RELATIVE_LR
 from tests.conftest import REPO, write_fake_wikitext, write_tiny_checkpoint
 
 _spec = importlib.util.spec_from_file_location("heal_pruned_folder", REPO / "benchmarks" / "heal_pruned_folder.py")
@@ -83,5 +84,9 @@ def test_the_heal_config_is_the_runs_own_with_healing_on(tmp_path):
     report = {"config": PruneConfig(method="surgeon", sparsity=0.4, seed=3).to_dict()}
     config = script.heal_config(json.loads(json.dumps(report)), batch_size=4)
     assert config.heal and config.batch_size == 4 and config.seed == 3 and config.sparsity == 0.4
-    assert config.heal_tokens == PruneConfig().heal_tokens and config.heal_learning_rate == 2e-4
+    assert config.heal_tokens == PruneConfig().heal_tokens and config.heal_learning_rate == RELATIVE_LR
+    assert config.heal_rate_scale == "weight-rms"
+    older = {"config": {**report["config"], "heal_lr_scale": "absolute"}}  # a folder saved before auto
+    assert script.heal_config(older, 4).heal_rate_scale == "weight-rms"
+    assert script.heal_config(older, 4, heal_lr_scale="absolute").heal_learning_rate == 2e-4
     assert script.heal_config(report, 4, heal_tokens=2048, heal_lr=1e-3).heal_tokens == 2048

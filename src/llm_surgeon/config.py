@@ -79,14 +79,16 @@ class EngineSettings:
 
 
 FULL_PARAMETER_LR = 2e-4
-"""Healing's Adam rate when every kept weight trains: the best of 5e-5, 2e-4 and 1e-3 in a sweep on SmolLM2
-(structured, 80% kept, 16 steps; BENCHMARKS.md), not yet checked on another model."""
+"""Healing's Adam rate when every kept weight trains at an absolute rate (``--heal-lr-scale absolute``): the best
+of 5e-5, 2e-4 and 1e-3 in a sweep on SmolLM2 (structured, 80% kept, 16 steps; BENCHMARKS.md); too large for
+Gemma-3-270M, whose weights are smaller (:data:`RELATIVE_LR`)."""
 LOW_RANK_LR = 1e-3
 """Healing's Adam rate for low-rank factors, as the low-rank correction uses (they start at zero)."""
 RELATIVE_LR = 1e-3
-"""``--heal-lr-scale weight-rms``: each layer's Adam rate as a fraction of its kept weights' RMS. SmolLM2's
-2e-4 over the median RMS of its pruned layers (0.19), so that it trains SmolLM2 as the absolute default does;
-Gemma-3-270M's layers are 5-12x smaller (RMS 0.016-0.040), and the absolute 2e-4 moves them that much more."""
+"""``--heal-lr-scale weight-rms`` (the default for full-parameter healing): each layer's Adam rate as a fraction
+of its kept weights' RMS. SmolLM2's 2e-4 over the median RMS of its pruned layers (0.19), so that it trains
+SmolLM2 as the absolute 2e-4 did; Gemma-3-270M's layers are 5-12x smaller (RMS 0.016-0.040), and an absolute
+2e-4 moves them that much more (its dense model healed so got 15% worse; BENCHMARKS.md)."""
 
 
 @dataclass
@@ -100,12 +102,14 @@ class HealOptions(MethodOptions):
                             group="healing", metavar="SET_OR_FILE")
     heal_tokens: int = option(131072, "tokens healing trains on, in one pass of --calib-seqlen windows (an eighth "
                               "more are held out to measure the KL before and after)", group="healing")
-    heal_lr: float = option(0.0, f"Adam learning rate, warmed up then cosine-decayed (0: {FULL_PARAMETER_LR:g} "
-                            f"full-parameter, {LOW_RANK_LR:g} low-rank)", group="healing")
-    heal_lr_scale: str = option("absolute", "absolute: --heal-lr is every weight's rate; weight-rms: a fraction of "
-                                "each layer's kept weights' RMS (the same relative steps whatever the model's "
-                                f"weight scale; 0: {RELATIVE_LR:g}; full-parameter healing only)", group="healing",
-                                choices=("absolute", "weight-rms"))
+    heal_lr: float = option(0.0, f"Adam learning rate, warmed up then cosine-decayed (0: {RELATIVE_LR:g} x each "
+                            f"layer's weight RMS full-parameter, {FULL_PARAMETER_LR:g} with --heal-lr-scale absolute, "
+                            f"{LOW_RANK_LR:g} low-rank)", group="healing")
+    heal_lr_scale: str = option("auto", "weight-rms: --heal-lr is a fraction of each layer's kept weights' RMS (the "
+                                "same relative steps whatever the model's weight scale; 0: "
+                                f"{RELATIVE_LR:g}; full-parameter healing only); absolute: every weight's rate; "
+                                "auto: weight-rms, or absolute with --heal-rank", group="healing",
+                                choices=("auto", "weight-rms", "absolute"))
     heal_rank: int = option(0, "0: train every kept weight of the pruned layers; r > 0: a rank-r correction of each, "
                             "merged back", group="healing")
     heal_topk: int = option(64, "the dense model's most likely tokens kept per position (the rest of the "
@@ -121,11 +125,19 @@ class HealOptions(MethodOptions):
                               group="healing")
 
     @property
+    def heal_rate_scale(self) -> str:
+        """What ``--heal-lr`` is relative to: ``--heal-lr-scale``, or for ``auto`` each layer's weights when every
+        kept weight trains and nothing for a low-rank correction (its factors start at zero)."""
+        if self.heal_lr_scale != "auto":
+            return self.heal_lr_scale
+        return "absolute" if self.heal_rank > 0 else "weight-rms"
+
+    @property
     def heal_learning_rate(self) -> float:
         """The rate healing runs with: ``--heal-lr``, or its default for the kind of training."""
         if self.heal_lr > 0:
             return self.heal_lr
-        if self.heal_lr_scale == "weight-rms":
+        if self.heal_rate_scale == "weight-rms":
             return RELATIVE_LR
         return LOW_RANK_LR if self.heal_rank > 0 else FULL_PARAMETER_LR
 
