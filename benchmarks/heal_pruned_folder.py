@@ -112,8 +112,7 @@ def heal_student(model: str, student_source: str, sparse: bool, config: PruneCon
     adapter = get_adapter(student)
     linears = adapter.prunable_linears(student)
     removed = removed_weights(linears, sparse)
-    settings = HealSettings(config.heal_rank, config.heal_learning_rate, config.batch_size, config.seed, progress,
-                            lr_scale=config.heal_rate_scale)
+    settings = HealSettings.from_config(config, config.batch_size, progress)
     record = heal_model(student, adapter, linears, removed, inputs.windows.train, inputs.train,
                         inputs.windows.held_out, inputs.held_out, settings)
     kept_zero = all(bool((lin.weight[removed[name]] == 0).all()) for name, lin in linears.items())

@@ -413,3 +413,18 @@ def test_the_relative_rate_has_its_own_default_and_refuses_a_low_rank_correction
         PruneConfig(heal=True, heal_lr_scale="weight-rms", heal_rank=4).validate()
     with pytest.raises(ConfigError, match="--heal-lr-scale .*add --heal"):
         PruneConfig(heal_lr_scale="weight-rms").validate()
+
+
+def test_the_settings_a_config_resolves_to_are_the_ones_prune_and_a_folder_healed_later_both_use():
+    """``HealSettings.from_config`` holds the resolution once: ``auto`` is relative to the weights with its own
+    rate for full-parameter healing, absolute with the low-rank rate for a correction, and an explicit rate and
+    block loss pass through."""
+    from llm_surgeon.config import LOW_RANK_LR, RELATIVE_LR
+
+    full = HealSettings.from_config(PruneConfig(heal=True, seed=3), batch=4, progress=False)
+    assert (full.rank, full.lr, full.lr_scale, full.batch, full.seed) == (0, RELATIVE_LR, "weight-rms", 4, 3)
+    low_rank = HealSettings.from_config(PruneConfig(heal=True, heal_rank=8), batch=2, progress=False)
+    assert (low_rank.rank, low_rank.lr, low_rank.lr_scale) == (8, LOW_RANK_LR, "absolute")
+    blocks = HealSettings.from_config(PruneConfig(heal=True, heal_lr=5e-4, heal_block_weight=0.5), batch=4,
+                                      progress=False, blocks=(1, 3))
+    assert (blocks.lr, blocks.block_weight, blocks.matched) == (5e-4, 0.5, (1, 3))

@@ -469,10 +469,8 @@ def execute_run(run: PreparedRun) -> PruneResult:
 
 
 def _heal_settings(run: PreparedRun) -> HealSettings:
-    config = run.config
-    return HealSettings(config.heal_rank, config.heal_learning_rate, run.pass_config().batch_size, config.seed,
-                        run.options.progress, block_weight=config.heal_block_weight, blocks=run.heal.blocks,
-                        lr_scale=config.heal_rate_scale)
+    return HealSettings.from_config(run.config, run.pass_config().batch_size, run.options.progress,
+                                    blocks=run.heal.blocks)
 
 
 def _heal_share(run: PreparedRun, shot: int) -> tuple[torch.Tensor, TeacherTargets]:

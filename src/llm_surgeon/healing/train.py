@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -29,6 +30,9 @@ from llm_surgeon.healing.targets import TeacherTargets
 from llm_surgeon.math.distill import coarse_kl, learning_rate_factor, relative_squared_error, squared_error_sums
 from llm_surgeon.models.adapters import ArchitectureAdapter
 from llm_surgeon.models.nll import LOGIT_CHUNK_TOKENS
+
+if TYPE_CHECKING:
+    from llm_surgeon.config import PruneConfig
 
 WARMUP_SHARE = 0.05
 """Steps of linear warm-up, as a share of all steps (at least one)."""
@@ -50,6 +54,15 @@ class HealSettings:
     lr_scale: str = "absolute"
     """``weight-rms``: ``lr`` is a fraction of each layer's kept weights' RMS (``--heal-lr-scale``), not every
     weight's rate."""
+
+    @classmethod
+    def from_config(cls, config: PruneConfig, batch: int, progress: bool,
+                    blocks: tuple[int, ...] = ()) -> HealSettings:
+        """The settings ``config``'s healing options resolve to (its rate and what the rate is relative to), so
+        ``prune --heal`` and a saved folder healed later train alike; ``batch`` is the passes' batch, which
+        the memory fit may have lowered below ``config``'s."""
+        return cls(config.heal_rank, config.heal_learning_rate, batch, config.seed, progress,
+                   block_weight=config.heal_block_weight, blocks=blocks, lr_scale=config.heal_rate_scale)
 
     @property
     def matched(self) -> tuple[int, ...]:
