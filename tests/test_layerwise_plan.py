@@ -108,3 +108,31 @@ def test_more_ranks_do_not_shorten_a_layerwise_pass_every_rank_runs_whole(tmp_pa
     surgeon = PruneConfig(method="surgeon", sparsity=0.5, calib_samples=8, calib_seqlen=16)
     assert plan_shot(str(path), surgeon, tflops=1.0, ranks=2).seconds_per_shot < \
         plan_shot(str(path), surgeon, tflops=1.0, ranks=1).seconds_per_shot
+
+
+def test_a_forward_only_shot_is_priced_as_the_counted_work_of_its_collection_pass(tmp_path):
+    """ZipLM's shot collects input statistics only: the plan's pass and statistics are PyTorch's own count of
+    the matmuls its collection runs (the blocks forward, no head, ``aᵀa`` of the curvature layers' inputs), far
+    below an LLM Surgeon shot's forward and backward through the head."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from llm_surgeon.curvature.collectors import CurvatureRequest, LocalCollector
+    from llm_surgeon.planning.fit import collects_gradients
+    from llm_surgeon.planning.plan import _meta_run, shot_flops
+
+    model = tiny_llama(attn_implementation="eager")
+    adapter = get_adapter(model)
+    config = PruneConfig(method="ziplm", granularity="structured", sparsity=0.2, calib_samples=4, calib_seqlen=16)
+    parts = _meta_run(str(_write_config(model, tmp_path)), config)[3]
+    assert not collects_gradients(parts.method)
+    linears = adapter.prunable_linears(model)
+    curvature = {name: linears[name] for name in parts.selector.curvature_layers(parts.method)}
+    windows = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        LocalCollector(batch_size=2, progress=False).collect(model, adapter, curvature, windows,
+                                                             CurvatureRequest(with_gradients=False), seed=0)
+    widths = adapter.distinct_input_widths(model)
+    planned = shot_flops(model, adapter, linears, config, widths, curvature, backward=False)
+    norms = 2 * 2 * 32 * 4 * 16 * 2  # the blocks' norm weights, counted by the plan as matmul work; they are not
+    assert planned["pass"] + planned["statistics"] - norms == counter.get_total_flops()
+    assert planned["pass"] < shot_flops(model, adapter, linears, config, widths, curvature)["pass"] / 2

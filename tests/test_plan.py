@@ -249,3 +249,26 @@ def test_a_tied_output_head_counts_in_a_shots_passes_as_an_untied_one_does():
     passes = [shot_flops(m, get_adapter(m), get_adapter(m).prunable_linears(m), config,
                          get_adapter(m).distinct_input_widths(m))["pass"] for m in (tied, untied)]
     assert passes[0] == passes[1]
+
+
+@pytest.mark.parametrize(("method", "granularity", "kind"), [
+    ("surgeon", "unstructured", "pcg"), ("surgeon", "2:4", "pcg"), ("surgeon", "structured", "closed-form"),
+    ("ziplm", "structured", "closed-form"), ("kobd", "unstructured", "none"), ("magnitude", "structured", "none"),
+    ("flap", "structured", "none")])
+def test_each_method_and_granularity_is_priced_by_the_update_it_runs(method, granularity, kind):
+    """A structured shot removes whole columns or rows in closed form (no PCG steps); OBD and magnitude zero the
+    removed weights and update nothing."""
+    from llm_surgeon import PruneConfig
+    from llm_surgeon.methods import get_method
+    from llm_surgeon.planning.plan import shot_flops, update_kind
+
+    assert update_kind(get_method(method), granularity) == kind
+    model = tiny_llama()
+    adapter = get_adapter(model)
+    linears, widths = adapter.prunable_linears(model), adapter.distinct_input_widths(model)
+    config = PruneConfig(sparsity=0.5, shots=5, calib_samples=8, calib_seqlen=16)
+    update = shot_flops(model, adapter, linears, config, widths, update=kind)["update"]
+    closed = sum(4 * lin.weight.numel() * min(lin.weight.shape) * 0.1 for lin in linears.values())
+    assert update == {"pcg": pytest.approx(2 * (config.update_iterations + 1) * sum(
+        2 * lin.weight.numel() * sum(lin.weight.shape) for lin in linears.values())),
+        "closed-form": pytest.approx(closed), "none": 0.0}[kind]
