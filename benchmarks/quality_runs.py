@@ -85,6 +85,10 @@ RUNS: dict[str, list[str]] = {
                               "4"],
     # (sparsity 0: the score before healing is the dense model's, so no --eval-dense)
     "dense-heal": ["--method", "magnitude", "--sparsity", "0.0", "--shots", "1", "--heal", "--batch-size", "4"],
+    # the 50% one-shot model's comparator: the same tokens on the low-rank correction (heal: surgeon-50-1shot, then
+    # benchmarks/heal_pruned_folder.py on its folder)
+    "surgeon-50-1shot-lora16x4": ["--method", "surgeon", "--sparsity", "0.5", "--shots", "1", "--lora-rank", "16",
+                                  "--lora-epochs", "4", "--batch-size", "4"],
     "surgeon-struct-80-1shot-lora16x4": ["--method", "surgeon", "--granularity", "structured", "--sparsity", "0.2",
                                          "--shots", "1", "--lora-rank", "16", "--lora-epochs", "4", "--batch-size",
                                          "4"],
