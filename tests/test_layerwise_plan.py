@@ -136,3 +136,16 @@ def test_a_forward_only_shot_is_priced_as_the_counted_work_of_its_collection_pas
     norms = 2 * 2 * 32 * 4 * 16 * 2  # the blocks' norm weights, counted by the plan as matmul work; they are not
     assert planned["pass"] + planned["statistics"] - norms == counter.get_total_flops()
     assert planned["pass"] < shot_flops(model, adapter, linears, config, widths, curvature)["pass"] / 2
+
+
+def test_a_forward_only_shot_moves_hidden_states_across_devices_one_way(tmp_path):
+    """Blocks split over two devices: LLM Surgeon's pass sends hidden states forward and gradients back,
+    ZipLM's forward-only pass only the states, half the bytes for the same tokens."""
+    from llm_surgeon.planning.plan import plan_shot
+
+    path = str(_write_config(tiny_llama(), tmp_path))
+    moved = {m: plan_shot(path, PruneConfig(method=m, granularity="structured", sparsity=0.2, calib_samples=8,
+                                            calib_seqlen=16), tflops=1.0, devices=2).communication_bytes
+             for m in ("surgeon", "ziplm")}
+    assert moved["surgeon"]["device_boundaries"] > 0
+    assert moved["ziplm"]["device_boundaries"] * 2 == moved["surgeon"]["device_boundaries"]

@@ -315,7 +315,9 @@ def plan_shot(model_or_config: str, config: PruneConfig, dtype: str = "float32",
     rate, pass_rate = _throughputs(tflops, dtype)
     layerwise = isinstance(parts.method, LayerwiseMethod)  # not sharded: every rank prunes on every window
     seconds = _shot_seconds(flops, rate, pass_rate) / (1 if layerwise else ranks)
-    communication = communication_bytes(model, linears, curvature, widths, config, dtype, devices, ranks, share)
+    # communication_bytes counts a pass's hidden states forward and gradients back: a forward-only pass is half
+    passes = share if collects_gradients(parts.method) else share / 2
+    communication = communication_bytes(model, linears, curvature, widths, config, dtype, devices, ranks, passes)
     refit = reconstruction_bytes(model, adapter, linears, config.calib_samples, config.calib_seqlen,
                                  DTYPE_BYTES[dtype]) if config.reconstruct else None
     source = rate.source if pass_rate == rate else f"{rate.source}; passes: {pass_rate.source}"
