@@ -131,14 +131,10 @@ def shot_flops(model: nn.Module, adapter: ArchitectureAdapter, linears: dict[str
     overstated ZipLM's shot on Gemma-3-270M 2.5x (254 s planned, 103 s measured).
     """
     held, widths = held_curvature(linears, input_widths, curvature)
-    c = model.config
     tokens = config.calib_samples * config.calib_seqlen
-    params = forward_params(model)
-    blocks = len(adapter.blocks(model))
-    attention = 4 * blocks * tokens * config.calib_seqlen * c.hidden_size
-    one_way = 2 * params * tokens + attention  # a forward, or one kind of gradient in the backward
-    block_params = sum(p.numel() for block in adapter.blocks(model) for p in block.parameters())
-    passes = 2 * one_way if backward else 2 * block_params * tokens + attention
+    # a forward, or one kind of gradient in the backward
+    one_way = 2 * forward_params(model) * tokens + _attention_flops(model, adapter, config)
+    passes = 2 * one_way if backward else _blocks_forward_flops(model, adapter, config)
     outputs = [lin.out_features for lin in held.values()] if backward else []
     stats = 2 * tokens * (sum(w**2 for w in widths) + sum(o**2 for o in outputs))
     inversions = 2 * (sum(w**3 for w in widths) + sum(o**3 for o in outputs))
@@ -189,14 +185,24 @@ def layerwise_flops(model: nn.Module, adapter: ArchitectureAdapter, linears: dic
     2:4: 257 s planned, 142 s measured).
     """
     tokens = config.calib_samples * config.calib_seqlen
-    blocks = adapter.blocks(model)
-    block_params = sum(p.numel() for block in blocks for p in block.parameters())
-    attention = 4 * len(blocks) * tokens * config.calib_seqlen * model.config.hidden_size
-    work = {"pass": float(2 * (2 * block_params * tokens + attention)),
+    work = {"pass": float(2 * _blocks_forward_flops(model, adapter, config)),
             "statistics": float(sum(2 * tokens * lin.in_features**2 for lin in linears.values())),
             "solve": float(sum(method.layer_flops(lin.out_features, lin.in_features) for lin in linears.values()))}
-    whole_forward = 2 * forward_params(model) * tokens + attention
+    whole_forward = 2 * forward_params(model) * tokens + _attention_flops(model, adapter, config)
     return work | _correction_flops(config, whole_forward)
+
+
+def _attention_flops(model: nn.Module, adapter: ArchitectureAdapter, config: PruneConfig) -> int:
+    """The attention scores and their weighted sum in every block, for the calibration windows."""
+    tokens = config.calib_samples * config.calib_seqlen
+    return 4 * len(adapter.blocks(model)) * tokens * config.calib_seqlen * model.config.hidden_size
+
+
+def _blocks_forward_flops(model: nn.Module, adapter: ArchitectureAdapter, config: PruneConfig) -> int:
+    """One forward of the blocks alone over the calibration windows (no output head): what a pass of input
+    statistics runs, or a layer-by-layer method's pass twice."""
+    block_params = sum(p.numel() for block in adapter.blocks(model) for p in block.parameters())
+    return 2 * block_params * config.calib_samples * config.calib_seqlen + _attention_flops(model, adapter, config)
 
 
 def communication_bytes(model: nn.Module, linears: dict[str, nn.Linear], curvature: dict[str, nn.Linear],
@@ -270,17 +276,21 @@ def heal_flops(model: nn.Module, adapter: ArchitectureAdapter, config: PruneConf
 
 def _shot_work(model: nn.Module, adapter: ArchitectureAdapter, parts: RunParts, config: PruneConfig,
                widths: list[int], groups: int) -> tuple[dict[str, float], float]:
-    """A shot's floating-point work by part, and the share of one pass's work its passes do: a layer-by-layer
-    method's own (:func:`layerwise_flops`, one pass), else an LLM Surgeon-style shot's collected in ``groups``
-    block groups (:func:`shot_flops`, :func:`_pass_share`)."""
+    """A shot's floating-point work by part, and its passes counted as forward-and-back passes of the whole
+    model (what :func:`communication_bytes` multiplies): a layer-by-layer method's own (:func:`layerwise_flops`,
+    one pass), else an LLM Surgeon-style shot's collected in ``groups`` block groups (:func:`shot_flops`,
+    :func:`_pass_share`)."""
     if isinstance(parts.method, LayerwiseMethod):
-        return layerwise_flops(model, adapter, parts.linears, config, parts.method), 1.0
+        # its block outputs cross each device boundary once, forward: half a forward-and-back pass
+        return layerwise_flops(model, adapter, parts.linears, config, parts.method), 0.5
     curvature = parts.selector.curvature_layers(parts.method)
     backward = collects_gradients(parts.method)
     flops = shot_flops(model, adapter, parts.linears, config, widths, curvature, backward,
                        update_kind(parts.method, config.granularity))
-    # a forward-only pass cannot stop early: each group's pass runs every block
-    share = _pass_share(len(adapter.blocks(model)), groups) if backward else float(groups)
+    if not backward:  # a forward-only pass cannot stop early: each group's pass runs every block, one way
+        flops["pass"] *= groups
+        return flops, groups / 2
+    share = _pass_share(len(adapter.blocks(model)), groups)
     flops["pass"] *= share
     return flops, share
 
@@ -311,12 +321,10 @@ def plan_shot(model_or_config: str, config: PruneConfig, dtype: str = "float32",
     weights = parameters * DTYPE_BYTES[dtype] // devices + RUNTIME_BYTES
     fit = fit_shot(model, adapter, parts, config, DTYPE_BYTES[dtype],
                    None if device_bytes is None else device_bytes - weights, margin_bytes(device_bytes), devices)
-    flops, share = _shot_work(model, adapter, parts, config, widths, min(blocks, fit.block_groups))
+    flops, passes = _shot_work(model, adapter, parts, config, widths, min(blocks, fit.block_groups))
     rate, pass_rate = _throughputs(tflops, dtype)
     layerwise = isinstance(parts.method, LayerwiseMethod)  # not sharded: every rank prunes on every window
     seconds = _shot_seconds(flops, rate, pass_rate) / (1 if layerwise else ranks)
-    # communication_bytes counts a pass's hidden states forward and gradients back: a forward-only pass is half
-    passes = share if collects_gradients(parts.method) else share / 2
     communication = communication_bytes(model, linears, curvature, widths, config, dtype, devices, ranks, passes)
     refit = reconstruction_bytes(model, adapter, linears, config.calib_samples, config.calib_seqlen,
                                  DTYPE_BYTES[dtype]) if config.reconstruct else None
